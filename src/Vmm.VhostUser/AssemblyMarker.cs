@@ -1,0 +1,1 @@
+namespace Vmm.VhostUser; internal static class AssemblyMarker { }

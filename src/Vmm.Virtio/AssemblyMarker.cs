@@ -1,0 +1,1 @@
+namespace Vmm.Virtio; internal static class AssemblyMarker { }

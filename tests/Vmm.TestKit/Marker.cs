@@ -1,0 +1,1 @@
+namespace Vmm.TestKit; public static class Marker { }
