@@ -1,1 +1,0 @@
-namespace Vmm.VhostUser; internal static class AssemblyMarker { }
