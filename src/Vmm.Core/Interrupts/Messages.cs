@@ -1,0 +1,35 @@
+namespace Vmm.Core.Interrupts;
+
+/// <summary>Raise interrupt <paramref name="Vector"/>: delivered to whatever the VMM attached.</summary>
+public sealed record RaiseInterrupt(int Vector);
+
+/// <summary>Attach the receiver of interrupts (the guest driver here, a vCPU in a real host).</summary>
+public sealed record AttachInterruptSink(IInterruptSink Sink);
+
+/// <summary>Detach the receiver; interrupts raised meanwhile are counted, not delivered.</summary>
+public sealed class DetachInterruptSink
+{
+    public static readonly DetachInterruptSink Instance = new();
+
+    private DetachInterruptSink()
+    {
+    }
+}
+
+/// <summary>Query: how many interrupts each vector received; answered with <see cref="InterruptCounts"/>.</summary>
+public sealed class GetInterruptCounts
+{
+    public static readonly GetInterruptCounts Instance = new();
+
+    private GetInterruptCounts()
+    {
+    }
+}
+
+public sealed record InterruptCounts(IReadOnlyDictionary<int, long> ByVector);
+
+/// <summary>The receiver of interrupts. Called on the controller's mailbox thread: return quickly.</summary>
+public interface IInterruptSink
+{
+    void Deliver(int vector);
+}

@@ -1,0 +1,19 @@
+using System.Runtime.InteropServices;
+
+namespace Vmm.Core.Posix;
+
+internal static partial class Interop
+{
+    internal static class Errno
+    {
+        internal const int EINTR = 4;
+        internal const int EAGAIN = 11;
+        internal const int EBADF = 9;
+        internal const int ENOMEM = 12;
+        internal const int EINVAL = 22;
+    }
+
+    internal static int LastErrno => Marshal.GetLastPInvokeError();
+
+    internal static string Describe(int errno) => Marshal.GetPInvokeErrorMessage(errno) + $" (errno {errno})";
+}
