@@ -11,7 +11,7 @@ namespace Vmm.Core.Events;
 /// A peer may set O_NONBLOCK on the shared open file (qemu-storage-daemon does, PEERS.md),
 /// so every read tolerates EAGAIN and then waits with poll(2).
 /// </remarks>
-public sealed unsafe class EventFd : IDisposable
+public sealed unsafe partial class EventFd : IDisposable
 {
     private readonly SafeFileDescriptor _fd;
     private volatile bool _disposed;

@@ -1,1 +1,0 @@
-namespace Vmm.Virtio; internal static class AssemblyMarker { }

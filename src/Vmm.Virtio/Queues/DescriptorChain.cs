@@ -1,0 +1,41 @@
+namespace Vmm.Virtio.Queues;
+
+/// <summary>One buffer of a chain: guest-physical address, length, and whether the device writes it.</summary>
+public readonly record struct DescriptorSegment(ulong Address, uint Length, bool IsDeviceWritable);
+
+/// <summary>
+/// A descriptor chain taken from a ring: its head id (split: head index; packed: buffer id),
+/// its buffers in order (device-readable ones first, as 2.7.4.2 requires of drivers), and
+/// how many ring slots it used (packed rings need it to advance).
+/// </summary>
+public sealed class DescriptorChain
+{
+    public DescriptorChain(ushort head, IReadOnlyList<DescriptorSegment> segments, ushort ringSlots)
+    {
+        Head = head;
+        Segments = segments;
+        RingSlots = ringSlots;
+        foreach (DescriptorSegment s in segments)
+        {
+            if (s.IsDeviceWritable)
+            {
+                WritableLength += s.Length;
+            }
+            else
+            {
+                ReadableLength += s.Length;
+            }
+        }
+    }
+
+    public ushort Head { get; }
+
+    public IReadOnlyList<DescriptorSegment> Segments { get; }
+
+    /// <summary>Descriptors this chain occupied in the ring (1 for an indirect chain).</summary>
+    public ushort RingSlots { get; }
+
+    public ulong ReadableLength { get; }
+
+    public ulong WritableLength { get; }
+}

@@ -1,0 +1,26 @@
+using Vmm.Core.Events;
+using Vmm.Core.Interrupts;
+using Vmm.Core.Memory;
+
+namespace Vmm.Virtio.Queues;
+
+/// <summary>
+/// Where a queue lives in guest memory (virtio 1.2, 2.6 and 2.7): its size and the addresses
+/// of its three areas. For split rings: descriptor table, available ring (driver area), used
+/// ring (device area). For packed rings: descriptor ring, driver event suppression, device event suppression.
+/// </summary>
+public sealed record VirtqueueParams(ushort Size, ulong DescriptorArea, ulong DriverArea, ulong DeviceArea);
+
+/// <summary>Everything a device needs to run one queue.</summary>
+public sealed record VirtqueueResources(VirtqueueParams Params, GuestMemory Memory, EventFd Kick, InterruptLine Interrupt);
+
+/// <summary>
+/// Where a queue stopped: the next available index the device will read and the next used
+/// index it will write. For packed rings the two indices are ring positions and the wrap
+/// counters complete them (virtio 1.2, 2.8.1); split rings leave the counters true.
+/// </summary>
+public readonly record struct VirtqueueState(
+    ushort AvailableIndex,
+    ushort UsedIndex,
+    bool AvailableWrapCounter = true,
+    bool UsedWrapCounter = true);
