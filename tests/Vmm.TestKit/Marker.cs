@@ -1,1 +1,0 @@
-namespace Vmm.TestKit; public static class Marker { }
