@@ -40,11 +40,26 @@ public sealed class UnixListener : IDisposable
         path = System.IO.Path.GetFullPath(path);
         RemoveStaleSocket(path);
 
-        var socket = new Socket(AddressFamily.Unix, SocketType.Stream, ProtocolType.Unspecified);
+        // The socket is made with Mono.Posix rather than Socket.Bind: a BCL Socket that bound a
+        // path deletes that path on Dispose whatever it has become meanwhile, while this
+        // listener unlinks only the inode it created (see Dispose).
+        int fd = Syscall.socket(UnixAddressFamily.AF_UNIX, UnixSocketType.SOCK_STREAM, UnixSocketFlags.SOCK_CLOEXEC, 0);
+        if (fd < 0)
+        {
+            int errno = Marshal.GetLastPInvokeError();
+            throw new IOException($"socket(AF_UNIX, SOCK_STREAM) failed: {PosixErrors.Describe(errno)}");
+        }
+
+        var handle = new SafeSocketHandle((IntPtr)fd, ownsHandle: true);
         bool created = false;
         try
         {
-            socket.Bind(new UnixDomainSocketEndPoint(path));
+            if (Syscall.bind(fd, new SockaddrUn(path)) != 0)
+            {
+                int errno = Marshal.GetLastPInvokeError();
+                throw new IOException($"Cannot bind socket {path}: {PosixErrors.Describe(errno)}");
+            }
+
             created = true;
 
             // bind(2) created the file with 0777 & ~umask, and fchmod does not apply to sockets.
@@ -62,15 +77,20 @@ public sealed class UnixListener : IDisposable
                 throw new IOException($"lstat on socket {path} failed: {PosixErrors.Describe(errno)}");
             }
 
-            socket.Listen(backlog);
-            return new UnixListener(path, socket, stat.st_dev, stat.st_ino);
+            if (Syscall.listen(fd, backlog) != 0)
+            {
+                int errno = Marshal.GetLastPInvokeError();
+                throw new IOException($"listen on socket {path} failed: {PosixErrors.Describe(errno)}");
+            }
+
+            return new UnixListener(path, new Socket(handle), stat.st_dev, stat.st_ino);
         }
         catch
         {
-            socket.Dispose();
+            handle.Dispose();
             if (created)
             {
-                File.Delete(path);
+                Syscall.unlink(path);
             }
 
             throw;
