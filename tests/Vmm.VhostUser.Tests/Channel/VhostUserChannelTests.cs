@@ -312,21 +312,23 @@ public sealed class VhostUserChannelTests
     public async Task Channel_must_not_interleave_concurrent_senders()
     {
         const int senders = 8;
-        const int messagesEach = 200;
-        (VhostUserChannel a, VhostUserChannel b) = VhostUserChannel.CreatePair(new VhostUserChannelOptions { MaxPayloadSize = 64 * 1024 });
+        const int messagesEach = 100;
+        (VhostUserChannel a, VhostUserChannel b) = VhostUserChannel.CreatePair(new VhostUserChannelOptions { MaxPayloadSize = 256 * 1024 });
         using (a)
         using (b)
+        using (SafeFileDescriptor memfd = TestMemfd.Create("concurrent", 4096))
         {
-            // Payloads larger than the socket buffer force partial writes, which is where
-            // unserialized senders would interleave.
+            // Payloads larger than the socket buffer force partial writes, and every other
+            // message carries an fd (sendmsg for the first chunk, then plain sends): the mix is
+            // where unserialized senders would interleave.
             Task[] sending = Enumerable.Range(0, senders).Select(id => Task.Run(async () =>
             {
                 for (int i = 0; i < messagesEach; i++)
                 {
-                    int size = 1000 + ((id * 7919 + i * 104729) % 40_000);
+                    int size = 1000 + ((id * 7919 + i * 104729) % 200_000);
                     byte[] payload = new byte[size];
                     Array.Fill(payload, (byte)id);
-                    await a.SendAsync(new VhostUserHeader((uint)id, Version1, (uint)size), payload);
+                    await a.SendAsync(new VhostUserHeader((uint)id, Version1, (uint)size), payload, i % 2 == 0 ? [memfd] : null);
                 }
             })).ToArray();
 
@@ -337,6 +339,7 @@ public sealed class VhostUserChannelTests
                 int id = (int)message.Header.Request;
                 Assert.That(id, Is.InRange(0, senders - 1));
                 Assert.That(message.Payload.Span.IndexOfAnyExcept((byte)id), Is.EqualTo(-1), $"message {m} from sender {id} is mixed");
+                Assert.That(message.Fds, Has.Count.LessThanOrEqualTo(1));
                 counts[id]++;
             }
 
