@@ -191,6 +191,35 @@ public sealed class VhostUserChannelTests
         }
     }
 
+    [Test]
+    public async Task Channel_must_accept_fds_arriving_with_a_payload_chunk_up_to_the_total_limit()
+    {
+        (Socket raw, Socket peer) = UnixSocketPair.Create();
+        using (raw)
+        using (VhostUserChannel channel = VhostUserChannel.FromSocket(peer))
+        using (SafeFileDescriptor memfd = TestMemfd.Create("late", 4096))
+        {
+            // Header with 5 fds, payload with 3 more: 8 in total, accepted.
+            Task<VhostUserMessage> receive = channel.ReceiveAsync().AsTask();
+            Assert.That((int)FdPassing.TrySend(raw, Header(5, Version1, 8), Enumerable.Repeat<SafeHandle>(memfd, 5).ToArray()), Is.EqualTo(12));
+            await Task.Delay(20);
+            Assert.That((int)FdPassing.TrySend(raw, new byte[8], Enumerable.Repeat<SafeHandle>(memfd, 3).ToArray()), Is.EqualTo(8));
+            using (VhostUserMessage message = await receive.WaitAsync(Timeout))
+            {
+                Assert.That(message.Fds, Has.Count.EqualTo(VhostUserChannel.MaxFds));
+            }
+
+            // Header with 5 fds, payload with 4 more: 9, rejected and all closed.
+            int before = CountFds();
+            receive = channel.ReceiveAsync().AsTask();
+            Assert.That((int)FdPassing.TrySend(raw, Header(5, Version1, 8), Enumerable.Repeat<SafeHandle>(memfd, 5).ToArray()), Is.EqualTo(12));
+            await Task.Delay(20);
+            Assert.That((int)FdPassing.TrySend(raw, new byte[8], Enumerable.Repeat<SafeHandle>(memfd, 4).ToArray()), Is.EqualTo(8));
+            await Assert.ThrowsAsync<VhostUserProtocolException>(() => receive.WaitAsync(Timeout));
+            Assert.That(CountFds(), Is.EqualTo(before));
+        }
+    }
+
     [TestCase(0x0u, "version")]
     [TestCase(0x3u, "version")]
     [TestCase(0x11u, "reserved")]
