@@ -69,6 +69,17 @@ public class HeaderValidationTests
     }
 
     [Test]
+    public void Request_validators_take_the_header_and_nothing_else()
+    {
+        foreach (var name in new[] { nameof(VhostUserCodec.ValidateRequestHeader), nameof(VhostUserCodec.ValidateBackendRequestHeader) })
+        {
+            var parameters = typeof(VhostUserCodec).GetMethod(name)!.GetParameters();
+            Assert.That(parameters, Has.Length.EqualTo(1), name);
+            Assert.That(parameters[0].ParameterType.GetElementType(), Is.EqualTo(typeof(VhostUserHeader)), name);
+        }
+    }
+
+    [Test]
     public void Size_over_the_maximum_is_rejected_for_unknown_codes_too() =>
         AssertRejected(new VhostUserHeader(999, VhostUserHeaderFlags.Version, 0xFFFF_FFFF), "exceeds the maximum");
 
