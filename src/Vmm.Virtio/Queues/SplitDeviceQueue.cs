@@ -28,7 +28,9 @@ public sealed class SplitDeviceQueue : IDeviceQueue
     private ushort _cachedAvailIdx;
     private ushort _usedIdx;
     private ushort _signalledUsed;
-    private bool _noNotifySet;
+
+    // Starts true so the first EnableNotifications clears a NO_NOTIFY left by an earlier queue object.
+    private bool _noNotifySet = true;
 
     public SplitDeviceQueue(VirtqueueResources resources, ulong negotiatedFeatures, VirtqueueState? initialState, IInflightTracker? tracker = null)
     {
