@@ -114,7 +114,7 @@ public sealed class VirtioBlkDevice : VirtioDeviceBase
         Capacity = CapacitySectors,
         SegMax = SegMax,
         BlkSize = VirtioBlk.SectorSize,
-        Writeback = _writeback,
+        Writeback = Writeback,
         NumQueues = (ushort)_queues,
         MaxDiscardSectors = MaxDiscardSectors,
         MaxDiscardSeg = MaxDiscardSegments,
@@ -439,9 +439,23 @@ public sealed class VirtioBlkDevice : VirtioDeviceBase
         }
     }
 
+    /// <summary>
+    /// The cache mode in force: the driver's choice (CONFIG_WCE), but always writethrough for a
+    /// driver that accepted no FLUSH, which has no other way to make writes durable
+    /// (5.2.5.1: with CONFIG_WCE and without FLUSH, writeback starts at 0).
+    /// </summary>
+    private byte Writeback
+    {
+        get
+        {
+            ulong negotiated = NegotiatedFeatures;
+            return negotiated != 0 && (negotiated & VirtioBlkFeatures.FLUSH) == 0 ? (byte)0 : _writeback;
+        }
+    }
+
     private void FlushIfWritethrough()
     {
-        if (_writeback == 0)
+        if (Writeback == 0)
         {
             RandomAccess.FlushToDisk(_file);
         }
