@@ -193,6 +193,23 @@ public sealed class BlkEndToEndTests
     }
 
     [Test]
+    public void A_driver_without_flush_gets_writethrough()
+    {
+        using var bed = new BlkTestBed(16 * Sector);
+        using var memory = GuestMemory.Create(Guest.MemorySize);
+        using VirtioBlkDevice device = bed.CreateDevice();
+        Assert.That(device.Config.Writeback, Is.EqualTo(1));
+        using var guest = new Guest(device, memory, 0, queueIndex: 0, flush: false);
+        Assert.That(device.Config.Writeback, Is.Zero);
+
+        ulong buffer = guest.Allocator.Allocate(Sector);
+        memory.Write(buffer, BlkTestBed.Pattern(Sector, 5));
+        guest.Submit(r => r.TrySubmitWrite(3, [new DriverBuffer(buffer, Sector, false)]));
+        Assert.That(guest.WaitAll(), Has.All.Property(nameof(VirtioBlkRequest.Succeeded)).True);
+        Assert.That(bed.ReadFile(3 * Sector, Sector), Is.EqualTo(BlkTestBed.Pattern(Sector, 5)));
+    }
+
+    [Test]
     public void Rng_fills_a_buffer_through_the_queue()
     {
         using var memory = GuestMemory.Create(4 << 20);
@@ -238,11 +255,11 @@ public sealed class BlkEndToEndTests
         private readonly GuestMemory _memory;
         private readonly List<VirtioBlkRequest> _pending = [];
 
-        public Guest(VirtioBlkDevice device, GuestMemory memory, ulong ringFeatures, int queueIndex)
+        public Guest(VirtioBlkDevice device, GuestMemory memory, ulong ringFeatures, int queueIndex, bool flush = true)
         {
             _device = device;
             _queueIndex = queueIndex;
-            _features = VirtioFeatures.VERSION_1 | VirtioBlkFeatures.FLUSH | ringFeatures;
+            _features = VirtioFeatures.VERSION_1 | (flush ? VirtioBlkFeatures.FLUSH : 0) | ringFeatures;
             _memory = memory;
             ulong window = MemorySize / 4;
             Allocator = new GuestMemoryAllocator(((ulong)queueIndex * window) + 0x1000, window - 0x1000);
