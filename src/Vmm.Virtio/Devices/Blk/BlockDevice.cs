@@ -52,6 +52,8 @@ public sealed class VirtioBlkDevice : VirtioDeviceBase
 
     private const int ZeroBatch = 16;
 
+    private static readonly ReadOnlyMemory<byte>[] s_zeroBatch = Enumerable.Repeat(s_zeroes, ZeroBatch).ToArray();
+
     private readonly SafeFileHandle _file;
     private readonly bool _readOnly;
     private readonly int _queues;
@@ -419,13 +421,11 @@ public sealed class VirtioBlkDevice : VirtioDeviceBase
     {
         ulong chunk = (ulong)s_zeroes.Length;
         ulong batchBytes = chunk * ZeroBatch;
-        ReadOnlyMemory<byte>[]? batch = null;
         while (length > 0)
         {
             if (length >= batchBytes)
             {
-                batch ??= Enumerable.Repeat(s_zeroes, ZeroBatch).ToArray();
-                RandomAccess.Write(_file, batch, (long)offset);
+                RandomAccess.Write(_file, s_zeroBatch, (long)offset);
                 offset += batchBytes;
                 length -= batchBytes;
             }
