@@ -29,8 +29,9 @@ public sealed class SplitDeviceQueue : IDeviceQueue
     private ushort _usedIdx;
     private ushort _signalledUsed;
 
-    // Starts true so the first EnableNotifications clears a NO_NOTIFY left by an earlier queue object.
-    private bool _noNotifySet = true;
+    // Our last write to used.flags; starts unknown so the first call writes, clearing a NO_NOTIFY
+    // left in guest memory by an earlier queue object (a restart).
+    private int _usedFlagsShadow = -1;
 
     public SplitDeviceQueue(VirtqueueResources resources, ulong negotiatedFeatures, VirtqueueState? initialState, IInflightTracker? tracker = null)
     {
@@ -127,10 +128,9 @@ public sealed class SplitDeviceQueue : IDeviceQueue
             // Ask for a kick as soon as the driver makes the entry at our position available (2.7.10).
             Memory.WriteUInt16Release(_availEventAddress, _lastAvail);
         }
-        else if (_noNotifySet)
+        else
         {
-            Memory.WriteUInt16Release(_usedRing + SplitUsedFlagsOffset, 0);
-            _noNotifySet = false;
+            SetUsedFlags(0);
         }
 
         // Full fence: our avail_event / flags store must be visible before we re-read avail idx,
@@ -142,14 +142,23 @@ public sealed class SplitDeviceQueue : IDeviceQueue
     public void DisableNotifications()
     {
         // With EVENT_IDX the stale avail_event already stops further kicks once passed (2.7.10).
-        if (!_eventIdx && !_noNotifySet)
+        if (!_eventIdx)
         {
-            Memory.WriteUInt16Release(_usedRing + SplitUsedFlagsOffset, VRING_USED_F_NO_NOTIFY);
-            _noNotifySet = true;
+            SetUsedFlags(VRING_USED_F_NO_NOTIFY);
         }
     }
 
     public VirtqueueState GetState() => new(_lastAvail, _usedIdx);
+
+    private void SetUsedFlags(ushort flags)
+    {
+        // Only write on change: the driver reads this line on every submission.
+        if (_usedFlagsShadow != flags)
+        {
+            Memory.WriteUInt16Release(_usedRing + SplitUsedFlagsOffset, flags);
+            _usedFlagsShadow = flags;
+        }
+    }
 
     /// <summary>Re-reads avail idx; true when entries are pending. Throws on a jump beyond the queue size.</summary>
     private bool RefreshAvailIdx()
