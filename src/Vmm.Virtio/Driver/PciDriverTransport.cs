@@ -89,7 +89,8 @@ internal sealed class PciDriverTransport : IDriverTransport
 
     public string Name => $"virtio-pci@0x{_config:x}";
 
-    public int SharedIrq => -1;
+    /// <summary>INTx from the Interrupt Line register when the function has an interrupt pin; -1 otherwise.</summary>
+    public int SharedIrq => ReadConfig8(L.PciInterruptPin) != 0 ? ReadConfig8(L.PciInterruptLine) : -1;
 
     public int QueueCount => ReadCommon16(L.CommonNumQueues);
 

@@ -201,8 +201,18 @@ public sealed class VirtioGuestDriver : IDisposable
             Fail(status, "the device has no queues");
         }
 
+        if (Options.QueueSize == 0)
+        {
+            Fail(status, "the wanted queue size is 0");
+        }
+
         _stop = new EventFd();
         IReadOnlyList<int>? vectors = _transport.SetupVectors(count);
+        if (vectors is null && _transport.SharedIrq < 0)
+        {
+            Fail(status, "the device has neither MSI-X vectors for every queue nor a shared interrupt");
+        }
+
         bool packed = (NegotiatedFeatures & VirtioFeatures.RING_PACKED) != 0;
         var queues = new VirtioDriverQueue[count];
         for (int i = 0; i < count; i++)

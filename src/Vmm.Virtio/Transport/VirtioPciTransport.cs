@@ -68,6 +68,11 @@ public sealed class VirtioPciTransport : IMmioDevice, IDisposable
             throw new ArgumentException("BAR0 must be aligned to its size.", nameof(bar0Address));
         }
 
+        if (intx is not null && (intx.Vector < 0 || intx.Vector > 254))
+        {
+            throw new ArgumentOutOfRangeException(nameof(intx), "The INTx line's vector must fit the Interrupt Line register (0 to 254).");
+        }
+
         Bar0Address = bar0Address;
         _vectors = [.. msixVectors];
         _intx = intx;
@@ -472,7 +477,9 @@ public sealed class VirtioPciTransport : IMmioDevice, IDisposable
 
             // 4.1.2.1: a non-transitional device's subsystem device ID is 0x40 or more.
             BinaryPrimitives.WriteUInt16LittleEndian(b[L.PciSubsystemId..], 0x40);
+            // INTA# routed to the owner's INTx line, as firmware would record it in Interrupt Line.
             b[L.PciInterruptPin] = owner._intx is null ? (byte)0 : (byte)1;
+            b[L.PciInterruptLine] = owner._intx is null ? (byte)0xff : (byte)owner._intx.Vector;
             b[L.PciCapabilitiesPointer] = CapCommon;
 
             WriteVirtioCap(b, CapCommon, CapNotify, L.CapSize, VirtioPciCapType.CommonCfg, L.Bar0CommonOffset, L.CommonSize);

@@ -236,6 +236,38 @@ public sealed class VirtioGuestDriverTests
     }
 
     [Test]
+    public void Pci_without_MSIX_falls_back_to_INTx_and_the_ISR()
+    {
+        using var device = new FakeVirtioDevice();
+        using var interrupts = new GuestInterruptEvents();
+        var intx = new EventBackedInterruptLine(10, interrupts.Get(10));
+        ulong bar0 = VirtioMachineLayout.PciBar0Address(0);
+        using var transport = new VirtioPciTransport(device, _memory, bar0, [], intx);
+        var bus = new MmioBus();
+        bus.Map(VirtioMachineLayout.PciConfigAddress(0), VirtioMachineLayout.PciConfigSize, transport.ConfigSpace, "pci0:0 config");
+        bus.Map(bar0, VirtioPciLayout.Bar0Size, transport, "pci0:0 BAR0");
+        var queues = new FakeQueueFactory();
+        using var driver = new VirtioGuestDriver(bus, VirtioDeviceLocator.Discover(bus).Single(), queues, interrupts, new VirtioDriverOptions());
+        using var configChanged = new ManualResetEventSlim();
+        driver.ConfigChanged += configChanged.Set;
+        driver.Initialize();
+
+        Assert.That(transport.MsixEnabled, Is.False);
+        Assert.That(driver.Queues[0].Vector, Is.EqualTo(10));
+        Task<object?> waiter = Task.Factory.StartNew(
+            () => driver.Queues[0].WaitForCompletion(Timeout, out object? t, out _) ? t : null,
+            TaskCreationOptions.LongRunning);
+        Thread.Sleep(50);
+        queues.Made[0].Used.Enqueue(("intx", 1));
+        device.Started[0].Resources.Interrupt.Raise();
+        Assert.That(waiter.Wait(Timeout), Is.True);
+        Assert.That(waiter.Result, Is.EqualTo("intx"));
+
+        device.RaiseConfigChanged();
+        Assert.That(configChanged.Wait(Timeout), Is.True);
+    }
+
+    [Test]
     public void Notify_writes_the_register_only_when_the_device_wants_a_kick()
     {
         using var machine = NewMachine(GuestInterruptDelivery.EventBacked);
