@@ -268,6 +268,18 @@ public sealed class VirtqueueWorkerTests
         Assert.That(worker.IsRunning, Is.False);
     }
 
+    [Test]
+    public void A_device_polls_when_the_resources_say_there_is_no_kick_fd()
+    {
+        using QueueHarness h = QueueHarness.Create(false, 16);
+        using var device = new EchoDevice();
+        device.StartQueue(0, h.Resources with { PollWithoutKick = true }, h.Features);
+        Thread.Sleep(20);
+        h.Driver.TrySubmit(h.Request(9), 9);
+        Assert.That(TakeUntil(h, 1), Is.EqualTo(new object[] { 9 }));
+        Assert.That(device.StopQueue(0), Is.EqualTo(new VirtqueueState(1, 1)));
+    }
+
     private static void Submit(QueueHarness h, int from, int count)
     {
         for (int i = from; i < from + count; i++)
