@@ -87,7 +87,7 @@ public abstract class VirtioDeviceBase : IVirtioDevice
             var worker = new VirtqueueWorker(
                 QueueThreadName(index),
                 queue,
-                resources.Kick,
+                resources.PollWithoutKick ? null : resources.Kick,
                 chain => ProcessRequest(index, chain, memory),
                 ex => ReportFault(index, ex));
             NegotiatedFeatures = features;

@@ -34,12 +34,12 @@ internal sealed class ChainBuilder
     {
         if (_count >= _maxSegments)
         {
-            throw new VirtqueueException($"Descriptor chain is longer than the queue size {_maxSegments} (virtio 1.2, 2.7.5.2).");
+            ThrowHelper.ThrowChainTooLong(_maxSegments);
         }
 
         if (!_memory.IsValidRange(address, length))
         {
-            throw new VirtqueueException($"Descriptor buffer [0x{address:x}, +0x{length:x}) is not inside guest memory.");
+            ThrowHelper.ThrowBufferOutsideMemory(address, length);
         }
 
         if (writable)
@@ -48,7 +48,7 @@ internal sealed class ChainBuilder
         }
         else if (_seenWritable)
         {
-            throw new VirtqueueException("A device-readable descriptor follows a device-writable one (virtio 1.2, 2.7.4.2).");
+            ThrowHelper.ThrowReadableAfterWritable();
         }
 
         if (_count == _scratch.Length)

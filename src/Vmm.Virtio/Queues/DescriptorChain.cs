@@ -15,8 +15,10 @@ public sealed class DescriptorChain
         Head = head;
         Segments = segments;
         RingSlots = ringSlots;
-        foreach (DescriptorSegment s in segments)
+        // Indexed, not foreach: enumerating an IReadOnlyList allocates, and this runs per request.
+        for (int i = 0; i < segments.Count; i++)
         {
+            DescriptorSegment s = segments[i];
             if (s.IsDeviceWritable)
             {
                 WritableLength += s.Length;

@@ -167,8 +167,7 @@ public sealed class SplitDeviceQueue : IDeviceQueue
         ushort idx = Memory.ReadUInt16Acquire(_availRing + SplitAvailIdxOffset);
         if ((ushort)(idx - _lastAvail) > Size)
         {
-            throw new VirtqueueException(
-                $"Available index moved from {_lastAvail} to {idx}, more than the queue size {Size} (virtio 1.2, 2.7.6).");
+            ThrowHelper.ThrowAvailIndexJump(_lastAvail, idx, Size);
         }
 
         _cachedAvailIdx = idx;
@@ -194,7 +193,7 @@ public sealed class SplitDeviceQueue : IDeviceQueue
             // Every table is walked at most once per entry: more steps than entries is a loop (2.7.5.2).
             if (++visited > tableEntries)
             {
-                throw new VirtqueueException($"Descriptor chain from head {head} loops or is longer than its table ({tableEntries} entries).");
+                ThrowHelper.ThrowChainLoop(head, tableEntries);
             }
 
             ReadOnlySpan<byte> d = Memory.GetSpan(table + ((ulong)index * DescriptorSize), DescriptorSize);
@@ -225,7 +224,7 @@ public sealed class SplitDeviceQueue : IDeviceQueue
 
             if (next >= tableEntries)
             {
-                throw new VirtqueueException($"Descriptor {index} chains to {next}, beyond its table of {tableEntries} entries.");
+                ThrowHelper.ThrowNextOutOfTable(index, next, tableEntries);
             }
 
             index = next;

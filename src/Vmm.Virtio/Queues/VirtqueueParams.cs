@@ -12,7 +12,15 @@ namespace Vmm.Virtio.Queues;
 public sealed record VirtqueueParams(ushort Size, ulong DescriptorArea, ulong DriverArea, ulong DeviceArea);
 
 /// <summary>Everything a device needs to run one queue.</summary>
-public sealed record VirtqueueResources(VirtqueueParams Params, GuestMemory Memory, EventFd Kick, InterruptLine Interrupt);
+public sealed record VirtqueueResources(VirtqueueParams Params, GuestMemory Memory, EventFd Kick, InterruptLine Interrupt)
+{
+    /// <summary>
+    /// Poll the ring instead of waiting on <see cref="Kick"/>: a vhost-user front-end may set no
+    /// kick fd (VHOST_USER_VRING_NOFD_MASK), and then the back-end must poll (vhost-user.rst,
+    /// "SET_VRING_KICK"). <see cref="Kick"/> is then a placeholder nobody signals.
+    /// </summary>
+    public bool PollWithoutKick { get; init; }
+}
 
 /// <summary>
 /// Where a queue stopped: the next available index the device will read and the next used
