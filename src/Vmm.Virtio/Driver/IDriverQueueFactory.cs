@@ -1,6 +1,4 @@
-#if VMM_DRIVER_QUEUES
 using Vmm.Core.Memory;
-#endif
 
 namespace Vmm.Virtio.Driver;
 
@@ -27,11 +25,9 @@ public sealed class DelegateDriverQueueFactory : IDriverQueueFactory
     public IDriverQueue Create(int queueIndex, ushort size, ulong negotiatedFeatures) => _create(queueIndex, size, negotiatedFeatures);
 }
 
-#if VMM_DRIVER_QUEUES
 /// <summary>Queues from <see cref="DriverQueue.Create"/>, with rings from <paramref name="allocator"/>.</summary>
 public sealed class GuestDriverQueueFactory(GuestMemory memory, GuestMemoryAllocator allocator) : IDriverQueueFactory
 {
     public IDriverQueue Create(int queueIndex, ushort size, ulong negotiatedFeatures) =>
         DriverQueue.Create(memory, allocator, size, negotiatedFeatures);
 }
-#endif

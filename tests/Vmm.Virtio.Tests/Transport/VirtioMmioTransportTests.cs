@@ -117,7 +117,7 @@ public sealed class VirtioMmioTransportTests
         var (resources, negotiated) = _device.Started[1];
         Assert.Multiple(() =>
         {
-            Assert.That(resources.Params, Is.EqualTo(new Queues.VirtqueueParams(64, 0x1_0000_1000, 0x2000, 0x3000)));
+            Assert.That(resources.Params, Is.EqualTo(new Vmm.Virtio.Queues.VirtqueueParams(64, 0x1_0000_1000, 0x2000, 0x3000)));
             Assert.That(negotiated, Is.EqualTo(features));
             Assert.That(resources.Memory, Is.SameAs(_memory));
             Assert.That(resources.Kick, Is.SameAs(_transport.GetKickEventFd(1)));

@@ -149,7 +149,7 @@ public sealed class VirtioPciTransportTests
         var (resources, features) = _device.Started[1];
         Assert.Multiple(() =>
         {
-            Assert.That(resources.Params, Is.EqualTo(new Queues.VirtqueueParams(32, 0x4000, 0x5000, 0x6000)));
+            Assert.That(resources.Params, Is.EqualTo(new Vmm.Virtio.Queues.VirtqueueParams(32, 0x4000, 0x5000, 0x6000)));
             Assert.That(features, Is.EqualTo(VirtioFeatures.VERSION_1));
             Assert.That(Common16(L.CommonQueueEnable), Is.EqualTo(1));
             Assert.That(Common64(L.CommonQueueDesc), Is.EqualTo(0x4000UL));
