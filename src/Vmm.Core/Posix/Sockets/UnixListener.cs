@@ -1,0 +1,181 @@
+using System.Net.Sockets;
+using System.Runtime.InteropServices;
+using Mono.Unix.Native;
+
+namespace Vmm.Core.Posix.Sockets;
+
+/// <summary>
+/// A listening AF_UNIX stream socket bound to a filesystem path, reachable only by its owner
+/// (mode 0600), that removes its socket file when disposed.
+/// </summary>
+public sealed class UnixListener : IDisposable
+{
+    /// <summary>Owner read+write: connect(2) on a path socket needs write permission (unix(7)).</summary>
+    private const FilePermissions SocketMode = FilePermissions.S_IRUSR | FilePermissions.S_IWUSR;
+
+    private readonly Socket _socket;
+    private readonly ulong _device;
+    private readonly ulong _inode;
+    private int _disposed;
+
+    private UnixListener(string path, Socket socket, ulong device, ulong inode)
+    {
+        Path = path;
+        _socket = socket;
+        _device = device;
+        _inode = inode;
+    }
+
+    /// <summary>The socket file's path.</summary>
+    public string Path { get; }
+
+    /// <summary>
+    /// Binds <paramref name="path"/> and listens. A stale socket file left by a dead process
+    /// (connect refused) is replaced; a socket some process still accepts on is not touched
+    /// (IOException), and neither is a path that is not a socket.
+    /// </summary>
+    public static UnixListener Bind(string path, int backlog = 16)
+    {
+        ArgumentException.ThrowIfNullOrEmpty(path);
+        path = System.IO.Path.GetFullPath(path);
+        RemoveStaleSocket(path);
+
+        // The socket is made with Mono.Posix rather than Socket.Bind: a BCL Socket that bound a
+        // path deletes that path on Dispose whatever it has become meanwhile, while this
+        // listener unlinks only the inode it created (see Dispose).
+        int fd = Syscall.socket(UnixAddressFamily.AF_UNIX, UnixSocketType.SOCK_STREAM, UnixSocketFlags.SOCK_CLOEXEC, 0);
+        if (fd < 0)
+        {
+            int errno = Marshal.GetLastPInvokeError();
+            throw new IOException($"socket(AF_UNIX, SOCK_STREAM) failed: {PosixErrors.Describe(errno)}");
+        }
+
+        var handle = new SafeSocketHandle((IntPtr)fd, ownsHandle: true);
+        bool created = false;
+        try
+        {
+            if (Syscall.bind(fd, new SockaddrUn(path)) != 0)
+            {
+                int errno = Marshal.GetLastPInvokeError();
+                throw new IOException($"Cannot bind socket {path}: {PosixErrors.Describe(errno)}");
+            }
+
+            created = true;
+
+            // bind(2) created the file with 0777 & ~umask, and fchmod does not apply to sockets.
+            // Narrow it before listen(2): until then every connect(2) is refused (ECONNREFUSED),
+            // so nobody else can get in through the wider mode.
+            if (Syscall.chmod(path, SocketMode) != 0)
+            {
+                int errno = Marshal.GetLastPInvokeError();
+                throw new IOException($"chmod 0600 on socket {path} failed: {PosixErrors.Describe(errno)}");
+            }
+
+            if (Syscall.lstat(path, out Stat stat) != 0)
+            {
+                int errno = Marshal.GetLastPInvokeError();
+                throw new IOException($"lstat on socket {path} failed: {PosixErrors.Describe(errno)}");
+            }
+
+            if (Syscall.listen(fd, backlog) != 0)
+            {
+                int errno = Marshal.GetLastPInvokeError();
+                throw new IOException($"listen on socket {path} failed: {PosixErrors.Describe(errno)}");
+            }
+
+            return new UnixListener(path, new Socket(handle), stat.st_dev, stat.st_ino);
+        }
+        catch
+        {
+            handle.Dispose();
+            if (created)
+            {
+                Syscall.unlink(path);
+            }
+
+            throw;
+        }
+    }
+
+    /// <summary>Waits for the next connection.</summary>
+    public async ValueTask<Socket> AcceptAsync(CancellationToken cancellationToken = default)
+    {
+        ObjectDisposedException.ThrowIf(Volatile.Read(ref _disposed) != 0, this);
+        return await _socket.AcceptAsync(cancellationToken).ConfigureAwait(false);
+    }
+
+    /// <summary>Stops listening and removes the socket file, if it is still the one this listener created.</summary>
+    public void Dispose()
+    {
+        if (Interlocked.Exchange(ref _disposed, 1) != 0)
+        {
+            return;
+        }
+
+        _socket.Dispose();
+
+        // Another listener may have replaced our (then stale-looking) file since; only unlink
+        // the inode we created.
+        if (Syscall.lstat(Path, out Stat stat) == 0 && stat.st_dev == _device && stat.st_ino == _inode)
+        {
+            Syscall.unlink(Path);
+        }
+    }
+
+    private static void RemoveStaleSocket(string path)
+    {
+        if (Syscall.lstat(path, out Stat stat) != 0)
+        {
+            int errno = Marshal.GetLastPInvokeError();
+            if (errno == PosixErrors.ENOENT)
+            {
+                return;
+            }
+
+            throw new IOException($"Cannot inspect {path}: {PosixErrors.Describe(errno)}");
+        }
+
+        if ((stat.st_mode & FilePermissions.S_IFMT) != FilePermissions.S_IFSOCK)
+        {
+            throw new IOException($"{path} exists and is not a socket; refusing to replace it.");
+        }
+
+        if (IsListenedOn(path))
+        {
+            throw new IOException($"socket path {path} is in use by another process.");
+        }
+
+        // Unlink only the inode we probed, in case it was replaced meanwhile.
+        if (Syscall.lstat(path, out Stat again) == 0 && again.st_dev == stat.st_dev && again.st_ino == stat.st_ino)
+        {
+            if (Syscall.unlink(path) != 0)
+            {
+                int errno = Marshal.GetLastPInvokeError();
+                throw new IOException($"Cannot remove stale socket {path}: {PosixErrors.Describe(errno)}");
+            }
+        }
+    }
+
+    private static bool IsListenedOn(string path)
+    {
+        using var probe = new Socket(AddressFamily.Unix, SocketType.Stream, ProtocolType.Unspecified);
+
+        // Non-blocking: an AF_UNIX connect completes at once, or fails with ECONNREFUSED
+        // (nobody listens: the file outlived its process) or EAGAIN (a live listener whose
+        // backlog is full), instead of waiting on that backlog.
+        probe.Blocking = false;
+        try
+        {
+            probe.Connect(new UnixDomainSocketEndPoint(path));
+            return true;
+        }
+        catch (SocketException e) when (e.SocketErrorCode == SocketError.ConnectionRefused)
+        {
+            return false;
+        }
+        catch (SocketException e) when (e.SocketErrorCode == SocketError.WouldBlock)
+        {
+            return true;
+        }
+    }
+}
