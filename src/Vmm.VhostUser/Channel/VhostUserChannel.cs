@@ -36,6 +36,12 @@ public sealed class VhostUserChannel : IDisposable
     private VhostUserChannel(Socket socket, VhostUserChannelOptions? options)
     {
         ArgumentNullException.ThrowIfNull(socket);
+        if (socket.AddressFamily != AddressFamily.Unix || socket.SocketType != SocketType.Stream)
+        {
+            throw new ArgumentException(
+                $"vhost-user runs over AF_UNIX stream sockets, not {socket.AddressFamily}/{socket.SocketType}.", nameof(socket));
+        }
+
         options ??= VhostUserChannelOptions.Default;
         ArgumentOutOfRangeException.ThrowIfNegative(options.MaxPayloadSize, nameof(options.MaxPayloadSize));
         _socket = socket;
@@ -53,6 +59,10 @@ public sealed class VhostUserChannel : IDisposable
         (Socket first, Socket second) = UnixSocketPair.Create();
         return (new VhostUserChannel(first, options), new VhostUserChannel(second, options));
     }
+
+    /// <inheritdoc cref="ConnectAsync(string, VhostUserChannelOptions?, CancellationToken)"/>
+    public static Task<VhostUserChannel> ConnectAsync(string path, CancellationToken cancellationToken) =>
+        ConnectAsync(path, null, cancellationToken);
 
     /// <summary>
     /// Connects to the vhost-user socket at <paramref name="path"/>. A missing path is a
@@ -228,7 +238,10 @@ public sealed class VhostUserChannel : IDisposable
         }
     }
 
-    /// <summary>Closes the socket; pending and later operations end with <see cref="VhostUserConnectionLostException"/>.</summary>
+    /// <summary>
+    /// Closes the socket. Pending sends and receives end with
+    /// <see cref="VhostUserConnectionLostException"/>; later calls throw <see cref="ObjectDisposedException"/>.
+    /// </summary>
     public void Dispose()
     {
         if (Interlocked.Exchange(ref _disposed, 1) != 0)
