@@ -9,6 +9,8 @@ namespace Vmm.VhostUser.Backend;
 /// </summary>
 internal sealed class BackendVring : IDisposable
 {
+    private EventFd? _privateKick;
+
     public BackendVring(int index)
     {
         Index = index;
@@ -37,6 +39,12 @@ internal sealed class BackendVring : IDisposable
 
     /// <summary>Set by SET_VRING_KICK (with an fd or NOFD); cleared when the ring stops.</summary>
     public bool KickReceived { get; set; }
+
+    /// <summary>
+    /// The eventfd the queue worker waits on: the front-end's kick, or with NOFD a private one
+    /// that only the back-end signals (the ring is then looked at on start and when polled).
+    /// </summary>
+    public EventFd WorkerKick => Kick ?? (_privateKick ??= new EventFd());
 
     public CallInterruptLine Call { get; }
 
@@ -86,6 +94,8 @@ internal sealed class BackendVring : IDisposable
         Base = 0;
         Kick?.Dispose();
         Kick = null;
+        _privateKick?.Dispose();
+        _privateKick = null;
         KickReceived = false;
         SetCall(null);
         SetError(null);

@@ -156,7 +156,7 @@ public sealed partial class VhostUserBackendSession
 
         VirtqueueParams parameters = TranslateRing(vring);
         VirtqueueState initial = vring.Resume ?? InitialState(vring, parameters);
-        EventFd kick = vring.Kick ?? new EventFd();
+        EventFd kick = vring.WorkerKick;
         var resources = new VirtqueueResources(parameters, _memory, kick, vring.Call);
         ulong deviceFeatures = _ackedFeatures & ~VhostUserVirtioFeatures.TransportMask;
         try
