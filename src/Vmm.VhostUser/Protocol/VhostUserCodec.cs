@@ -44,12 +44,13 @@ public static class VhostUserCodec
     /// </summary>
     public static void ValidateRequestHeader(in VhostUserHeader header)
     {
-        ValidateRequestFlags(header.Flags, header.Request, "request");
-        ValidateSizeBound(header.PayloadSize, header.Request, "request");
+        string name = Describe(header.Request);
+        ValidateRequestFlags(header.Flags, name);
+        ValidateSizeBound(header.PayloadSize, name);
         if (IsKnownRequest(header.Request))
         {
             var request = (VhostUserRequest)header.Request;
-            CheckRule(VhostUserPayloadRules.ForRequest(request), header.PayloadSize, request.ToString(), "request");
+            CheckRule(VhostUserPayloadRules.ForRequest(request), header.PayloadSize, name);
         }
     }
 
@@ -59,12 +60,13 @@ public static class VhostUserCodec
     /// </summary>
     public static void ValidateBackendRequestHeader(in VhostUserHeader header)
     {
-        ValidateRequestFlags(header.Flags, header.Request, "back-end request");
-        ValidateSizeBound(header.PayloadSize, header.Request, "back-end request");
+        string name = DescribeBackend(header.Request);
+        ValidateRequestFlags(header.Flags, name);
+        ValidateSizeBound(header.PayloadSize, name);
         if (IsKnownBackendRequest(header.Request))
         {
             var request = (VhostUserBackendRequest)header.Request;
-            CheckRule(VhostUserPayloadRules.ForBackendRequest(request), header.PayloadSize, "BACKEND_" + request, "back-end request");
+            CheckRule(VhostUserPayloadRules.ForBackendRequest(request), header.PayloadSize, name);
         }
     }
 
@@ -81,15 +83,16 @@ public static class VhostUserCodec
     /// <summary>As <see cref="ValidateReplyHeader(in VhostUserHeader, VhostUserRequest)"/> with an explicit size rule (e.g. <see cref="GetConfigReplyRule"/>).</summary>
     public static void ValidateReplyHeader(in VhostUserHeader header, VhostUserRequest expectedRequest, VhostUserPayloadRule expectedPayload)
     {
-        ValidateReplyFlags(header.Flags, header.Request, "reply");
+        string name = "reply to " + Describe((uint)expectedRequest);
+        ValidateReplyFlags(header.Flags, name);
         if (header.Request != (uint)expectedRequest)
         {
             ProtocolThrowHelper.ThrowProtocol(
                 $"reply carries request code {Describe(header.Request)}, expected {expectedRequest} ({(uint)expectedRequest})");
         }
 
-        ValidateSizeBound(header.PayloadSize, header.Request, "reply");
-        CheckRule(expectedPayload, header.PayloadSize, expectedRequest.ToString(), "reply");
+        ValidateSizeBound(header.PayloadSize, name);
+        CheckRule(expectedPayload, header.PayloadSize, name);
     }
 
     /// <summary>
@@ -98,15 +101,16 @@ public static class VhostUserCodec
     /// </summary>
     public static void ValidateBackendReplyHeader(in VhostUserHeader header, VhostUserBackendRequest expectedRequest)
     {
-        ValidateReplyFlags(header.Flags, header.Request, "back-end reply");
+        string name = "reply to " + DescribeBackend((uint)expectedRequest);
+        ValidateReplyFlags(header.Flags, name);
         if (header.Request != (uint)expectedRequest)
         {
             ProtocolThrowHelper.ThrowProtocol(
                 $"back-end reply carries request code {header.Request}, expected BACKEND_{expectedRequest} ({(uint)expectedRequest})");
         }
 
-        ValidateSizeBound(header.PayloadSize, header.Request, "back-end reply");
-        CheckRule(VhostUserPayloadRules.ForBackendReply(expectedRequest), header.PayloadSize, "BACKEND_" + expectedRequest, "back-end reply");
+        ValidateSizeBound(header.PayloadSize, name);
+        CheckRule(VhostUserPayloadRules.ForBackendReply(expectedRequest), header.PayloadSize, name);
     }
 
     /// <summary>
@@ -262,7 +266,7 @@ public static class VhostUserCodec
         var expected = ExpectedBackendFds(request, payload);
         if (!expected.Allows(fdCount))
         {
-            ProtocolThrowHelper.ThrowProtocol($"back-end request {request} carries {fdCount} fds, expected {expected}");
+            ProtocolThrowHelper.ThrowProtocol($"{DescribeBackend(request)} carries {fdCount} fds, expected {expected}");
         }
     }
 
@@ -280,6 +284,10 @@ public static class VhostUserCodec
     public static string Describe(uint request) =>
         IsKnownRequest(request) ? $"{(VhostUserRequest)request} ({request})" : $"unknown request {request}";
 
+    /// <summary>"BACKEND_CONFIG_CHANGE_MSG (2)" for known codes, "unknown back-end request 99" otherwise.</summary>
+    public static string DescribeBackend(uint request) =>
+        IsKnownBackendRequest(request) ? $"BACKEND_{(VhostUserBackendRequest)request} ({request})" : $"unknown back-end request {request}";
+
     // --- Checks ---------------------------------------------------------------------------------
 
     private static uint RequestFlags(bool needReply) =>
@@ -295,28 +303,28 @@ public static class VhostUserCodec
         return (uint)payloadSize;
     }
 
-    private static void ValidateRequestFlags(uint flags, uint request, string what)
+    private static void ValidateRequestFlags(uint flags, string name)
     {
         // vhost-user.rst, "Header": lower 2 bits version (currently 1), bit 2 reply, bit 3 need_reply.
         uint version = flags & VhostUserHeaderFlags.VersionMask;
         if (version != VhostUserHeaderFlags.Version)
         {
-            ProtocolThrowHelper.ThrowProtocol($"{what} {request}: version {version} in flags 0x{flags:x}, expected 1");
+            ProtocolThrowHelper.ThrowProtocol($"{name}: version {version} in flags 0x{flags:x}, expected 1");
         }
 
         if ((flags & VhostUserHeaderFlags.Reply) != 0)
         {
-            ProtocolThrowHelper.ThrowProtocol($"{what} {request}: reply bit set in flags 0x{flags:x} on a request");
+            ProtocolThrowHelper.ThrowProtocol($"{name}: reply bit set in flags 0x{flags:x} on a request");
         }
 
         if ((flags & VhostUserHeaderFlags.ReservedMask) != 0)
         {
             ProtocolThrowHelper.ThrowProtocol(
-                $"{what} {request}: reserved flag bits 0x{flags & VhostUserHeaderFlags.ReservedMask:x} set");
+                $"{name}: reserved flag bits 0x{flags & VhostUserHeaderFlags.ReservedMask:x} set");
         }
     }
 
-    private static void ValidateReplyFlags(uint flags, uint request, string what)
+    private static void ValidateReplyFlags(uint flags, string name)
     {
         if (flags == ReplyFlags)
         {
@@ -329,23 +337,23 @@ public static class VhostUserCodec
             : (flags & VhostUserHeaderFlags.Reply) == 0 ? "reply bit clear"
             : (flags & VhostUserHeaderFlags.NeedReply) != 0 ? "need_reply set on a reply"
             : $"reserved bits 0x{flags & VhostUserHeaderFlags.ReservedMask:x} set";
-        ProtocolThrowHelper.ThrowProtocol($"{what} {request}: flags 0x{flags:x} must be 0x{ReplyFlags:x} ({reason})");
+        ProtocolThrowHelper.ThrowProtocol($"{name}: flags 0x{flags:x} must be 0x{ReplyFlags:x} ({reason})");
     }
 
-    private static void ValidateSizeBound(uint size, uint request, string what)
+    private static void ValidateSizeBound(uint size, string name)
     {
         if (size > MaxPayloadSize)
         {
             ProtocolThrowHelper.ThrowProtocol(
-                $"{what} {request}: payload size {size} (0x{size:x}) exceeds the maximum {MaxPayloadSize}");
+                $"{name}: payload size {size} (0x{size:x}) exceeds the maximum {MaxPayloadSize}");
         }
     }
 
-    private static void CheckRule(VhostUserPayloadRule rule, uint size, string name, string what)
+    private static void CheckRule(VhostUserPayloadRule rule, uint size, string name)
     {
         if (!rule.Allows(size))
         {
-            ProtocolThrowHelper.ThrowProtocol($"{what} {name}: payload size {size} does not fit {rule}");
+            ProtocolThrowHelper.ThrowProtocol($"{name}: payload size {size} does not fit {rule}");
         }
     }
 }

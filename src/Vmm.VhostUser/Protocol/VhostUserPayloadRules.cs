@@ -94,9 +94,12 @@ public static class VhostUserPayloadRules
     {
         VhostUserRequest.GET_VRING_BASE => VhostUserPayloadRule.Exact(VhostUserVringState.Size),
 
-        // Postcopy only: the back-end returns its mapping bases.
-        VhostUserRequest.SET_MEM_TABLE => s_memTable,
-        VhostUserRequest.ADD_MEM_REG => VhostUserPayloadRule.Exact(VhostUserSingleMemoryRegion.Size),
+        // Either the REPLY_ACK u64 (8 bytes) or, in postcopy, the back-end's mapping bases: a
+        // memory table (8 + n*32) or a single region (8 + 32). Both fit 8 + k*32.
+        VhostUserRequest.SET_MEM_TABLE => VhostUserPayloadRule.Range(
+            VhostUserU64.Size, VhostUserMemoryTable.MaxPayloadSize, VhostUserMemoryRegion.Size),
+        VhostUserRequest.ADD_MEM_REG => VhostUserPayloadRule.Range(
+            VhostUserU64.Size, VhostUserSingleMemoryRegion.Size, VhostUserMemoryRegion.Size),
 
         // "vhost-user back-end uses zero length of payload to indicate an error"; otherwise the
         // reply must match the request's size, which ValidateReplyHeader's sized overload checks.

@@ -4,8 +4,9 @@ namespace Vmm.VhostUser.Protocol;
 public static class VhostUserProtocolFeatureMask
 {
     /// <summary>
-    /// Bits 0..19: every bit the spec defined before the shared-memory extensions, on which all
-    /// implementations agree. Bits above this are not offered or accepted unless asked for explicitly.
+    /// Bits 0..19: every bit the spec defined before the shared-memory extensions. Bits above this
+    /// are read differently by different peers (see <see cref="VhostUserProtocolFeatures.SHMEM"/>),
+    /// so they are not offered or accepted unless asked for explicitly.
     /// </summary>
     public const VhostUserProtocolFeatures Known = (VhostUserProtocolFeatures)((1UL << 20) - 1);
 

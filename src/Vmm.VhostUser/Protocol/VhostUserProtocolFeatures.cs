@@ -42,10 +42,12 @@ public enum VhostUserProtocolFeatures : ulong
     DEVICE_STATE = 1UL << 19,
 
     // Bits 20 and up. The spec added SHMEM (VIRTIO Shared Memory Regions: GET_SHMEM_CONFIG and
-    // BACKEND_SHMEM_MAP/UNMAP) long after the others; before it was merged, out-of-tree
-    // implementations (crosvm among them) used their own numbering for shared-memory and GPU
-    // extensions, so peers disagree on what a bit above 19 means. These bits are outside
-    // VhostUserProtocolFeatureMask.Known: they are never offered or accepted by default.
+    // BACKEND_SHMEM_MAP/UNMAP) long after the others, and implementations disagree on these bits:
+    // crosvm's front-end has offered a private SHARED_MEMORY_REGIONS extension as 0x10_0000 (bit
+    // 20) and, in older versions, as 0x2_0000 (bit 17, which the spec gives to XEN_MMAP). So a bit
+    // above 19 from a peer may not mean what the spec says. They stay outside
+    // VhostUserProtocolFeatureMask.Known: never offered or accepted by default, only when a caller
+    // names them in VhostUserProtocolFeatureMask.Negotiate's allowBeyondKnown.
 
     /// <summary>VIRTIO Shared Memory Regions. Not in <see cref="VhostUserProtocolFeatureMask.Known"/>.</summary>
     SHMEM = 1UL << 20,
