@@ -1,0 +1,223 @@
+using Vmm.Core.Memory;
+using Vmm.Virtio.Queues;
+using Vmm.Virtio.Spec;
+
+namespace Vmm.Virtio;
+
+/// <summary>
+/// The common part of in-process virtio devices: feature bits, queue sizes, one
+/// <see cref="VirtqueueWorker"/> thread per started queue, fault reporting and reset.
+/// A device supplies its configuration space and <see cref="ProcessRequest"/>.
+/// </summary>
+/// <remarks>
+/// Control calls (start, stop, reset) come from the transport and are serialised here with a
+/// lock; the data plane runs on each queue's worker without locks (STYLE.md section 3).
+/// </remarks>
+public abstract class VirtioDeviceBase : IVirtioDevice
+{
+    /// <summary>The ring features this layer implements; devices include them in their feature bits.</summary>
+    public const ulong SupportedRingFeatures =
+        VirtioFeatures.RING_INDIRECT_DESC | VirtioFeatures.RING_EVENT_IDX | VirtioFeatures.RING_PACKED;
+
+    private readonly object _control = new();
+    private readonly ushort _maxQueueSize;
+    private readonly QueueSlot[] _queues;
+    private bool _disposed;
+
+    protected VirtioDeviceBase(VirtioDeviceId id, ulong deviceFeatures, int queueCount, ushort maxQueueSize)
+    {
+        ArgumentOutOfRangeException.ThrowIfNegativeOrZero(queueCount);
+        ArgumentOutOfRangeException.ThrowIfZero(maxQueueSize);
+        ArgumentOutOfRangeException.ThrowIfGreaterThan(maxQueueSize, (ushort)VirtqueueLayout.MaxQueueSize);
+        DeviceId = id;
+        DeviceFeatures = deviceFeatures;
+        QueueCount = queueCount;
+        _maxQueueSize = maxQueueSize;
+        _queues = new QueueSlot[queueCount];
+        for (int i = 0; i < queueCount; i++)
+        {
+            _queues[i] = new QueueSlot();
+        }
+    }
+
+    public event Action? ConfigChanged;
+
+    public event Action<DeviceFault>? Faulted;
+
+    public VirtioDeviceId DeviceId { get; }
+
+    public ulong DeviceFeatures { get; }
+
+    public int QueueCount { get; }
+
+    public abstract int ConfigSize { get; }
+
+    /// <summary>The features of the most recent <see cref="StartQueue"/> (the driver's accepted set).</summary>
+    protected ulong NegotiatedFeatures { get; private set; }
+
+    public virtual ushort GetMaxQueueSize(int index)
+    {
+        CheckIndex(index);
+        return _maxQueueSize;
+    }
+
+    public abstract void ReadConfig(uint offset, Span<byte> data);
+
+    public abstract void WriteConfig(uint offset, ReadOnlySpan<byte> data);
+
+    /// <summary>Starts the queue on its own worker thread, stopping it first if it runs.</summary>
+    /// <exception cref="VirtqueueException">The queue parameters break the spec's rules (size, alignment, areas outside memory).</exception>
+    public void StartQueue(int index, VirtqueueResources resources, ulong features, VirtqueueState? initialState = null)
+    {
+        CheckIndex(index);
+        ArgumentNullException.ThrowIfNull(resources);
+        lock (_control)
+        {
+            ObjectDisposedException.ThrowIf(_disposed, this);
+            QueueSlot slot = _queues[index];
+            StopSlot(slot);
+            if (resources.Params.Size > GetMaxQueueSize(index))
+            {
+                throw new VirtqueueException(
+                    $"Queue {index} size {resources.Params.Size} exceeds the device's maximum {GetMaxQueueSize(index)}.");
+            }
+
+            IDeviceQueue queue = DeviceQueue.Create(resources, features, initialState, CreateInflightTracker(index));
+            GuestMemory memory = resources.Memory;
+            var worker = new VirtqueueWorker(
+                QueueThreadName(index),
+                queue,
+                resources.Kick,
+                chain => ProcessRequest(index, chain, memory),
+                ex => ReportFault(index, ex));
+            NegotiatedFeatures = features;
+            slot.Worker = worker;
+            slot.StoppedState = null;
+            worker.Start();
+        }
+    }
+
+    public VirtqueueState? StopQueue(int index)
+    {
+        CheckIndex(index);
+        lock (_control)
+        {
+            QueueSlot slot = _queues[index];
+            StopSlot(slot);
+            return slot.StoppedState;
+        }
+    }
+
+    public void Reset()
+    {
+        lock (_control)
+        {
+            foreach (QueueSlot slot in _queues)
+            {
+                StopSlot(slot);
+                slot.StoppedState = null;
+            }
+
+            NegotiatedFeatures = 0;
+            OnReset();
+        }
+    }
+
+    public virtual byte[] SaveState() => [];
+
+    public virtual void RestoreState(ReadOnlySpan<byte> state)
+    {
+    }
+
+    public void Dispose()
+    {
+        Dispose(true);
+        GC.SuppressFinalize(this);
+    }
+
+    /// <summary>
+    /// Handles one request on queue <paramref name="queueIndex"/>'s worker thread; returns the bytes
+    /// written into the chain's writable buffers. A <see cref="VirtqueueException"/> or
+    /// <see cref="GuestMemoryException"/> (or any exception) stops the queue and raises <see cref="Faulted"/>.
+    /// </summary>
+    protected abstract uint ProcessRequest(int queueIndex, DescriptorChain chain, GuestMemory memory);
+
+    /// <summary>Called by <see cref="Reset"/> after every queue stopped: return device state to its initial values.</summary>
+    protected virtual void OnReset()
+    {
+    }
+
+    /// <summary>The inflight tracker for a queue being started (a vhost-user back-end supplies one); none by default.</summary>
+    protected virtual IInflightTracker? CreateInflightTracker(int queueIndex) => null;
+
+    /// <summary>The worker thread's name, e.g. "vq-blk-0".</summary>
+    protected virtual string QueueThreadName(int queueIndex) => $"vq-{ShortName(DeviceId)}-{queueIndex}";
+
+    protected void RaiseConfigChanged() => ConfigChanged?.Invoke();
+
+    protected void RaiseFaulted(DeviceFault fault) => Faulted?.Invoke(fault);
+
+    protected virtual void Dispose(bool disposing)
+    {
+        if (!disposing)
+        {
+            return;
+        }
+
+        lock (_control)
+        {
+            if (_disposed)
+            {
+                return;
+            }
+
+            _disposed = true;
+            foreach (QueueSlot slot in _queues)
+            {
+                StopSlot(slot);
+            }
+        }
+    }
+
+    /// <summary>
+    /// Raises <see cref="Faulted"/> off the worker thread: a subscriber that stops or resets the
+    /// device must not block on a control call that is itself joining this worker.
+    /// </summary>
+    private void ReportFault(int index, Exception ex) =>
+        ThreadPool.QueueUserWorkItem(_ => RaiseFaulted(new DeviceFault(index, ex.Message, ex)));
+
+    private static void StopSlot(QueueSlot slot)
+    {
+        if (slot.Worker is { } worker)
+        {
+            slot.StoppedState = worker.Stop();
+            slot.Worker = null;
+        }
+    }
+
+    private static string ShortName(VirtioDeviceId id) => id switch
+    {
+        VirtioDeviceId.Block => "blk",
+        VirtioDeviceId.Net => "net",
+        VirtioDeviceId.Entropy => "rng",
+        VirtioDeviceId.Console => "console",
+        VirtioDeviceId.FileSystem => "fs",
+        VirtioDeviceId.Socket => "vsock",
+        _ => ((int)id).ToString(System.Globalization.CultureInfo.InvariantCulture),
+    };
+
+    private void CheckIndex(int index)
+    {
+        if ((uint)index >= (uint)QueueCount)
+        {
+            throw new ArgumentOutOfRangeException(nameof(index), index, $"The device has {QueueCount} queues.");
+        }
+    }
+
+    private sealed class QueueSlot
+    {
+        public VirtqueueWorker? Worker { get; set; }
+
+        public VirtqueueState? StoppedState { get; set; }
+    }
+}
