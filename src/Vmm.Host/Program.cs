@@ -1,1 +1,44 @@
-return 0;
+using System.CommandLine;
+using Vmm.Host.Cli;
+using Vmm.Host.Serve;
+
+namespace Vmm.Host;
+
+public static class Program
+{
+    public static async Task<int> Main(string[] args)
+    {
+        RootCommand root = CreateRootCommand();
+        ParseResult parsed = root.Parse(args);
+        if (parsed.Errors.Count > 0)
+        {
+            // One sentence, exit 2 (DESIGN.md, "Exit codes"); the full usage is one --help away.
+            await Console.Error.WriteLineAsync($"vmm: {parsed.Errors[0].Message} (see vmm --help)").ConfigureAwait(false);
+            return ExitCodes.Usage;
+        }
+
+        try
+        {
+            return await parsed.InvokeAsync(new InvocationConfiguration { EnableDefaultExceptionHandler = false }).ConfigureAwait(false);
+        }
+        catch (UsageException e)
+        {
+            await Console.Error.WriteLineAsync($"vmm: {e.Message}").ConfigureAwait(false);
+            return ExitCodes.Usage;
+        }
+        catch (WorkloadFailedException e)
+        {
+            await Console.Error.WriteLineAsync($"vmm: {e.Message}").ConfigureAwait(false);
+            return ExitCodes.WorkloadFailed;
+        }
+    }
+
+    public static RootCommand CreateRootCommand()
+    {
+        var root = new RootCommand("ManagedVmm: a VMM device layer built around vhost-user.")
+        {
+            ServeCommand.Create(),
+        };
+        return root;
+    }
+}

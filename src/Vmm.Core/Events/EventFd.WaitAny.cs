@@ -13,6 +13,8 @@ public sealed unsafe partial class EventFd
     {
         bool addedFirst = false;
         bool addedSecond = false;
+        Interlocked.Increment(ref first._waiters);
+        Interlocked.Increment(ref second._waiters);
         try
         {
             first._fd.DangerousAddRef(ref addedFirst);
@@ -64,6 +66,8 @@ public sealed unsafe partial class EventFd
         }
         finally
         {
+            Interlocked.Decrement(ref first._waiters);
+            Interlocked.Decrement(ref second._waiters);
             if (addedFirst)
             {
                 first._fd.DangerousRelease();

@@ -15,6 +15,7 @@ public sealed unsafe partial class EventFd : IDisposable
 {
     private readonly SafeFileDescriptor _fd;
     private volatile bool _disposed;
+    private int _waiters;
 
     public EventFd()
     {
@@ -81,6 +82,7 @@ public sealed unsafe partial class EventFd : IDisposable
     public bool Wait(int timeoutMilliseconds)
     {
         bool added = false;
+        Interlocked.Increment(ref _waiters);
         try
         {
             _fd.DangerousAddRef(ref added);
@@ -111,6 +113,7 @@ public sealed unsafe partial class EventFd : IDisposable
         }
         finally
         {
+            Interlocked.Decrement(ref _waiters);
             if (added)
             {
                 _fd.DangerousRelease();
@@ -145,7 +148,12 @@ public sealed unsafe partial class EventFd : IDisposable
         }
     }
 
-    /// <summary>Wakes every waiter (they return false), then closes once no call is using the fd.</summary>
+    /// <summary>
+    /// Wakes every waiter (they return false), then closes once no call is using the fd.
+    /// The wake-up is a write to the counter, which a peer sharing the eventfd would also see;
+    /// it is made only when a thread here is blocked on it, so closing a peer's eventfd that
+    /// nobody waits on here (a back-end's call fd, say) never sends the peer a notification.
+    /// </summary>
     public void Dispose()
     {
         if (_disposed)
@@ -158,7 +166,10 @@ public sealed unsafe partial class EventFd : IDisposable
         {
             _fd.DangerousAddRef(ref added);
             _disposed = true;
-            WriteCounter(_fd.DangerousFd, 1);
+            if (Volatile.Read(ref _waiters) > 0)
+            {
+                WriteCounter(_fd.DangerousFd, 1);
+            }
         }
         catch (ObjectDisposedException)
         {

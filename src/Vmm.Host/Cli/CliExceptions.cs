@@ -1,0 +1,32 @@
+namespace Vmm.Host.Cli;
+
+/// <summary>Bad usage or an unreachable resource: one sentence on stderr, exit code 2 (DESIGN.md, "Exit codes").</summary>
+public sealed class UsageException : Exception
+{
+    public UsageException(string message) : base(message)
+    {
+    }
+
+    public UsageException(string message, Exception inner) : base(message, inner)
+    {
+    }
+}
+
+/// <summary>The workload ran and failed (verify mismatch, device error): one sentence on stderr, exit code 1.</summary>
+public sealed class WorkloadFailedException : Exception
+{
+    public WorkloadFailedException(string message) : base(message)
+    {
+    }
+
+    public WorkloadFailedException(string message, Exception inner) : base(message, inner)
+    {
+    }
+}
+
+public static class ExitCodes
+{
+    public const int Success = 0;
+    public const int WorkloadFailed = 1;
+    public const int Usage = 2;
+}
