@@ -82,7 +82,7 @@ public abstract class VirtioDeviceBase : IVirtioDevice
                     $"Queue {index} size {resources.Params.Size} exceeds the device's maximum {GetMaxQueueSize(index)}.");
             }
 
-            IDeviceQueue queue = DeviceQueue.Create(resources, features, initialState, CreateInflightTracker(index));
+            IDeviceQueue queue = DeviceQueue.Create(resources, features, initialState, resources.Inflight ?? CreateInflightTracker(index));
             GuestMemory memory = resources.Memory;
             var worker = new VirtqueueWorker(
                 QueueThreadName(index),

@@ -33,7 +33,7 @@ public sealed partial class VhostUserBackendSession
         [LoggerMessage(9, LogLevel.Warning, "Device needs a reset (queue {Queue}): {Reason}")]
         public static partial void DeviceFaulted(ILogger logger, int queue, string reason);
 
-        [LoggerMessage(10, LogLevel.Information, "Inflight region: {Queues} queues of {QueueSize}, {Resubmitted} requests to resubmit")]
-        public static partial void InflightInstalled(ILogger logger, int queues, int queueSize, int resubmitted);
+        [LoggerMessage(10, LogLevel.Information, "Ring {Index} (size {QueueSize}) tracks inflight I/O; {Resubmitted} requests resubmitted")]
+        public static partial void InflightInstalled(ILogger logger, int index, int queueSize, int resubmitted);
     }
 }

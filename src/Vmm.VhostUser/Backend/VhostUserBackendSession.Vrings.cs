@@ -1,6 +1,7 @@
 using Vmm.Core.Events;
 using Vmm.Core.Memory;
 using Vmm.Virtio.Queues;
+using Vmm.VhostUser.Inflight;
 using Vmm.Virtio.Spec;
 using Vmm.VhostUser.Channel;
 using Vmm.VhostUser.Protocol;
@@ -157,7 +158,31 @@ public sealed partial class VhostUserBackendSession
         VirtqueueParams parameters = TranslateRing(vring);
         VirtqueueState initial = vring.Resume ?? InitialState(vring, parameters);
         EventFd kick = vring.WorkerKick;
-        var resources = new VirtqueueResources(parameters, _memory, kick, vring.Call);
+        SplitInflightQueue? inflight = InflightFor(vring);
+        IReadOnlyList<ushort>? resubmit = null;
+        if (inflight is not null && vring.Resume is null)
+        {
+            // A fresh start over a region the front-end kept: what the previous back-end took
+            // and never returned goes to the device again, oldest first.
+            try
+            {
+                resubmit = inflight.Recover(initial.UsedIndex);
+            }
+            catch (InvalidDataException e)
+            {
+                throw new RequestRejectedException($"ring {vring.Index}: {e.Message}", e);
+            }
+
+            Log.InflightInstalled(_logger, vring.Index, vring.Size, resubmit.Count);
+        }
+
+        var resources = new VirtqueueResources(parameters, _memory, kick, vring.Call)
+        {
+            // NOFD: nobody will signal the kick; the device polls the ring (vhost-user.rst, SET_VRING_KICK).
+            PollWithoutKick = vring.Kick is null,
+            Inflight = inflight,
+            Resubmit = resubmit,
+        };
         ulong deviceFeatures = _ackedFeatures & ~VhostUserVirtioFeatures.TransportMask;
         try
         {

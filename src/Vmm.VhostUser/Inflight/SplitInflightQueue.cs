@@ -7,7 +7,7 @@ namespace Vmm.VhostUser.Inflight;
 /// and returns chains, and tells after a reconnect which heads were in flight, in the order
 /// they were taken (vhost-user.rst, "Inflight I/O tracking", split virtqueue).
 /// </summary>
-public sealed unsafe class SplitInflightQueue
+public sealed unsafe class SplitInflightQueue : Vmm.Virtio.Queues.IInflightTracker
 {
     private const int FeaturesOffset = 0;
     private const int VersionOffset = 8;

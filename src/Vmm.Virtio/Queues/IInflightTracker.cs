@@ -10,6 +10,15 @@ public interface IInflightTracker
     /// <summary>A chain with head (split) or buffer id (packed) <paramref name="head"/> was taken from the ring.</summary>
     void OnPopped(ushort head);
 
+    /// <summary>
+    /// The chain <paramref name="head"/> is about to be returned: its used element is written but
+    /// the used index does not cover it yet. A tracker records the batch here, so a crash right
+    /// after publishing can be repaired (vhost-user.rst, "When supplying used buffers").
+    /// </summary>
+    void OnCompleting(ushort head)
+    {
+    }
+
     /// <summary>The chain <paramref name="head"/> was returned to the driver (its used entry published).</summary>
     void OnCompleted(ushort head);
 }

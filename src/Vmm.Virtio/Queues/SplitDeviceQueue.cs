@@ -23,6 +23,7 @@ public sealed class SplitDeviceQueue : IDeviceQueue
     private readonly InterruptLine _interrupt;
     private readonly IInflightTracker? _tracker;
     private readonly ChainBuilder _builder;
+    private readonly Queue<ushort>? _resubmit;
 
     private ushort _lastAvail;
     private ushort _cachedAvailIdx;
@@ -58,6 +59,18 @@ public sealed class SplitDeviceQueue : IDeviceQueue
         _interrupt = resources.Interrupt;
         _tracker = tracker;
         _builder = new ChainBuilder(Memory, Size);
+        if (resources.Resubmit is { Count: > 0 } resubmit)
+        {
+            foreach (ushort head in resubmit)
+            {
+                if (head >= Size)
+                {
+                    throw new VirtqueueException($"Head {head} to resubmit is outside a queue of {Size}.");
+                }
+            }
+
+            _resubmit = new Queue<ushort>(resubmit);
+        }
 
         VirtqueueState state = initialState ?? default;
         _lastAvail = state.AvailableIndex;
@@ -72,6 +85,16 @@ public sealed class SplitDeviceQueue : IDeviceQueue
 
     public bool TryPop(out DescriptorChain chain)
     {
+        if (_resubmit is { Count: > 0 })
+        {
+            // A chain the driver made available before a reconnect and never got back: its
+            // descriptors are still the driver's request, so it is read again from its head.
+            ushort again = _resubmit.Dequeue();
+            chain = ReadChain(again);
+            _tracker?.OnPopped(again);
+            return true;
+        }
+
         if (_lastAvail == _cachedAvailIdx && !RefreshAvailIdx())
         {
             chain = null!;
@@ -94,6 +117,7 @@ public sealed class SplitDeviceQueue : IDeviceQueue
         BinaryPrimitives.WriteUInt32LittleEndian(e, chain.Head);
         BinaryPrimitives.WriteUInt32LittleEndian(e[4..], bytesWritten);
         _usedIdx++;
+        _tracker?.OnCompleting(chain.Head);
 
         // Release: the used element above becomes visible before the driver sees idx cover it (2.7.8.2).
         Memory.WriteUInt16Release(_usedRing + SplitUsedIdxOffset, _usedIdx);

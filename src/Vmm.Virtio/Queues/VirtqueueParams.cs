@@ -20,6 +20,19 @@ public sealed record VirtqueueResources(VirtqueueParams Params, GuestMemory Memo
     /// "SET_VRING_KICK"). <see cref="Kick"/> is then a placeholder nobody signals.
     /// </summary>
     public bool PollWithoutKick { get; init; }
+
+    /// <summary>
+    /// Told as chains are taken and returned (a vhost-user back-end keeps the shared inflight
+    /// region with it). Takes precedence over a tracker the device supplies itself.
+    /// </summary>
+    public IInflightTracker? Inflight { get; init; }
+
+    /// <summary>
+    /// Heads that were in flight when a previous device instance died, oldest first: the queue
+    /// hands them out again before anything new from the available ring (vhost-user.rst,
+    /// "Inflight I/O tracking", "When reconnecting"). Split rings only.
+    /// </summary>
+    public IReadOnlyList<ushort>? Resubmit { get; init; }
 }
 
 /// <summary>
