@@ -50,6 +50,9 @@ public sealed class VhostUserChannel : IDisposable
 
     public VhostUserChannelOptions Options => _options;
 
+    /// <summary>The socket itself, for tests that must put bytes on the wire that no well-formed message has.</summary>
+    internal Socket Socket => _socket;
+
     /// <summary>Wraps a connected AF_UNIX stream socket; the channel owns it from now on.</summary>
     public static VhostUserChannel FromSocket(Socket socket, VhostUserChannelOptions? options = null) => new(socket, options);
 

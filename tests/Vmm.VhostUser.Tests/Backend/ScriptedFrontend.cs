@@ -14,7 +14,7 @@ namespace Vmm.VhostUser.Tests.Backend;
 /// so tests can replay what QEMU does, and what a broken front-end does, against the back-end.
 /// It owns guest memory and a driver-side queue so it can also push real I/O through a ring.
 /// </summary>
-internal sealed class ScriptedFrontend : IDisposable
+public sealed class ScriptedFrontend : IDisposable
 {
     public const ulong MemorySize = 16 << 20;
     private static readonly TimeSpan s_timeout = TimeSpan.FromSeconds(10);
@@ -179,7 +179,7 @@ internal sealed class ScriptedFrontend : IDisposable
     }
 
     /// <summary>The driver half of one virtio-blk queue plus its kick and call eventfds.</summary>
-    internal sealed class BlkQueue : IDisposable, IGuestBufferPool
+    public sealed class BlkQueue : IDisposable, IGuestBufferPool
     {
         private readonly ScriptedFrontend _owner;
 
