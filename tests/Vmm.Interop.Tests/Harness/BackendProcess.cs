@@ -105,19 +105,14 @@ public sealed class BackendProcess : IDisposable
         var until = DateTime.UtcNow + SocketTimeout;
         while (!IsSocket(socket))
         {
-            if (process.HasExited)
+            if (process.HasExited || DateTime.UtcNow > until)
             {
+                var what = process.HasExited
+                    ? $"The back-end exited (code {process.ExitCode}) without creating its socket {socket}."
+                    : $"The back-end did not create its socket {socket} within {SocketTimeout.TotalSeconds:0} s.";
+                var message = $"{what}\n{process.Describe()}\n--- output ---\n{process.OutputTail()}";
                 backend.Dispose();
-                throw new AssertionException(
-                    $"The back-end exited (code {process.ExitCode}) without creating its socket {socket}.\n" +
-                    $"{process.Describe()}\n--- output ---\n{process.OutputTail()}");
-            }
-            if (DateTime.UtcNow > until)
-            {
-                backend.Dispose();
-                throw new AssertionException(
-                    $"The back-end did not create its socket {socket} within {SocketTimeout.TotalSeconds:0} s.\n" +
-                    $"{process.Describe()}\n--- output ---\n{process.OutputTail()}");
+                throw new AssertionException(message);
             }
             await Task.Delay(20).ConfigureAwait(false);
         }

@@ -75,7 +75,7 @@ public sealed class ChildProcess : IDisposable
 
     public Task Exited => _exited.Task;
     public bool HasExited => _exited.Task.IsCompleted;
-    public int? ExitCode => HasExited ? _process.ExitCode : null;
+    public int? ExitCode { get; private set; }
 
     /// <summary>Everything the process wrote so far (stdout and stderr interleaved).</summary>
     public string Output
@@ -114,6 +114,8 @@ public sealed class ChildProcess : IDisposable
     {
         // Let the last output drain (a descendant holding the pipes open must not block us).
         await Task.WhenAny(_streamsClosed.Task, Task.Delay(TimeSpan.FromSeconds(2))).ConfigureAwait(false);
+        try { ExitCode = _process.ExitCode; }
+        catch (InvalidOperationException) { }
         Live.TryRemove(this, out _);
         _exited.TrySetResult();
     }

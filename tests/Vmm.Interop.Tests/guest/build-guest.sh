@@ -45,13 +45,13 @@ flock 9
 # The kernel package is the one linux-image-amd64 depends on, e.g. linux-image-6.1.0-56-amd64.
 kpkg=$(apt-cache depends linux-image-amd64 2>/dev/null | awk '/Depends: linux-image-[0-9]/ { print $2; exit }' || true)
 if [[ -z "$kpkg" ]]; then
-  # No package lists (offline): fall back to the newest complete cache entry.
-  newest=$(ls -1d "$cache_root"/*/ 2>/dev/null | LC_ALL=C sort -V | tail -n1 || true)
-  if [[ -n "$newest" && -f "$newest/stamp" && -f "$newest/vmlinuz" && -f "$newest/initramfs.gz" ]]; then
-    echo "${newest%/}"
-    exit 0
-  fi
-  die "cannot resolve the kernel package: 'apt-cache depends linux-image-amd64' gave nothing (run apt-get update as root)"
+  # No package lists (offline): use the newest cache entry that kept its kernel .deb.
+  kdeb=$(ls -1 "$cache_root"/*/debs/linux-image-[0-9]*.deb 2>/dev/null | LC_ALL=C sort -V | tail -n1 || true)
+  [[ -n "$kdeb" ]] ||
+    die "cannot resolve the kernel package: 'apt-cache depends linux-image-amd64' gave nothing (run apt-get update as root)"
+  kpkg=$(basename "$kdeb")
+  kpkg=${kpkg%%_*}
+  say "no apt package lists; using the cached $kpkg"
 fi
 kver=${kpkg#linux-image-}
 dir="$cache_root/$kver"
