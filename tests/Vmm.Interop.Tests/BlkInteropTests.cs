@@ -17,9 +17,9 @@ public sealed class BlkInteropTests : InteropTest
     {
         var image = TestDisk.Create(PathIn("disk.img"), DiskMiB);
         var before = TestDisk.Md5(image, 1, 4);
-        await StartBlkAsync(kind, image, PathIn("blk.sock"));
+        var backend = await StartBlkAsync(kind, image, PathIn("blk.sock"));
 
-        var guest = await RunGuestAsync(new GuestOptions { Scenario = "blk-rw", Socket = PathIn("blk.sock"), OffsetMiB = 1, SizeMiB = 4, Seed = "rw" });
+        var guest = await RunGuestAsync(new GuestOptions { Scenario = "blk-rw", Socket = PathIn("blk.sock"), OffsetMiB = 1, SizeMiB = 4, Seed = "rw" }, backend);
 
         var expected = TestDisk.Md5(TestDisk.Pattern("rw", 4));
         Assert.That(guest.Require("size"), Is.EqualTo((DiskMiB * TestDisk.MiB / 512).ToString()), "capacity in 512-byte sectors");
@@ -36,12 +36,12 @@ public sealed class BlkInteropTests : InteropTest
     public async Task Two_queues_on_two_cpus(BackendKind kind)
     {
         var image = TestDisk.Create(PathIn("disk.img"), DiskMiB);
-        await StartBlkAsync(kind, image, PathIn("blk.sock"), queues: 2);
+        var backend = await StartBlkAsync(kind, image, PathIn("blk.sock"), queues: 2);
 
         var guest = await RunGuestAsync(new GuestOptions
         {
             Scenario = "blk-mq", Socket = PathIn("blk.sock"), Queues = 2, Cpus = 2, OffsetMiB = 2, SizeMiB = 2, Seed = "mq",
-        });
+        }, backend);
 
         Assert.That(guest.Require("cpus"), Is.EqualTo("2"));
         Assert.That(guest.Require("queues"), Is.EqualTo("2"), "hardware queues the guest sees");
@@ -62,9 +62,9 @@ public sealed class BlkInteropTests : InteropTest
         var image = TestDisk.Create(PathIn("disk.img"), DiskMiB);
         var sha = TestDisk.Sha256(image);
         var before = TestDisk.Md5(image, 1, 4);
-        await StartBlkAsync(kind, image, PathIn("blk.sock"), readOnly: true);
+        var backend = await StartBlkAsync(kind, image, PathIn("blk.sock"), readOnly: true);
 
-        var guest = await RunGuestAsync(new GuestOptions { Scenario = "blk-ro", Socket = PathIn("blk.sock"), OffsetMiB = 1, SizeMiB = 4, Seed = "ro" });
+        var guest = await RunGuestAsync(new GuestOptions { Scenario = "blk-ro", Socket = PathIn("blk.sock"), OffsetMiB = 1, SizeMiB = 4, Seed = "ro" }, backend);
 
         Assert.That(guest.Require("ro"), Is.EqualTo("1"), "the device should offer VIRTIO_BLK_F_RO");
         Assert.That(guest.Require("before"), Is.EqualTo(before), "reads from a read-only export");
@@ -100,7 +100,7 @@ public sealed class BlkInteropTests : InteropTest
         var afterKill = TestDisk.Md5(area);
 
         // Second front-end on the same, still running, back-end.
-        var second = await RunGuestAsync(new GuestOptions { Scenario = "blk-rw", Socket = PathIn("blk.sock"), OffsetMiB = 4, SizeMiB = 1, Seed = "after" });
+        var second = await RunGuestAsync(new GuestOptions { Scenario = "blk-rw", Socket = PathIn("blk.sock"), OffsetMiB = 4, SizeMiB = 1, Seed = "after" }, backend);
 
         var expected = TestDisk.Md5(TestDisk.Pattern("after", 1));
         Assert.That(second.Require("before"), Is.EqualTo(afterKill), "the next front-end reads other data than the image holds");

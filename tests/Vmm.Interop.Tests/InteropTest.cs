@@ -69,11 +69,11 @@ public abstract class InteropTest
     protected async Task<QemuGuest> StartGuestAsync(GuestOptions options) =>
         Own(await QemuGuest.StartAsync(options));
 
-    /// <summary>Boots a guest and waits for its <c>VMMTEST done</c>.</summary>
-    protected async Task<QemuGuest> RunGuestAsync(GuestOptions options)
+    /// <summary>Boots a guest and waits for its <c>VMMTEST done</c>; fails early if <paramref name="backend"/> exits.</summary>
+    protected async Task<QemuGuest> RunGuestAsync(GuestOptions options, BackendProcess? backend = null)
     {
         var guest = await StartGuestAsync(options);
-        await guest.WaitDoneAsync();
+        await guest.WaitDoneAsync(backend: backend);
         return guest;
     }
 }

@@ -17,7 +17,7 @@ public sealed class BackendProcess : IDisposable
     public const string StorageDaemon = "qemu-storage-daemon";
 
     /// <summary>How long a back-end may take to create its socket (./vmm starts the .NET runtime).</summary>
-    public static readonly TimeSpan SocketTimeout = TimeSpan.FromSeconds(60);
+    public static readonly TimeSpan SocketTimeout = TimeSpan.FromSeconds(30);
 
     static readonly SemaphoreSlim BuildGate = new(1, 1);
     static bool _vmmBuilt;

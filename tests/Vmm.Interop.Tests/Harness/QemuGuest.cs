@@ -2,15 +2,23 @@ using System.Text.RegularExpressions;
 
 namespace Vmm.Interop.Tests.Harness;
 
-public enum GuestDevice { Blk, Rng }
+public enum GuestDevice
+{
+    /// <summary>vhost-user-blk-pci on <see cref="GuestOptions.Socket"/>.</summary>
+    Blk,
+    /// <summary>vhost-user-rng-pci on <see cref="GuestOptions.Socket"/>.</summary>
+    Rng,
+    /// <summary>QEMU's own virtio-rng-pci, no back-end: checks the guest's rng scenario by itself.</summary>
+    BuiltinRng,
+}
 
 /// <summary>What the guest runs and which vhost-user device QEMU gives it.</summary>
 public sealed record GuestOptions
 {
     /// <summary>The /init scenario: blk-rw, blk-ro, blk-mq, blk-loop or rng.</summary>
     public required string Scenario { get; init; }
-    /// <summary>The back-end's vhost-user socket (QEMU connects to it).</summary>
-    public required string Socket { get; init; }
+    /// <summary>The back-end's vhost-user socket (QEMU connects to it); unused for <see cref="GuestDevice.BuiltinRng"/>.</summary>
+    public string Socket { get; init; } = "";
     public GuestDevice Device { get; init; } = GuestDevice.Blk;
     /// <summary>vhost-user-blk-pci num-queues.</summary>
     public int Queues { get; init; } = 1;
@@ -75,10 +83,11 @@ public sealed partial class QemuGuest : IDisposable
     public static IReadOnlyList<string> Arguments(GuestOptions o, GuestImage image)
     {
         var append = $"console=ttyS0 panic=-1 vmmtest={o.Scenario} vmmtest.off={o.OffsetMiB} vmmtest.mib={o.SizeMiB} vmmtest.seed={o.Seed}";
-        var device = o.Device switch
+        string[] device = o.Device switch
         {
-            GuestDevice.Blk => $"vhost-user-blk-pci,chardev=c0,num-queues={o.Queues}",
-            GuestDevice.Rng => "vhost-user-rng-pci,chardev=c0",
+            GuestDevice.Blk => ["-chardev", $"socket,id=c0,path={o.Socket}", "-device", $"vhost-user-blk-pci,chardev=c0,num-queues={o.Queues}"],
+            GuestDevice.Rng => ["-chardev", $"socket,id=c0,path={o.Socket}", "-device", "vhost-user-rng-pci,chardev=c0"],
+            GuestDevice.BuiltinRng => ["-device", "virtio-rng-pci"],
             _ => throw new ArgumentOutOfRangeException(nameof(o)),
         };
         return
@@ -87,7 +96,7 @@ public sealed partial class QemuGuest : IDisposable
             "-object", "memory-backend-memfd,id=mem,size=256M,share=on", "-numa", "node,memdev=mem",
             "-nodefaults", "-no-user-config", "-display", "none", "-serial", "stdio", "-no-reboot",
             "-kernel", image.Kernel, "-initrd", image.Initramfs, "-append", append,
-            "-chardev", $"socket,id=c0,path={o.Socket}", "-device", device,
+            .. device,
         ];
     }
 
@@ -118,16 +127,25 @@ public sealed partial class QemuGuest : IDisposable
     public string Require(string key) =>
         Marker(key) ?? throw Failure($"the guest printed no 'VMMTEST {key}=' line");
 
-    /// <summary>Waits until /init printed <c>VMMTEST done</c> and QEMU exited; fails the test otherwise.</summary>
-    public async Task<TimeSpan> WaitDoneAsync(TimeSpan? timeout = null)
+    /// <summary>
+    /// Waits until /init printed <c>VMMTEST done</c> and QEMU exited; fails the test otherwise,
+    /// and at once when <paramref name="backend"/> exits first.
+    /// </summary>
+    public async Task<TimeSpan> WaitDoneAsync(TimeSpan? timeout = null, BackendProcess? backend = null)
     {
         var limit = timeout ?? DefaultTimeout;
         var deadline = Task.Delay(limit);
-        var first = await Task.WhenAny(_done.Task, _process.Exited, deadline).ConfigureAwait(false);
+        var backendExited = backend?.Process.Exited ?? Task.Delay(Timeout.Infinite);
+        var first = await Task.WhenAny(_done.Task, _process.Exited, deadline, backendExited).ConfigureAwait(false);
         if (first == deadline)
         {
             _process.KillTree();
             throw Failure($"the guest did not finish within {limit.TotalSeconds:0} s");
+        }
+        if (first == backendExited && !_done.Task.IsCompleted)
+        {
+            _process.KillTree();
+            throw Failure($"the back-end exited (code {backend!.Process.ExitCode}) while the guest ran.\n{backend.Describe()}\n");
         }
         if (!_done.Task.IsCompleted)
         {
