@@ -52,6 +52,8 @@ public sealed class BlkInteropTests : InteropTest
             Assert.That(guest.Require($"pattern.cpu{cpu}"), Is.EqualTo(expected));
             Assert.That(guest.Require($"md5.cpu{cpu}"), Is.EqualTo(expected), $"CPU {cpu} read back other data");
             Assert.That(TestDisk.Md5(image, 2 + cpu * 2, 2), Is.EqualTo(expected), $"the image does not hold CPU {cpu}'s data");
+            Assert.That(guest.Marker("debugfs"), Is.Null, "the guest could not mount debugfs");
+            Assert.That(long.Parse(guest.Require($"run.hctx{cpu}")), Is.GreaterThan(0), $"hardware queue {cpu} was never run");
         }
     }
 

@@ -24,7 +24,8 @@
 #
 # Marker lines on the serial console (each starts with "VMMTEST "):
 #   size=<sectors>  ro=<0|1>  before=<md5>  pattern=<md5>  md5=<md5>  write=ok|fail
-#   queues=<n>  md5.cpu<N>=<md5>  pattern.cpu<N>=<md5>  writing=<n>
+#   queues=<n>  cpus=<n>  md5.cpu<N>=<md5>  pattern.cpu<N>=<md5>  run.hctx<N>=<times run>
+#   writing=<n>
 #   rng=<hex of 64 bytes>  rng2=<hex>  rng_current=<name>  error=<text>  done
 set -euo pipefail
 
@@ -228,6 +229,14 @@ case "$scenario" in
       c=$((c + 1))
     done
     wait
+    # How often each hardware queue was run (blk-mq debugfs).
+    if mount -t debugfs debugfs /sys/kernel/debug; then
+      for h in /sys/kernel/debug/block/vda/hctx*; do
+        [ -f "$h/run" ] && mark "run.${h##*/}=$(cat "$h/run")"
+      done
+    else
+      mark "debugfs=fail"
+    fi
     ;;
   blk-loop)
     # Writes forever (different data each round) until the VM is killed.
