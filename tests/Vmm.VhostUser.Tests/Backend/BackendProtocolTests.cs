@@ -273,4 +273,62 @@ public sealed class BackendProtocolTests
         Assert.That(inflight.NumQueues, Is.EqualTo((ushort)1));
         Assert.That(Vmm.Core.Posix.MemFd.GetFileSize(reply.Fds[0]), Is.GreaterThanOrEqualTo(inflight.MmapSize));
     }
+    [Test]
+    public async Task Replacing_the_memory_table_while_a_ring_runs_keeps_its_position()
+    {
+        await using var backend = new BackendFixture();
+        using ScriptedFrontend frontend = await backend.ConnectAsync();
+        await frontend.HandshakeAsync();
+        Assert.That(await frontend.SetMemTableAsync(), Is.Zero);
+        Assert.That(await frontend.AckAsync(VhostUserRequest.SET_FEATURES, U64(Base)), Is.Zero);
+        BlkQueue queue = await frontend.StartQueueAsync(0, 32, Base);
+        for (int i = 0; i < 3; i++)
+        {
+            Assert.That(queue.Read((ulong)i, new byte[512]), Is.Zero);
+        }
+
+        Assert.That(await frontend.SetMemTableAsync(), Is.Zero, "the same table sent again");
+        byte[] back = new byte[512];
+        Assert.That(queue.Read(40, back), Is.Zero);
+        Assert.That(back, Is.EqualTo(backend.OriginalImage.AsSpan(40 * 512, 512).ToArray()));
+        Assert.That(await frontend.GetVringBaseAsync(0), Is.EqualTo(4u), "no request lost or repeated across the swap");
+    }
+
+    [Test]
+    public async Task A_disabled_ring_resumes_where_it_was_when_enabled_again()
+    {
+        await using var backend = new BackendFixture();
+        using ScriptedFrontend frontend = await backend.ConnectAsync();
+        await frontend.HandshakeAsync();
+        Assert.That(await frontend.SetMemTableAsync(), Is.Zero);
+        Assert.That(await frontend.AckAsync(VhostUserRequest.SET_FEATURES, U64(Base)), Is.Zero);
+        BlkQueue queue = await frontend.StartQueueAsync(0, 32, Base);
+        Assert.That(queue.Read(0, new byte[512]), Is.Zero);
+
+        Assert.That(await frontend.AckAsync(VhostUserRequest.SET_VRING_ENABLE, State(0, 0)), Is.Zero);
+        Assert.That(await frontend.AckAsync(VhostUserRequest.SET_VRING_ENABLE, State(0, 1)), Is.Zero);
+
+        Assert.That(queue.Read(1, new byte[512]), Is.Zero);
+        Assert.That(await frontend.GetVringBaseAsync(0), Is.EqualTo(2u));
+    }
+
+    [Test]
+    public async Task A_ring_with_no_kick_fd_is_polled()
+    {
+        await using var backend = new BackendFixture();
+        using ScriptedFrontend frontend = await backend.ConnectAsync();
+        await frontend.HandshakeAsync();
+        Assert.That(await frontend.SetMemTableAsync(), Is.Zero);
+        Assert.That(await frontend.AckAsync(VhostUserRequest.SET_FEATURES, U64(Base)), Is.Zero);
+        BlkQueue queue = await frontend.StartQueueAsync(0, 32, Base);
+
+        // NOFD (bit 8): no kick eventfd any more; the back-end must find new buffers by itself.
+        Assert.That(await frontend.AckAsync(VhostUserRequest.SET_VRING_KICK, U64(0x100)), Is.Zero);
+        ulong buffer = frontend.Allocator.Allocate(512, 512);
+        queue.Requests.TrySubmitRead(5, [new Vmm.Virtio.Driver.DriverBuffer(buffer, 512, true)]);
+
+        Assert.That(queue.Call.Wait(10_000), Is.True, "completed without a kick");
+        Assert.That(queue.Requests.TryComplete(out var done), Is.True);
+        Assert.That(done!.Status, Is.Zero);
+    }
 }
