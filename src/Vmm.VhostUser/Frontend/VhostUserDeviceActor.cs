@@ -22,7 +22,7 @@ namespace Vmm.VhostUser.Frontend;
 /// fails its asker. After a reconnect the actor is created with the supervisor's
 /// <see cref="DeviceSnapshot"/> and replays it before it accepts commands.
 /// </remarks>
-public sealed class VhostUserDeviceActor : ReceiveActor, IWithUnboundedStash
+public sealed class VhostUserDeviceActor : ReceiveActor, IWithUnboundedStash, IWithTimers
 {
     private readonly ILoggingAdapter _log = Context.GetLogger();
     private readonly VhostUserDeviceOptions _options;
@@ -43,7 +43,11 @@ public sealed class VhostUserDeviceActor : ReceiveActor, IWithUnboundedStash
         Become(Connecting);
     }
 
+    private const string HangUpTimerKey = "hang-up-check";
+
     public IStash Stash { get; set; } = null!;
+
+    public ITimerScheduler Timers { get; set; } = null!;
 
     public static Props Props(VhostUserDeviceOptions options, DeviceSnapshot? snapshot = null) =>
         Akka.Actor.Props.Create(() => new VhostUserDeviceActor(options, snapshot ?? DeviceSnapshot.Empty));
@@ -86,12 +90,14 @@ public sealed class VhostUserDeviceActor : ReceiveActor, IWithUnboundedStash
         Receive<ReadConfig>(HandleReadConfig);
         Receive<WriteConfig>(HandleWriteConfig);
         Receive<MemoryChanged>(HandleMemoryChanged);
+        Receive<CheckHangUp>(HandleCheckHangUp);
     }
 
     private void Busy()
     {
         Receive<CommandCompleted>(HandleCompleted);
         Receive<CommandFailed>(HandleCommandFailed);
+        Receive<CheckHangUp>(_ => { });
         ReceiveAny(_ => Stash.Stash());
     }
 
@@ -208,6 +214,7 @@ public sealed class VhostUserDeviceActor : ReceiveActor, IWithUnboundedStash
 
     private void EnterReady()
     {
+        Timers.StartPeriodicTimer(HangUpTimerKey, CheckHangUp.Instance, _options.HangUpCheckInterval);
         Context.Parent.Tell(ConnectionReady.Instance);
         BecomeIdle();
     }
@@ -402,6 +409,17 @@ public sealed class VhostUserDeviceActor : ReceiveActor, IWithUnboundedStash
 
             return new MemoryUpdated();
         });
+    }
+
+    private void HandleCheckHangUp(CheckHangUp message)
+    {
+        // Nothing else would notice a back-end that dies while the device is idle.
+        if (_connection!.PollHangUp())
+        {
+            var lost = new VhostUserConnectionLostException("The vhost-user back-end closed the connection.");
+            FailStash(lost);
+            throw lost;
+        }
     }
 
     #endregion
@@ -647,6 +665,15 @@ public sealed class VhostUserDeviceActor : ReceiveActor, IWithUnboundedStash
     private sealed record ConfigWrittenResult(ConfigWrite Write);
 
     private sealed record MemoryUpdated;
+
+    private sealed class CheckHangUp
+    {
+        public static readonly CheckHangUp Instance = new();
+
+        private CheckHangUp()
+        {
+        }
+    }
 
     #endregion
 }

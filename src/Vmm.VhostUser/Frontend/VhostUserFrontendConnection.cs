@@ -120,6 +120,7 @@ public sealed partial class VhostUserFrontendConnection : IDisposable
 
     // Assigned right after construction; the channel needs this object's header validator.
     private VhostUserChannel _channel = null!;
+    private Socket? _socket;
 
     private VhostUserChannelOptions ChannelOptions => new() { HeaderValidator = ValidateIncomingHeader };
 
@@ -153,11 +154,33 @@ public sealed partial class VhostUserFrontendConnection : IDisposable
     public static async Task<VhostUserFrontendConnection> ConnectAsync(
         string socketPath, VhostUserFrontendConnectionOptions? options = null, CancellationToken cancellationToken = default)
     {
-        // The channel maps ENOENT and ECONNREFUSED to FileNotFoundException and a "refused" IOException.
-        var connection = new VhostUserFrontendConnection(options);
-        connection._channel = await VhostUserChannel.ConnectAsync(socketPath, connection.ChannelOptions, cancellationToken)
-            .ConfigureAwait(false);
-        return connection;
+        ArgumentException.ThrowIfNullOrEmpty(socketPath);
+        var socket = new Socket(AddressFamily.Unix, SocketType.Stream, ProtocolType.Unspecified);
+        try
+        {
+            await socket.ConnectAsync(new UnixDomainSocketEndPoint(socketPath), cancellationToken).ConfigureAwait(false);
+        }
+        catch (SocketException e)
+        {
+            socket.Dispose();
+
+            // connect(2) reports ENOENT for a missing path; the BCL maps it to AddressNotAvailable.
+            if (!File.Exists(socketPath) && !Directory.Exists(socketPath))
+            {
+                throw new FileNotFoundException($"vhost-user socket {socketPath} does not exist.", socketPath, e);
+            }
+
+            throw e.SocketErrorCode == SocketError.ConnectionRefused
+                ? new IOException($"Connection to vhost-user socket {socketPath} refused: nothing is listening on it.", e)
+                : new IOException($"Cannot connect to vhost-user socket {socketPath}: {e.Message}", e);
+        }
+        catch
+        {
+            socket.Dispose();
+            throw;
+        }
+
+        return FromSocket(socket, options);
     }
 
     /// <summary>Wraps a connected AF_UNIX stream socket (a socketpair end, an accepted socket); takes ownership.</summary>
@@ -165,6 +188,7 @@ public sealed partial class VhostUserFrontendConnection : IDisposable
     {
         ArgumentNullException.ThrowIfNull(socket);
         var connection = new VhostUserFrontendConnection(options);
+        connection._socket = socket;
         connection._channel = VhostUserChannel.FromSocket(socket, connection.ChannelOptions);
         return connection;
     }
@@ -239,6 +263,49 @@ public sealed partial class VhostUserFrontendConnection : IDisposable
     {
         using VhostUserReply reply = await SendAndReceiveAsync(request, cancellationToken: cancellationToken).ConfigureAwait(false);
         return VhostUserCodec.ReadU64(reply.Payload);
+    }
+
+    /// <summary>
+    /// Checks without blocking whether the back-end hung up while no request is in flight (the
+    /// G_IO_HUP watch QEMU keeps on its vhost-user chardev): readable with nothing to read is EOF.
+    /// True when the connection is dead; it is then closed. False while a request is in flight.
+    /// </summary>
+    public bool PollHangUp()
+    {
+        if (IsDead)
+        {
+            return true;
+        }
+
+        if (_socket is null || !_requestLock.Wait(0))
+        {
+            return false;
+        }
+
+        try
+        {
+            bool hungUp;
+            try
+            {
+                hungUp = _socket.Poll(0, SelectMode.SelectError) ||
+                    (_socket.Poll(0, SelectMode.SelectRead) && _socket.Available == 0);
+            }
+            catch (Exception e) when (e is SocketException or ObjectDisposedException)
+            {
+                hungUp = true;
+            }
+
+            if (hungUp)
+            {
+                MarkDead("the back-end closed the connection");
+            }
+
+            return hungUp;
+        }
+        finally
+        {
+            _requestLock.Release();
+        }
     }
 
     // --- Plumbing -----------------------------------------------------------------------------
