@@ -1,0 +1,109 @@
+using Vmm.Core.Events;
+using Vmm.Virtio.Queues;
+
+namespace Vmm.VhostUser.Backend;
+
+/// <summary>
+/// What the front-end told the back-end about one ring, and where the ring stands
+/// (vhost-user.rst, "Ring states": stopped, started but disabled, started and enabled).
+/// </summary>
+internal sealed class BackendVring : IDisposable
+{
+    private EventFd? _privateKick;
+
+    public BackendVring(int index)
+    {
+        Index = index;
+        Call = new CallInterruptLine(index);
+    }
+
+    public int Index { get; }
+
+    /// <summary>SET_VRING_NUM: the queue size; zero until set.</summary>
+    public ushort Size { get; set; }
+
+    /// <summary>SET_VRING_ADDR, in front-end user addresses.</summary>
+    public ulong DescriptorUserAddress { get; set; }
+
+    public ulong AvailableUserAddress { get; set; }
+
+    public ulong UsedUserAddress { get; set; }
+
+    public bool HasAddresses { get; set; }
+
+    /// <summary>SET_VRING_BASE's num, kept raw: the ring kind decides how to read it.</summary>
+    public uint Base { get; set; }
+
+    /// <summary>The kick eventfd (null with NOFD: the ring is polled).</summary>
+    public EventFd? Kick { get; private set; }
+
+    /// <summary>Set by SET_VRING_KICK (with an fd or NOFD); cleared when the ring stops.</summary>
+    public bool KickReceived { get; set; }
+
+    /// <summary>
+    /// The eventfd the queue worker waits on: the front-end's kick, or with NOFD a private one
+    /// that only the back-end signals (the ring is then looked at on start and when polled).
+    /// </summary>
+    public EventFd WorkerKick => Kick ?? (_privateKick ??= new EventFd());
+
+    public CallInterruptLine Call { get; }
+
+    /// <summary>SET_VRING_ERR: signalled when the device finds the ring broken.</summary>
+    public EventFd? Error { get; private set; }
+
+    /// <summary>SET_VRING_ENABLE; true from the start when PROTOCOL_FEATURES was not negotiated.</summary>
+    public bool Enabled { get; set; }
+
+    /// <summary>True while the device runs this ring.</summary>
+    public bool Running { get; set; }
+
+    /// <summary>
+    /// Where the ring stood when the device last stopped it without a GET_VRING_BASE (disable, memory
+    /// table change): the next start resumes from here rather than from <see cref="Base"/>.
+    /// </summary>
+    public VirtqueueState? Resume { get; set; }
+
+    /// <summary>The state GET_VRING_BASE reported, kept so a second GET_VRING_BASE answers the same.</summary>
+    public VirtqueueState? Stopped { get; set; }
+
+    public void SetKick(EventFd? kick)
+    {
+        EventFd? old = Kick;
+        Kick = kick;
+        KickReceived = true;
+        if (!ReferenceEquals(old, kick))
+        {
+            old?.Dispose();
+        }
+    }
+
+    public void SetCall(EventFd? call) => Call.Swap(call)?.Dispose();
+
+    public void SetError(EventFd? error)
+    {
+        Error?.Dispose();
+        Error = error;
+    }
+
+    /// <summary>Back to the state of a new connection (the fds are closed).</summary>
+    public void Clear()
+    {
+        Size = 0;
+        DescriptorUserAddress = AvailableUserAddress = UsedUserAddress = 0;
+        HasAddresses = false;
+        Base = 0;
+        Kick?.Dispose();
+        Kick = null;
+        _privateKick?.Dispose();
+        _privateKick = null;
+        KickReceived = false;
+        SetCall(null);
+        SetError(null);
+        Enabled = false;
+        Running = false;
+        Resume = null;
+        Stopped = null;
+    }
+
+    public void Dispose() => Clear();
+}

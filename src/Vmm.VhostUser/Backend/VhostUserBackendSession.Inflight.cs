@@ -1,0 +1,68 @@
+using Vmm.VhostUser.Channel;
+using Vmm.VhostUser.Inflight;
+using Vmm.VhostUser.Protocol;
+
+namespace Vmm.VhostUser.Backend;
+
+public sealed partial class VhostUserBackendSession
+{
+    private InflightRegion? _inflight;
+
+    /// <summary>
+    /// GET_INFLIGHT_FD: a new region for the queues the front-end names. Its fd goes back with the
+    /// reply; the front-end keeps it and returns it with SET_INFLIGHT_FD after a reconnect.
+    /// Without INFLIGHT_SHMFD the reply has a zero mmap_size, which front-ends read as "none".
+    /// </summary>
+    private Reply GetInflightFd(ReadOnlySpan<byte> payload)
+    {
+        VhostUserInflight request = VhostUserInflight.Read(payload);
+        if (!Has(VhostUserProtocolFeatures.INFLIGHT_SHMFD) || !request.IsValid || request.NumQueues > _vrings.Length)
+        {
+            Log.RequestRejected(_logger, nameof(VhostUserRequest.GET_INFLIGHT_FD), $"{request.NumQueues} queues of {request.QueueSize} (INFLIGHT_SHMFD {(Has(VhostUserProtocolFeatures.INFLIGHT_SHMFD) ? "negotiated" : "not negotiated")})");
+            new VhostUserInflight(0, 0, 0, 0).Write(_replyBuffer);
+            return Reply.Payload(VhostUserInflight.Size);
+        }
+
+        InflightRegion region = InflightRegion.Create(request.NumQueues, request.QueueSize);
+        ReplaceInflight(region);
+        new VhostUserInflight(region.MmapSize, region.MmapOffset, region.QueueCount, region.QueueSize).Write(_replyBuffer);
+        return Reply.Payload(VhostUserInflight.Size, [region.Fd]);
+    }
+
+    private void SetInflightFd(VhostUserMessage message)
+    {
+        RequireProtocolFeature(VhostUserProtocolFeatures.INFLIGHT_SHMFD, VhostUserRequest.SET_INFLIGHT_FD);
+        VhostUserInflight inflight = VhostUserInflight.Read(message.Payload.Span);
+        if (!inflight.IsValid || inflight.NumQueues > _vrings.Length)
+        {
+            message.TakeFd(0).Dispose();
+            throw new RequestRejectedException($"inflight region for {inflight.NumQueues} queues of {inflight.QueueSize} does not fit this device");
+        }
+
+        try
+        {
+            ReplaceInflight(InflightRegion.Open(message.TakeFd(0), inflight.MmapSize, inflight.MmapOffset, inflight.NumQueues, inflight.QueueSize));
+        }
+        catch (Exception e) when (e is ArgumentException or Vmm.Core.Posix.PosixException)
+        {
+            throw new RequestRejectedException(e.Message, e);
+        }
+    }
+
+    private void ReplaceInflight(InflightRegion region)
+    {
+        InflightRegion? old = _inflight;
+        _inflight = region;
+        old?.Dispose();
+    }
+
+    /// <summary>The tracker for ring <paramref name="index"/> when a region covers it and the ring is split.</summary>
+    private SplitInflightQueue? InflightFor(BackendVring vring) =>
+        _inflight is { } region && !PackedRings && vring.Index < region.QueueCount && region.QueueSize >= vring.Size ? region.Queue(vring.Index) : null;
+
+    private void DisposeInflight()
+    {
+        _inflight?.Dispose();
+        _inflight = null;
+    }
+}

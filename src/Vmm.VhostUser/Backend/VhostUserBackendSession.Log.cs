@@ -1,0 +1,39 @@
+using Microsoft.Extensions.Logging;
+
+namespace Vmm.VhostUser.Backend;
+
+public sealed partial class VhostUserBackendSession
+{
+    private static partial class Log
+    {
+        [LoggerMessage(1, LogLevel.Information, "Front-end disconnected: {Reason}")]
+        public static partial void FrontendDisconnected(ILogger logger, string reason);
+
+        [LoggerMessage(2, LogLevel.Warning, "Front-end broke the protocol, closing its connection: {Reason}")]
+        public static partial void ProtocolViolation(ILogger logger, string reason);
+
+        [LoggerMessage(3, LogLevel.Warning, "{Request} rejected: {Reason}")]
+        public static partial void RequestRejected(ILogger logger, string request, string reason);
+
+        [LoggerMessage(4, LogLevel.Debug, "Features set: 0x{Features:x}")]
+        public static partial void FeaturesSet(ILogger logger, ulong features);
+
+        [LoggerMessage(5, LogLevel.Debug, "Protocol features set: 0x{Features:x}")]
+        public static partial void ProtocolFeaturesSet(ILogger logger, ulong features);
+
+        [LoggerMessage(6, LogLevel.Debug, "Memory table set: {Regions} regions, {Bytes} bytes")]
+        public static partial void MemoryTableSet(ILogger logger, int regions, ulong bytes);
+
+        [LoggerMessage(7, LogLevel.Debug, "Ring {Index} started: size {Size}, avail {Available}, used {Used}")]
+        public static partial void RingStarted(ILogger logger, int index, ushort size, ushort available, ushort used);
+
+        [LoggerMessage(8, LogLevel.Debug, "Ring {Index} stopped at avail {Available}, used {Used}")]
+        public static partial void RingStopped(ILogger logger, int index, ushort available, ushort used);
+
+        [LoggerMessage(9, LogLevel.Warning, "Device needs a reset (queue {Queue}): {Reason}")]
+        public static partial void DeviceFaulted(ILogger logger, int queue, string reason);
+
+        [LoggerMessage(10, LogLevel.Information, "Inflight region: {Queues} queues of {QueueSize}, {Resubmitted} requests to resubmit")]
+        public static partial void InflightInstalled(ILogger logger, int queues, int queueSize, int resubmitted);
+    }
+}
