@@ -49,7 +49,16 @@ public sealed class VhostUserDevice : IVirtioDevice
 
     public int ConfigSize => _info.Config?.Length ?? _options.EffectiveConfigSize;
 
-    public event Action? ConfigChanged;
+    /// <summary>
+    /// A back-end announces config changes on the back-end channel (BACKEND_CONFIG_CHANGE_MSG,
+    /// which needs BACKEND_REQ); this front-end does not open that channel yet, so the event is
+    /// never raised.
+    /// </summary>
+    public event Action? ConfigChanged
+    {
+        add { }
+        remove { }
+    }
 
     public event Action<DeviceFault>? Faulted;
 
@@ -117,7 +126,6 @@ public sealed class VhostUserDevice : IVirtioDevice
         }
 
         Call<ConfigWritten>(new WriteConfig((int)offset, data.ToArray()));
-        ConfigChanged?.Invoke();
     }
 
     public void StartQueue(int index, VirtqueueResources resources, ulong features, VirtqueueState? initialState = null) =>

@@ -35,6 +35,7 @@ public sealed class VhostUserDeviceActor : ReceiveActor, IWithUnboundedStash, IW
     private byte[]? _config;
     private GuestMemory? _subscribedMemory;
     private Action<GuestMemoryChange>? _memoryHandler;
+    private int _queueGeneration;
 
     public VhostUserDeviceActor(VhostUserDeviceOptions options, DeviceSnapshot snapshot)
     {
@@ -474,8 +475,15 @@ public sealed class VhostUserDeviceActor : ReceiveActor, IWithUnboundedStash, IW
 
                 _stoppedStates.Clear();
                 _config = _info?.Config;
+
+                // A reset back-end may have dropped its memory table: without CONFIGURE_MEM_SLOTS the
+                // next start sends the whole table again, as QEMU's vhost_dev_start does. With it,
+                // re-adding would duplicate the regions the back-end kept.
+                bool resendMemory = _connection is not null &&
+                    !_connection.HasProtocolFeature(VhostUserProtocolFeatures.CONFIGURE_MEM_SLOTS);
                 UpdateSnapshot(_snapshot with
                 {
+                    Memory = resendMemory ? null : _snapshot.Memory,
                     GuestFeatures = null,
                     Queues = ImmutableSortedDictionary<int, QueueSnapshot>.Empty,
                     ConfigWrites = [],
@@ -539,7 +547,15 @@ public sealed class VhostUserDeviceActor : ReceiveActor, IWithUnboundedStash, IW
         IActorRef actor;
         try
         {
-            actor = Context.ActorOf(VirtqueueActor.Props(index, resources, proxy), $"queue-{index}");
+            // A queue restarted right after a stop may find its old actor still stopping (Stop is
+            // asynchronous), so the name then gets a generation suffix.
+            string name = $"queue-{index}";
+            if (!Context.Child(name).IsNobody())
+            {
+                name = $"queue-{index}-g{++_queueGeneration}";
+            }
+
+            actor = Context.ActorOf(VirtqueueActor.Props(index, resources, proxy), name);
         }
         catch
         {

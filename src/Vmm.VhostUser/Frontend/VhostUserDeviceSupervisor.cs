@@ -88,9 +88,12 @@ public sealed class VhostUserDeviceSupervisor : ReceiveActor, IWithTimers, IWith
         IOException { InnerException: SocketException } or
         TimeoutException;
 
-    /// <summary>The peer broke the protocol or cannot serve us: reconnecting would meet the same fault.</summary>
+    /// <summary>
+    /// The peer broke the protocol or cannot serve us (including a request it refused while the
+    /// connection was being set up or replayed): reconnecting would meet the same fault.
+    /// </summary>
     public static bool IsProtocolViolation(Exception cause) =>
-        cause is VhostUserProtocolException or VhostUserIncompatibleBackendException;
+        cause is VhostUserProtocolException or VhostUserIncompatibleBackendException or VhostUserRequestFailedException;
 
     private void StartConnection()
     {

@@ -1,5 +1,4 @@
 using System.Net.Sockets;
-using System.Threading.Channels;
 using Akka.Actor;
 using NUnit.Framework;
 using Vmm.Core.Events;
@@ -295,38 +294,4 @@ public sealed class DeviceActorTests : AkkaTest
         VhostUserRequest.SET_VRING_ADDR, VhostUserRequest.SET_VRING_BASE, VhostUserRequest.SET_VRING_KICK,
         VhostUserRequest.SET_VRING_CALL, VhostUserRequest.SET_VRING_ENABLE,
     ];
-
-    #region Infrastructure
-
-    /// <summary>Hands each (re)connect of a device a fresh socketpair whose far end the test scripts.</summary>
-    private sealed class BackendFactory
-    {
-        private readonly Channel<ScriptedBackend> _backends = System.Threading.Channels.Channel.CreateUnbounded<ScriptedBackend>();
-        private int _connects;
-
-        public int Connects => Volatile.Read(ref _connects);
-
-        public VhostUserDeviceOptions Options() => new("socketpair", VirtioDeviceId.Block)
-        {
-            Connect = ConnectAsync,
-            CommandTimeout = TimeSpan.FromSeconds(10),
-        };
-
-        public async Task<ScriptedBackend> NextAsync()
-        {
-            using var cts = new CancellationTokenSource(TimeSpan.FromSeconds(10));
-            return await _backends.Reader.ReadAsync(cts.Token);
-        }
-
-        private Task<VhostUserFrontendConnection> ConnectAsync(CancellationToken cancellationToken)
-        {
-            Interlocked.Increment(ref _connects);
-            (VhostUserFrontendConnection frontend, ScriptedBackend backend) = ScriptedBackend.CreatePair(
-                new VhostUserFrontendConnectionOptions { ConfigSize = 60, RequestTimeout = TimeSpan.FromSeconds(5) });
-            _backends.Writer.TryWrite(backend);
-            return Task.FromResult(frontend);
-        }
-    }
-
-    #endregion
 }
