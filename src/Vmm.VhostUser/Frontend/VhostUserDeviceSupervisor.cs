@@ -21,7 +21,8 @@ namespace Vmm.VhostUser.Frontend;
 /// </list>
 /// Before the first connection was ever ready, any failure stops the device: a socket that is
 /// missing at start-up is a configuration error the caller must see, not something to wait for.
-/// Commands sent here are forwarded to the connection; during a backoff they wait in the stash.
+/// Commands sent here wait in the stash until a connection is ready (handshake and replay done),
+/// then are forwarded to it; if the device gives up instead, they are failed with the cause.
 /// </summary>
 public sealed class VhostUserDeviceSupervisor : ReceiveActor, IWithTimers, IWithUnboundedStash
 {
@@ -32,6 +33,7 @@ public sealed class VhostUserDeviceSupervisor : ReceiveActor, IWithTimers, IWith
     private readonly VhostUserDeviceOptions _options;
     private DeviceSnapshot _snapshot = DeviceSnapshot.Empty;
     private IActorRef? _connection;
+    private bool _connectionReady;
     private Exception? _lastFailure;
     private int _attempt;
     private int _started;
@@ -99,14 +101,14 @@ public sealed class VhostUserDeviceSupervisor : ReceiveActor, IWithTimers, IWith
     {
         _started++;
         _lastFailure = null;
+        _connectionReady = false;
         _connection = Context.ActorOf(VhostUserDeviceActor.Props(_options, _snapshot), ConnectionName);
         Context.Watch(_connection);
-        Stash.UnstashAll();
     }
 
     private void HandleCommand(object message)
     {
-        if (_connection is not null)
+        if (_connection is not null && _connectionReady)
         {
             _connection.Forward(message);
         }
@@ -121,6 +123,8 @@ public sealed class VhostUserDeviceSupervisor : ReceiveActor, IWithTimers, IWith
         // Auto-reset of the backoff: a connection that became ready counts as a success.
         _ready++;
         _attempt = 0;
+        _connectionReady = true;
+        Stash.UnstashAll();
     }
 
     private void HandleTerminated(Terminated message)
@@ -131,34 +135,29 @@ public sealed class VhostUserDeviceSupervisor : ReceiveActor, IWithTimers, IWith
         }
 
         _connection = null;
+        _connectionReady = false;
         Exception? cause = _lastFailure;
         if (cause is null)
         {
-            Fail("the connection actor stopped");
+            Fail("the connection actor stopped", null);
             return;
         }
 
-        if (IsProtocolViolation(cause))
+        if (IsProtocolViolation(cause) || _ready == 0)
         {
-            Fail(cause.Message);
-            return;
-        }
-
-        if (_ready == 0)
-        {
-            Fail(cause.Message);
+            Fail(cause.Message, cause);
             return;
         }
 
         if (!_options.Reconnect)
         {
-            Fail($"connection lost and reconnect is off: {cause.Message}");
+            Fail($"connection lost and reconnect is off: {cause.Message}", cause);
             return;
         }
 
         if (_options.ReconnectMax is int max && _attempt >= max)
         {
-            Fail($"connection lost, {max} reconnect attempt(s) failed: {cause.Message}");
+            Fail($"connection lost, {max} reconnect attempt(s) failed: {cause.Message}", cause);
             return;
         }
 
@@ -185,13 +184,13 @@ public sealed class VhostUserDeviceSupervisor : ReceiveActor, IWithTimers, IWith
         return TimeSpan.FromMilliseconds(Math.Min(max.TotalMilliseconds * 1.2, capped * jitter));
     }
 
-    private void Fail(string reason)
+    private void Fail(string reason, Exception? cause)
     {
         var failed = new DeviceFailed(_options.Name, reason);
         _log.Warning("Device {0} stopped: {1}", _options.Name, reason);
         Context.Parent.Tell(failed);
         Context.System.EventStream.Publish(failed);
-        var error = new VhostUserConnectionLostException($"vhost-user device {_options.Name} stopped: {reason}");
+        Exception error = cause ?? new VhostUserConnectionLostException($"vhost-user device {_options.Name} stopped: {reason}");
         foreach (Envelope envelope in Stash.ClearStash())
         {
             if (!envelope.Sender.IsNobody())

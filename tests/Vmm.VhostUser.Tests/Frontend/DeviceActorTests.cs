@@ -235,6 +235,20 @@ public sealed class DeviceActorTests : AkkaTest
     }
 
     [Test]
+    public async Task ConnectAsync_must_connect_to_a_path_socket()
+    {
+        string path = Path.Combine(Path.GetTempPath(), $"frontend-{Guid.NewGuid():N}.sock");
+        using VhostUserListener listener = VhostUserListener.Bind(path);
+        Task<VhostUserDevice> connect = VhostUserDevice.ConnectAsync(
+            Sys, new VhostUserDeviceOptions(path, VirtioDeviceId.Block) { Name = "blk-path" });
+        using var backend = new ScriptedBackend(await listener.AcceptAsync());
+        await backend.ServeHandshakeAsync(protocolFeatures: Offered, queueNum: 1, config: s_config);
+        using VhostUserDevice device = await connect;
+        Assert.That(device.Info.Config, Is.EqualTo(s_config));
+        Assert.That(device.Supervisor.Path.Name, Is.EqualTo("blk-path"));
+    }
+
+    [Test]
     public async Task ConnectAsync_must_say_when_the_socket_is_missing()
     {
         string path = Path.Combine(Path.GetTempPath(), $"missing-{Guid.NewGuid():N}.sock");
