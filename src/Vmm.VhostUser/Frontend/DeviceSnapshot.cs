@@ -14,7 +14,8 @@ public sealed record DeviceSnapshot(
     ulong? GuestFeatures,
     GuestMemory? Memory,
     ImmutableSortedDictionary<int, QueueSnapshot> Queues,
-    ImmutableList<ConfigWrite> ConfigWrites)
+    ImmutableList<ConfigWrite> ConfigWrites,
+    VhostUserInflightRegion? Inflight = null)
 {
     public static DeviceSnapshot Empty { get; } = new(null, null, ImmutableSortedDictionary<int, QueueSnapshot>.Empty, []);
 

@@ -37,6 +37,9 @@ public sealed class VhostUserDeviceActor : ReceiveActor, IWithUnboundedStash, IW
     private Action<GuestMemoryChange>? _memoryHandler;
     private int _queueGeneration;
 
+    // Whether this connection's back-end already has the inflight region (SET_INFLIGHT_FD).
+    private bool _inflightSent;
+
     public VhostUserDeviceActor(VhostUserDeviceOptions options, DeviceSnapshot snapshot)
     {
         _options = options;
@@ -179,6 +182,13 @@ public sealed class VhostUserDeviceActor : ReceiveActor, IWithUnboundedStash, IW
         VhostUserFrontendConnection connection, DeviceSnapshot snapshot,
         List<(QueueSnapshot Queue, VhostUserRingSetup Setup)> rings, CancellationToken ct)
     {
+        // The same inflight region, before anything else (QEMU's vhost-user-blk order): the new
+        // back-end finds there what the old one had taken from the rings but not completed.
+        if (snapshot.Inflight is not null && connection.HasProtocolFeature(VhostUserProtocolFeatures.INFLIGHT_SHMFD))
+        {
+            await connection.SetInflightFdAsync(snapshot.Inflight, ct).ConfigureAwait(false);
+        }
+
         if (snapshot.GuestFeatures is ulong features)
         {
             await connection.SetFeaturesAsync(features, ct).ConfigureAwait(false);
@@ -205,6 +215,8 @@ public sealed class VhostUserDeviceActor : ReceiveActor, IWithUnboundedStash, IW
 
     private void HandleReplayed(Replayed message)
     {
+        _inflightSent = _snapshot.Inflight is not null &&
+            _connection!.HasProtocolFeature(VhostUserProtocolFeatures.INFLIGHT_SHMFD);
         if (_snapshot.Memory is not null)
         {
             Subscribe(_snapshot.Memory);
@@ -258,6 +270,10 @@ public sealed class VhostUserDeviceActor : ReceiveActor, IWithUnboundedStash, IW
         }
 
         VhostUserFrontendConnection connection = _connection!;
+        bool sendInflight = connection.HasProtocolFeature(VhostUserProtocolFeatures.INFLIGHT_SHMFD) && !_inflightSent;
+        VhostUserInflightRegion? existingInflight = _snapshot.Inflight;
+        ushort inflightQueues = (ushort)Math.Max(1, _info?.QueueCount ?? _options.Queues ?? 1);
+        ushort inflightQueueSize = Math.Max(_options.QueueSize, message.Resources.Params.Size);
         bool needFeatures = _snapshot.GuestFeatures != message.Features || connection.AckedFeatures is null;
         GuestMemory memory = message.Resources.Memory;
         bool needMemory = !ReferenceEquals(_snapshot.Memory, memory);
@@ -265,28 +281,46 @@ public sealed class VhostUserDeviceActor : ReceiveActor, IWithUnboundedStash, IW
         var queue = new QueueSnapshot(message.Index, message.Resources, message.Features, message.InitialState);
         RunCommand(async ct =>
         {
-            if (needFeatures)
-            {
-                await connection.SetFeaturesAsync(message.Features, ct).ConfigureAwait(false);
-            }
-
-            if (needMemory)
-            {
-                await connection.SetMemoryAsync(memory, ct).ConfigureAwait(false);
-            }
-
+            // Inflight I/O tracking (vhost-user.rst, "Inflight I/O tracking"): the region is set
+            // up once, before the first ring starts, as QEMU's vhost-user-blk does.
+            VhostUserInflightRegion? inflight = null;
             try
             {
-                await connection.StartRingAsync(setup, ct).ConfigureAwait(false);
+                if (sendInflight)
+                {
+                    inflight = existingInflight ??
+                        await connection.GetInflightFdAsync(inflightQueues, inflightQueueSize, ct).ConfigureAwait(false);
+                    await connection.SetInflightFdAsync(inflight, ct).ConfigureAwait(false);
+                }
+
+                if (needFeatures)
+                {
+                    await connection.SetFeaturesAsync(message.Features, ct).ConfigureAwait(false);
+                }
+
+                if (needMemory)
+                {
+                    await connection.SetMemoryAsync(memory, ct).ConfigureAwait(false);
+                }
+
+                try
+                {
+                    await connection.StartRingAsync(setup, ct).ConfigureAwait(false);
+                }
+                catch (VhostUserRequestFailedException)
+                {
+                    // Roll back: GET_VRING_BASE stops whatever part of the ring the back-end set up.
+                    await TryStopRingAsync(connection, index, ct).ConfigureAwait(false);
+                    throw;
+                }
             }
-            catch (VhostUserRequestFailedException)
+            catch when (inflight is not null && !ReferenceEquals(inflight, existingInflight))
             {
-                // Roll back: GET_VRING_BASE stops whatever part of the ring the back-end set up.
-                await TryStopRingAsync(connection, index, ct).ConfigureAwait(false);
+                inflight.Dispose();
                 throw;
             }
 
-            return new QueueStartedResult(queue, needMemory ? memory : null);
+            return new QueueStartedResult(queue, needMemory ? memory : null, sendInflight ? inflight : null);
         }, new QueueStartFailedCleanup(index));
     }
 
@@ -451,8 +485,14 @@ public sealed class VhostUserDeviceActor : ReceiveActor, IWithUnboundedStash, IW
                 }
 
                 _stoppedStates.Remove(started.Queue.Index);
+                if (started.Inflight is not null)
+                {
+                    _inflightSent = true;
+                }
+
                 UpdateSnapshot(_snapshot with
                 {
+                    Inflight = started.Inflight ?? _snapshot.Inflight,
                     GuestFeatures = started.Queue.Features,
                     Memory = started.Queue.Resources.Memory,
                     Queues = _snapshot.Queues.SetItem(started.Queue.Index, started.Queue),
@@ -479,15 +519,21 @@ public sealed class VhostUserDeviceActor : ReceiveActor, IWithUnboundedStash, IW
                 // A reset back-end may have dropped its memory table: without CONFIGURE_MEM_SLOTS the
                 // next start sends the whole table again, as QEMU's vhost_dev_start does. With it,
                 // re-adding would duplicate the regions the back-end kept.
+                VhostUserInflightRegion? oldInflight = _snapshot.Inflight;
                 bool resendMemory = _connection is not null &&
                     !_connection.HasProtocolFeature(VhostUserProtocolFeatures.CONFIGURE_MEM_SLOTS);
                 UpdateSnapshot(_snapshot with
                 {
                     Memory = resendMemory ? null : _snapshot.Memory,
+
+                    // A reset device starts with a fresh inflight region (QEMU frees it on reset).
+                    Inflight = null,
                     GuestFeatures = null,
                     Queues = ImmutableSortedDictionary<int, QueueSnapshot>.Empty,
                     ConfigWrites = [],
                 });
+                oldInflight?.Dispose();
+                _inflightSent = false;
                 reply = DeviceReset.Instance;
                 break;
 
@@ -670,7 +716,7 @@ public sealed class VhostUserDeviceActor : ReceiveActor, IWithUnboundedStash, IW
 
     private sealed record MemoryChanged(GuestMemory Memory, GuestMemoryChange Change);
 
-    private sealed record QueueStartedResult(QueueSnapshot Queue, GuestMemory? MemoryExported);
+    private sealed record QueueStartedResult(QueueSnapshot Queue, GuestMemory? MemoryExported, VhostUserInflightRegion? Inflight);
 
     private sealed record QueueStartFailedCleanup(int Index);
 

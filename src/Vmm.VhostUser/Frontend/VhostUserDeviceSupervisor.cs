@@ -60,6 +60,9 @@ public sealed class VhostUserDeviceSupervisor : ReceiveActor, IWithTimers, IWith
 
     protected override void PreStart() => StartConnection();
 
+    /// <summary>The inflight region's fd belongs to the snapshot, and the snapshot to this actor.</summary>
+    protected override void PostStop() => _snapshot.Inflight?.Dispose();
+
     protected override SupervisorStrategy SupervisorStrategy() =>
         new OneForOneStrategy(Decide);
 

@@ -200,6 +200,31 @@ public sealed partial class VhostUserFrontendConnection
         AckedFeatures = null;
     }
 
+    // --- Inflight tracking ---------------------------------------------------------------------
+
+    /// <summary>
+    /// GET_INFLIGHT_FD for <paramref name="queueCount"/> queues of <paramref name="queueSize"/>:
+    /// the back-end answers with the region's description and its fd. Needs INFLIGHT_SHMFD.
+    /// </summary>
+    public async Task<VhostUserInflightRegion> GetInflightFdAsync(ushort queueCount, ushort queueSize, CancellationToken cancellationToken = default)
+    {
+        RequireProtocolFeature(VhostUserProtocolFeatures.INFLIGHT_SHMFD, VhostUserRequest.GET_INFLIGHT_FD);
+        byte[] payload = Encode(new VhostUserInflight(0, 0, queueCount, queueSize), VhostUserInflight.Size);
+        using VhostUserReply reply = await SendAndReceiveAsync(VhostUserRequest.GET_INFLIGHT_FD, payload, cancellationToken: cancellationToken)
+            .ConfigureAwait(false);
+        VhostUserInflight inflight = VhostUserInflight.Read(reply.Payload);
+        return new VhostUserInflightRegion(reply.TakeFd(0), inflight.MmapSize, inflight.MmapOffset, inflight.NumQueues, inflight.QueueSize);
+    }
+
+    /// <summary>SET_INFLIGHT_FD: hands <paramref name="region"/> (back) to the back-end before its rings start.</summary>
+    public Task SetInflightFdAsync(VhostUserInflightRegion region, CancellationToken cancellationToken = default)
+    {
+        RequireProtocolFeature(VhostUserProtocolFeatures.INFLIGHT_SHMFD, VhostUserRequest.SET_INFLIGHT_FD);
+        byte[] payload = Encode(
+            new VhostUserInflight(region.MmapSize, region.MmapOffset, region.NumQueues, region.QueueSize), VhostUserInflight.Size);
+        return SendAsync(VhostUserRequest.SET_INFLIGHT_FD, payload, [region.Fd], cancellationToken: cancellationToken);
+    }
+
     /// <summary>True when the negotiated (or given) features select packed rings.</summary>
     public static bool IsPacked(ulong features) => (features & VirtioFeatures.RING_PACKED) != 0;
 }

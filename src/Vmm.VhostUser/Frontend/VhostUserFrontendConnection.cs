@@ -55,13 +55,32 @@ public sealed class VhostUserReply : IDisposable
 
     public SafeFileDescriptor[] Fds { get; }
 
+    /// <summary>Transfers ownership of fd <paramref name="index"/> to the caller.</summary>
+    public SafeFileDescriptor TakeFd(int index)
+    {
+        SafeFileDescriptor fd = Fds[index] ?? throw new InvalidOperationException($"Fd {index} was already taken.");
+        Fds[index] = null!;
+        return fd;
+    }
+
     public void Dispose()
     {
-        foreach (SafeFileDescriptor fd in Fds)
+        foreach (SafeFileDescriptor? fd in Fds)
         {
-            fd.Dispose();
+            fd?.Dispose();
         }
     }
+}
+
+/// <summary>
+/// The inflight region the back-end handed out with GET_INFLIGHT_FD (vhost-user.rst, "Inflight
+/// I/O tracking"): kept by the front-end across reconnects so the next back-end can resubmit
+/// what was in flight. Owns <paramref name="Fd"/>.
+/// </summary>
+public sealed record VhostUserInflightRegion(SafeFileDescriptor Fd, ulong MmapSize, ulong MmapOffset, ushort NumQueues, ushort QueueSize)
+    : IDisposable
+{
+    public void Dispose() => Fd.Dispose();
 }
 
 /// <summary>

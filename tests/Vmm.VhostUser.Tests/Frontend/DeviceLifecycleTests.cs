@@ -4,6 +4,7 @@ using Vmm.Core.Events;
 using Vmm.Core.Interrupts;
 using Vmm.Core.Machine;
 using Vmm.Core.Memory;
+using Vmm.Core.Posix;
 using Vmm.Virtio.Queues;
 using Vmm.Virtio.Spec;
 using Vmm.VhostUser.Channel;
@@ -198,6 +199,65 @@ public sealed class DeviceLifecycleTests : AkkaTest
         DeviceFailed failed = await failures.ExpectMsgAsync<DeviceFailed>(TimeSpan.FromSeconds(10));
         Assert.That(failed.Reason, Does.Contain("2 reconnect attempt(s) failed"));
         Assert.That(backends.Connects, Is.EqualTo(3));
+    }
+
+    [Test]
+    public async Task Device_must_set_up_the_inflight_region_once_and_hand_the_same_one_to_a_new_backend()
+    {
+        const VhostUserProtocolFeatures features = Base | VhostUserProtocolFeatures.INFLIGHT_SHMFD;
+        var backends = new BackendFactory();
+        Task<VhostUserDevice> connect = VhostUserDevice.ConnectAsync(Sys, backends.Options());
+        ScriptedBackend first = await backends.NextAsync();
+        await first.ServeHandshakeAsync(protocolFeatures: features, config: s_config);
+        using VhostUserDevice device = await connect;
+
+        using GuestMemory memory = GuestMemory.Create(1 << 20);
+        using var kick = new EventFd();
+        var resources = new VirtqueueResources(
+            new VirtqueueParams(128, 0, 0x1000, 0x2000), memory, kick, FunctionBackedInterruptLine.ToController(0, CreateTestProbe().Ref));
+        Task start = Task.Run(() => device.StartQueue(0, resources, ScriptedBackend.DefaultFeatures));
+        using SafeFileDescriptor region = ScriptedBackend.NewFd();
+        long inode = Inode(region);
+        using (VhostUserMessage m = await first.ExpectAsync(VhostUserRequest.GET_INFLIGHT_FD))
+        {
+            VhostUserInflight asked = VhostUserInflight.Read(m.Payload.Span);
+            Assert.That((asked.NumQueues, asked.QueueSize), Is.EqualTo(((ushort)1, (ushort)256)));
+            var reply = new byte[VhostUserInflight.Size];
+            new VhostUserInflight(4096, 0, 1, 256).Write(reply);
+            await first.ReplyAsync(VhostUserRequest.GET_INFLIGHT_FD, reply, [region]);
+        }
+
+        using (VhostUserMessage m = await first.ExpectAsync(VhostUserRequest.SET_INFLIGHT_FD))
+        {
+            Assert.That(Inode(m.Fds[0]), Is.EqualTo(inode));
+        }
+
+        foreach (VhostUserRequest r in RingStart)
+        {
+            await first.ExpectAndDropAsync(r);
+        }
+
+        await start;
+        first.Dispose();
+
+        using ScriptedBackend second = await backends.NextAsync();
+        await second.ServeHandshakeAsync(protocolFeatures: features, config: s_config);
+        using (VhostUserMessage m = await second.ExpectAsync(VhostUserRequest.SET_INFLIGHT_FD))
+        {
+            Assert.That(VhostUserInflight.Read(m.Payload.Span).MmapSize, Is.EqualTo(4096UL));
+            Assert.That(Inode(m.Fds[0]), Is.EqualTo(inode), "the same region, not a new one");
+        }
+
+        foreach (VhostUserRequest r in RingStart)
+        {
+            await second.ExpectAndDropAsync(r);
+        }
+    }
+
+    private static long Inode(SafeFileDescriptor fd)
+    {
+        Assert.That(Mono.Unix.Native.Syscall.fstat((int)fd.DangerousGetHandle(), out Mono.Unix.Native.Stat stat), Is.Zero);
+        return (long)stat.st_ino;
     }
 
     [Test]
