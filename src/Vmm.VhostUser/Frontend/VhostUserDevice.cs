@@ -176,10 +176,12 @@ public sealed class VhostUserDevice : IVirtioDevice
                 VhostUserConnectFailure.SocketMissing, $"vhost-user socket {path} does not exist.", e),
             IOException { InnerException: SocketException { SocketErrorCode: SocketError.ConnectionRefused } } => new VhostUserConnectException(
                 VhostUserConnectFailure.ConnectionRefused, $"Connection to vhost-user socket {path} refused: nothing is listening on it.", e),
+            VhostUserConnectionLostException { InnerException: OperationCanceledException } => new VhostUserConnectException(
+                VhostUserConnectFailure.HandshakeTimeout, $"The vhost-user back-end at {path} stopped answering during the handshake ({e.Message}).", e),
             VhostUserConnectionLostException => new VhostUserConnectException(
                 VhostUserConnectFailure.HungUpDuringHandshake, $"The vhost-user back-end at {path} hung up during the handshake ({e.Message}).", e),
             AskTimeoutException or TaskCanceledException => new VhostUserConnectException(
-                VhostUserConnectFailure.Other, $"The vhost-user back-end at {path} did not complete the handshake within {options.CommandTimeout.TotalSeconds:0.#} s.", e),
+                VhostUserConnectFailure.HandshakeTimeout, $"The vhost-user back-end at {path} did not complete the handshake within {options.CommandTimeout.TotalSeconds:0.#} s.", e),
             VhostUserIncompatibleBackendException or VhostUserProtocolException or OperationCanceledException => e,
             IOException => new VhostUserConnectException(VhostUserConnectFailure.Other, e.Message, e),
             _ => e,

@@ -157,9 +157,11 @@ public sealed class VhostUserDeviceActor : ReceiveActor, IWithUnboundedStash, IW
             return;
         }
 
-        // Replay (DESIGN.md, "The actor tree"): features, memory table, rings, config writes.
-        // Split rings resume at the used index the guest sees: what the back-end completed before
-        // it went away is all it will ever complete.
+        // Replay (DESIGN.md, "The actor tree"): inflight region, features, memory table, rings,
+        // config writes. Split rings resume at the used index the guest sees: what the old back-end
+        // completed is published there, and what it had taken but not completed is in the inflight
+        // region (when negotiated) for the new one to resubmit. Packed rings have no such index in
+        // guest memory; they resume from the state they were started with.
         _log.Info("Replaying device state: {0} queue(s)", _snapshot.Queues.Count);
         var rings = new List<(QueueSnapshot Queue, VhostUserRingSetup Setup)>();
         foreach (QueueSnapshot queue in _snapshot.Queues.Values)

@@ -38,6 +38,7 @@ public enum VhostUserConnectFailure
     SocketMissing,
     ConnectionRefused,
     HungUpDuringHandshake,
+    HandshakeTimeout,
     Other,
 }
 

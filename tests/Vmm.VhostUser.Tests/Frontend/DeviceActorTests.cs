@@ -292,6 +292,18 @@ public sealed class DeviceActorTests : AkkaTest
     }
 
     [Test]
+    public async Task ConnectAsync_must_say_when_the_backend_stops_answering_during_the_handshake()
+    {
+        var backends = new BackendFactory(requestTimeout: TimeSpan.FromMilliseconds(200));
+        Task<VhostUserDevice> connect = VhostUserDevice.ConnectAsync(Sys, backends.Options());
+        using ScriptedBackend backend = await backends.NextAsync();
+        await backend.ExpectAndDropAsync(VhostUserRequest.GET_FEATURES);
+        var e = await Assert.ThrowsAsync<VhostUserConnectException>(() => connect);
+        Assert.That(e!.Failure, Is.EqualTo(VhostUserConnectFailure.HandshakeTimeout));
+        Assert.That(e.Message, Does.Contain("GET_FEATURES"));
+    }
+
+    [Test]
     public async Task ConnectAsync_must_refuse_a_backend_without_VERSION_1()
     {
         var backends = new BackendFactory();
