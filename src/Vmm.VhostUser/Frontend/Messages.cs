@@ -85,14 +85,7 @@ public sealed record ConnectionCount(int Started, int Ready);
 public sealed record SnapshotUpdated(DeviceSnapshot Snapshot);
 
 /// <summary>Connection actor → supervisor: the handshake (and any replay) completed.</summary>
-public sealed class ConnectionReady
-{
-    public static readonly ConnectionReady Instance = new();
-
-    private ConnectionReady()
-    {
-    }
-}
+public sealed record ConnectionReady(DeviceInfo Info);
 
 /// <summary>Query to a <see cref="VirtqueueActor"/>; answered with <see cref="QueueStatus"/>.</summary>
 public sealed class GetQueueStatus

@@ -74,21 +74,29 @@ public sealed class VhostUserDevice : IVirtioDevice
     {
         ArgumentNullException.ThrowIfNull(factory);
         ArgumentNullException.ThrowIfNull(options);
-        IActorRef supervisor = factory.ActorOf(VhostUserDeviceSupervisor.Props(options), options.Name);
-        return FromSupervisorAsync(supervisor, options, cancellationToken);
+        TaskCompletionSource<DeviceInfo> firstReady = CreateFirstReady();
+        IActorRef supervisor = factory.ActorOf(VhostUserDeviceSupervisor.Props(options, firstReady), options.Name);
+        return FromSupervisorAsync(supervisor, options, firstReady.Task, cancellationToken);
     }
 
+    /// <summary>The completion to pass to <see cref="VhostUserDeviceSupervisor.Props"/> and then to <see cref="FromSupervisorAsync"/>.</summary>
+    public static TaskCompletionSource<DeviceInfo> CreateFirstReady() => new(TaskCreationOptions.RunContinuationsAsynchronously);
+
     /// <summary>
-    /// Wraps a supervisor created elsewhere (for example by the VmActor from
-    /// <c>AttachDevice(name, VhostUserDeviceSupervisor.Props(options))</c>) once its handshake is done.
+    /// Wraps a supervisor created elsewhere, for example by the VmActor from
+    /// <c>AttachDevice(name, VhostUserDeviceSupervisor.Props(options, firstReady))</c>, once its
+    /// handshake is done. Without <paramref name="firstReady"/> it asks the supervisor, which
+    /// must still be alive to answer.
     /// </summary>
     public static async Task<VhostUserDevice> FromSupervisorAsync(
-        IActorRef supervisor, VhostUserDeviceOptions options, CancellationToken cancellationToken = default)
+        IActorRef supervisor, VhostUserDeviceOptions options, Task<DeviceInfo>? firstReady = null,
+        CancellationToken cancellationToken = default)
     {
         try
         {
-            DeviceInfo info = await supervisor.Ask<DeviceInfo>(GetDeviceInfo.Instance, options.CommandTimeout, cancellationToken)
-                .ConfigureAwait(false);
+            DeviceInfo info = firstReady is not null
+                ? await firstReady.WaitAsync(options.CommandTimeout, cancellationToken).ConfigureAwait(false)
+                : await supervisor.Ask<DeviceInfo>(GetDeviceInfo.Instance, options.CommandTimeout, cancellationToken).ConfigureAwait(false);
             return new VhostUserDevice(supervisor, options, info);
         }
         catch (Exception e)
@@ -180,7 +188,7 @@ public sealed class VhostUserDevice : IVirtioDevice
                 VhostUserConnectFailure.HandshakeTimeout, $"The vhost-user back-end at {path} stopped answering during the handshake ({e.Message}).", e),
             VhostUserConnectionLostException => new VhostUserConnectException(
                 VhostUserConnectFailure.HungUpDuringHandshake, $"The vhost-user back-end at {path} hung up during the handshake ({e.Message}).", e),
-            AskTimeoutException or TaskCanceledException => new VhostUserConnectException(
+            AskTimeoutException or TimeoutException => new VhostUserConnectException(
                 VhostUserConnectFailure.HandshakeTimeout, $"The vhost-user back-end at {path} did not complete the handshake within {options.CommandTimeout.TotalSeconds:0.#} s.", e),
             VhostUserIncompatibleBackendException or VhostUserProtocolException or OperationCanceledException => e,
             IOException => new VhostUserConnectException(VhostUserConnectFailure.Other, e.Message, e),

@@ -230,7 +230,7 @@ public sealed class VhostUserDeviceActor : ReceiveActor, IWithUnboundedStash, IW
     private void EnterReady()
     {
         Timers.StartPeriodicTimer(HangUpTimerKey, CheckHangUp.Instance, _options.HangUpCheckInterval);
-        Context.Parent.Tell(ConnectionReady.Instance);
+        Context.Parent.Tell(new ConnectionReady(CreateDeviceInfo()));
         BecomeIdle();
     }
 
@@ -245,11 +245,13 @@ public sealed class VhostUserDeviceActor : ReceiveActor, IWithUnboundedStash, IW
 
     #region Commands
 
-    private void HandleGetDeviceInfo(GetDeviceInfo message)
+    private void HandleGetDeviceInfo(GetDeviceInfo message) => Sender.Tell(CreateDeviceInfo());
+
+    private DeviceInfo CreateDeviceInfo()
     {
         VhostUserBackendInfo info = _info!;
         int queues = info.QueueCount is int n ? Math.Min(n, _options.Queues ?? n) : _options.Queues ?? 1;
-        Sender.Tell(new DeviceInfo(info.Features, info.ProtocolFeatures, queues, _config?.ToArray()));
+        return new DeviceInfo(info.Features, info.ProtocolFeatures, queues, _config?.ToArray());
     }
 
     private void HandleStartQueue(StartQueue message)

@@ -31,6 +31,7 @@ public sealed class VhostUserDeviceSupervisor : ReceiveActor, IWithTimers, IWith
 
     private readonly ILoggingAdapter _log = Context.GetLogger();
     private readonly VhostUserDeviceOptions _options;
+    private readonly TaskCompletionSource<DeviceInfo>? _firstReady;
     private DeviceSnapshot _snapshot = DeviceSnapshot.Empty;
     private IActorRef? _connection;
     private bool _connectionReady;
@@ -39,9 +40,10 @@ public sealed class VhostUserDeviceSupervisor : ReceiveActor, IWithTimers, IWith
     private int _started;
     private int _ready;
 
-    public VhostUserDeviceSupervisor(VhostUserDeviceOptions options)
+    public VhostUserDeviceSupervisor(VhostUserDeviceOptions options, TaskCompletionSource<DeviceInfo>? firstReady)
     {
         _options = options;
+        _firstReady = firstReady;
         Receive<SnapshotUpdated>(m => _snapshot = m.Snapshot);
         Receive<ConnectionReady>(HandleConnectionReady);
         Receive<Terminated>(HandleTerminated);
@@ -55,13 +57,23 @@ public sealed class VhostUserDeviceSupervisor : ReceiveActor, IWithTimers, IWith
 
     public IStash Stash { get; set; } = null!;
 
-    public static Props Props(VhostUserDeviceOptions options) =>
-        Akka.Actor.Props.Create(() => new VhostUserDeviceSupervisor(options));
+    /// <summary>
+    /// Props for one device. <paramref name="firstReady"/>, when given, completes with the device's
+    /// info once the first handshake is done, or fails with the cause when the device gives up
+    /// first: a caller outside the actor system learns the outcome even if the device stopped
+    /// before its first message could reach it (see <see cref="VhostUserDevice.ConnectAsync(IActorRefFactory, VhostUserDeviceOptions, CancellationToken)"/>).
+    /// </summary>
+    public static Props Props(VhostUserDeviceOptions options, TaskCompletionSource<DeviceInfo>? firstReady = null) =>
+        Akka.Actor.Props.Create(() => new VhostUserDeviceSupervisor(options, firstReady));
 
     protected override void PreStart() => StartConnection();
 
     /// <summary>The inflight region's fd belongs to the snapshot, and the snapshot to this actor.</summary>
-    protected override void PostStop() => _snapshot.Inflight?.Dispose();
+    protected override void PostStop()
+    {
+        _snapshot.Inflight?.Dispose();
+        _firstReady?.TrySetException(new VhostUserConnectionLostException($"vhost-user device {_options.Name} was stopped."));
+    }
 
     protected override SupervisorStrategy SupervisorStrategy() =>
         new OneForOneStrategy(Decide);
@@ -127,6 +139,7 @@ public sealed class VhostUserDeviceSupervisor : ReceiveActor, IWithTimers, IWith
         _ready++;
         _attempt = 0;
         _connectionReady = true;
+        _firstReady?.TrySetResult(message.Info);
         Stash.UnstashAll();
     }
 
@@ -194,6 +207,7 @@ public sealed class VhostUserDeviceSupervisor : ReceiveActor, IWithTimers, IWith
         Context.Parent.Tell(failed);
         Context.System.EventStream.Publish(failed);
         Exception error = cause ?? new VhostUserConnectionLostException($"vhost-user device {_options.Name} stopped: {reason}");
+        _firstReady?.TrySetException(error);
         foreach (Envelope envelope in Stash.ClearStash())
         {
             if (!envelope.Sender.IsNobody())

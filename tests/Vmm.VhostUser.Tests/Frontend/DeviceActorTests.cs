@@ -189,8 +189,9 @@ public sealed class DeviceActorTests : AkkaTest
         IActorRef vm = Sys.ActorOf(VmActor.Props(), "vm");
         var backends = new BackendFactory();
         VhostUserDeviceOptions options = backends.Options() with { Name = "blk0" };
-        DeviceAttached attached = await vm.Ask<DeviceAttached>(new AttachDevice("blk0", VhostUserDeviceSupervisor.Props(options)));
-        Task<VhostUserDevice> wrap = VhostUserDevice.FromSupervisorAsync(attached.Device, options);
+        TaskCompletionSource<DeviceInfo> firstReady = VhostUserDevice.CreateFirstReady();
+        DeviceAttached attached = await vm.Ask<DeviceAttached>(new AttachDevice("blk0", VhostUserDeviceSupervisor.Props(options, firstReady)));
+        Task<VhostUserDevice> wrap = VhostUserDevice.FromSupervisorAsync(attached.Device, options, firstReady.Task);
         using ScriptedBackend backend = await backends.NextAsync();
         await backend.ServeHandshakeAsync(protocolFeatures: Offered, config: s_config);
         using VhostUserDevice device = await wrap;
