@@ -256,6 +256,14 @@ public sealed class VhostUserDeviceActor : ReceiveActor, IWithUnboundedStash, IW
 
     private void HandleStartQueue(StartQueue message)
     {
+        int queueCount = CreateDeviceInfo().QueueCount;
+        if (message.Index < 0 || message.Index >= queueCount)
+        {
+            Sender.Tell(new Status.Failure(new ArgumentOutOfRangeException(
+                nameof(message), message.Index, $"The device has {queueCount} queue(s).")));
+            return;
+        }
+
         if (_queueActors.ContainsKey(message.Index))
         {
             Sender.Tell(new Status.Failure(new InvalidOperationException($"Queue {message.Index} is already running.")));

@@ -133,6 +133,9 @@ public sealed partial class VhostUserFrontendConnection
     /// </summary>
     public async Task StartRingAsync(VhostUserRingSetup ring, CancellationToken cancellationToken = default)
     {
+        // SET_VRING_KICK/CALL carry the index in bits 0-7 (VHOST_USER_VRING_IDX_MASK).
+        ArgumentOutOfRangeException.ThrowIfNegative(ring.Index);
+        ArgumentOutOfRangeException.ThrowIfGreaterThan(ring.Index, (int)VhostUserVringFile.VHOST_USER_VRING_IDX_MASK);
         uint index = (uint)ring.Index;
         await SendAsync(VhostUserRequest.SET_VRING_NUM, Encode(new VhostUserVringState(index, ring.Size), VhostUserVringState.Size),
             cancellationToken: cancellationToken).ConfigureAwait(false);
