@@ -1,0 +1,198 @@
+using System.Net.Sockets;
+using Akka.Actor;
+using Vmm.Virtio;
+using Vmm.Virtio.Queues;
+using Vmm.Virtio.Spec;
+using Vmm.VhostUser.Protocol;
+
+namespace Vmm.VhostUser.Frontend;
+
+/// <summary>
+/// A vhost-user device as the VMM and its transport see it: an <see cref="IVirtioDevice"/> whose
+/// every call is a message to the device's <see cref="VhostUserDeviceSupervisor"/>, which owns
+/// the socket (DESIGN.md, "Vmm.VhostUser").
+/// </summary>
+/// <remarks>
+/// The IVirtioDevice calls come from the transport on a vCPU or guest-driver thread, never from
+/// an actor, and the interface is synchronous; so each one blocks on its Ask with
+/// <see cref="VhostUserDeviceOptions.CommandTimeout"/> as the bound. The data plane never comes
+/// this way: kicks and calls are eventfds shared with the back-end.
+/// </remarks>
+public sealed class VhostUserDevice : IVirtioDevice
+{
+    private readonly VhostUserDeviceOptions _options;
+    private readonly DeviceInfo _info;
+    private int _disposed;
+
+    private VhostUserDevice(IActorRef supervisor, VhostUserDeviceOptions options, DeviceInfo info)
+    {
+        Supervisor = supervisor;
+        _options = options;
+        _info = info;
+    }
+
+    /// <summary>The device's supervisor (the commands of Frontend/Messages.cs may be sent to it directly).</summary>
+    public IActorRef Supervisor { get; }
+
+    /// <summary>What the handshake found.</summary>
+    public DeviceInfo Info => _info;
+
+    public VirtioDeviceId DeviceId => _options.DeviceId;
+
+    /// <summary>
+    /// The back-end's features without the vhost-user-only bits (PROTOCOL_FEATURES, 30, and
+    /// LOG_ALL, 26): those belong to the vhost-user session and mean other things to a guest.
+    /// </summary>
+    public ulong DeviceFeatures => _info.Features & ~VhostUserVirtioFeatures.TransportMask;
+
+    public int QueueCount => _info.QueueCount;
+
+    public int ConfigSize => _info.Config?.Length ?? _options.EffectiveConfigSize;
+
+    /// <summary>
+    /// A back-end announces config changes on the back-end channel (BACKEND_CONFIG_CHANGE_MSG,
+    /// which needs BACKEND_REQ); this front-end does not open that channel yet, so the event is
+    /// never raised.
+    /// </summary>
+    public event Action? ConfigChanged
+    {
+        add { }
+        remove { }
+    }
+
+    public event Action<DeviceFault>? Faulted;
+
+    /// <summary>
+    /// Creates the device's supervisor under <paramref name="factory"/> (an ActorSystem, or an
+    /// actor's Context) and completes when the handshake is done. Failures are typed with
+    /// one-sentence messages: <see cref="VhostUserConnectException"/> (socket missing, connection
+    /// refused, back-end hung up during the handshake), <see cref="VhostUserIncompatibleBackendException"/>
+    /// (no VERSION_1), <see cref="VhostUserProtocolException"/>.
+    /// </summary>
+    public static Task<VhostUserDevice> ConnectAsync(
+        IActorRefFactory factory, VhostUserDeviceOptions options, CancellationToken cancellationToken = default)
+    {
+        ArgumentNullException.ThrowIfNull(factory);
+        ArgumentNullException.ThrowIfNull(options);
+        TaskCompletionSource<DeviceInfo> firstReady = CreateFirstReady();
+        IActorRef supervisor = factory.ActorOf(VhostUserDeviceSupervisor.Props(options, firstReady), options.Name);
+        return FromSupervisorAsync(supervisor, options, firstReady.Task, cancellationToken);
+    }
+
+    /// <summary>The completion to pass to <see cref="VhostUserDeviceSupervisor.Props"/> and then to <see cref="FromSupervisorAsync"/>.</summary>
+    public static TaskCompletionSource<DeviceInfo> CreateFirstReady() => new(TaskCreationOptions.RunContinuationsAsynchronously);
+
+    /// <summary>
+    /// Wraps a supervisor created elsewhere, for example by the VmActor from
+    /// <c>AttachDevice(name, VhostUserDeviceSupervisor.Props(options, firstReady))</c>, once its
+    /// handshake is done. Without <paramref name="firstReady"/> it asks the supervisor, which
+    /// must still be alive to answer.
+    /// </summary>
+    public static async Task<VhostUserDevice> FromSupervisorAsync(
+        IActorRef supervisor, VhostUserDeviceOptions options, Task<DeviceInfo>? firstReady = null,
+        CancellationToken cancellationToken = default)
+    {
+        try
+        {
+            DeviceInfo info = firstReady is not null
+                ? await firstReady.WaitAsync(options.CommandTimeout, cancellationToken).ConfigureAwait(false)
+                : await supervisor.Ask<DeviceInfo>(GetDeviceInfo.Instance, options.CommandTimeout, cancellationToken).ConfigureAwait(false);
+            return new VhostUserDevice(supervisor, options, info);
+        }
+        catch (Exception e)
+        {
+            supervisor.Tell(PoisonPill.Instance);
+            throw Describe(e, options);
+        }
+    }
+
+    public ushort GetMaxQueueSize(int index)
+    {
+        ArgumentOutOfRangeException.ThrowIfNegative(index);
+        ArgumentOutOfRangeException.ThrowIfGreaterThanOrEqual(index, QueueCount);
+        return _options.QueueSize;
+    }
+
+    public void ReadConfig(uint offset, Span<byte> data)
+    {
+        data.Clear();
+        if (data.IsEmpty)
+        {
+            return;
+        }
+
+        // One request per guest access; the actor serves it from the cached config when it can.
+        ConfigData reply = Call<ConfigData>(new ReadConfig((int)offset, data.Length));
+        reply.Data.AsSpan(0, Math.Min(reply.Data.Length, data.Length)).CopyTo(data);
+    }
+
+    public void WriteConfig(uint offset, ReadOnlySpan<byte> data)
+    {
+        if (data.IsEmpty)
+        {
+            return;
+        }
+
+        Call<ConfigWritten>(new WriteConfig((int)offset, data.ToArray()));
+    }
+
+    public void StartQueue(int index, VirtqueueResources resources, ulong features, VirtqueueState? initialState = null) =>
+        Call<QueueStarted>(new StartQueue(index, resources, features, initialState));
+
+    public VirtqueueState? StopQueue(int index) => Call<QueueStopped>(new StopQueue(index)).State;
+
+    public void Reset() => Call<DeviceReset>(ResetDevice.Instance);
+
+    /// <summary>The device's state lives in the back-end; vhost-user's DEVICE_STATE transfer is not used yet.</summary>
+    public byte[] SaveState() => [];
+
+    /// <summary>Nothing to restore in the front-end (see <see cref="SaveState"/>).</summary>
+    public void RestoreState(ReadOnlySpan<byte> state)
+    {
+    }
+
+    public void Dispose()
+    {
+        if (Interlocked.Exchange(ref _disposed, 1) == 0)
+        {
+            Supervisor.Tell(PoisonPill.Instance);
+        }
+    }
+
+    private T Call<T>(object message)
+    {
+        ObjectDisposedException.ThrowIf(Volatile.Read(ref _disposed) != 0, this);
+        try
+        {
+            // Blocking is allowed here and only here: the caller is the transport's thread (a vCPU
+            // or the guest driver), never an actor, and the Ask is bounded by CommandTimeout.
+            return Supervisor.Ask<T>(message, _options.CommandTimeout).GetAwaiter().GetResult();
+        }
+        catch (Exception e) when (VhostUserDeviceSupervisor.IsProtocolViolation(e) || e is AskTimeoutException)
+        {
+            Faulted?.Invoke(new DeviceFault(message is StartQueue s ? s.Index : message is StopQueue t ? t.Index : -1, e.Message, e));
+            throw;
+        }
+    }
+
+    private static Exception Describe(Exception e, VhostUserDeviceOptions options)
+    {
+        string path = options.SocketPath;
+        return e switch
+        {
+            FileNotFoundException => new VhostUserConnectException(
+                VhostUserConnectFailure.SocketMissing, $"vhost-user socket {path} does not exist.", e),
+            IOException { InnerException: SocketException { SocketErrorCode: SocketError.ConnectionRefused } } => new VhostUserConnectException(
+                VhostUserConnectFailure.ConnectionRefused, $"Connection to vhost-user socket {path} refused: nothing is listening on it.", e),
+            VhostUserConnectionLostException { InnerException: OperationCanceledException } => new VhostUserConnectException(
+                VhostUserConnectFailure.HandshakeTimeout, $"The vhost-user back-end at {path} stopped answering during the handshake ({e.Message}).", e),
+            VhostUserConnectionLostException => new VhostUserConnectException(
+                VhostUserConnectFailure.HungUpDuringHandshake, $"The vhost-user back-end at {path} hung up during the handshake ({e.Message}).", e),
+            AskTimeoutException or TimeoutException => new VhostUserConnectException(
+                VhostUserConnectFailure.HandshakeTimeout, $"The vhost-user back-end at {path} did not complete the handshake within {options.CommandTimeout.TotalSeconds:0.#} s.", e),
+            VhostUserIncompatibleBackendException or VhostUserProtocolException or OperationCanceledException => e,
+            IOException => new VhostUserConnectException(VhostUserConnectFailure.Other, e.Message, e),
+            _ => e,
+        };
+    }
+}

@@ -1,0 +1,60 @@
+using Vmm.Virtio.Spec;
+
+namespace Vmm.VhostUser.Frontend;
+
+/// <summary>
+/// One vhost-user device: where its back-end listens, what it is, and how to reconnect.
+/// Matches the command line's <c>--vhost-user SOCKET,type=blk[,queues=N][,queue-size=N][,reconnect=off][,reconnect-max=N]</c>.
+/// </summary>
+public sealed record VhostUserDeviceOptions(string SocketPath, VirtioDeviceId DeviceId)
+{
+    /// <summary>The actor name of the device's supervisor (unique within its parent).</summary>
+    public string Name { get; init; } = VhostUserDeviceType.NameOf(DeviceId).Replace('=', '-') + "0";
+
+    /// <summary>Queues to use; null: GET_QUEUE_NUM when the back-end has MQ, else 1. Never more than the back-end has.</summary>
+    public int? Queues { get; init; }
+
+    /// <summary>The largest queue size offered to the guest (vhost-user has no query for it).</summary>
+    public ushort QueueSize { get; init; } = 256;
+
+    /// <summary>Config bytes fetched by GET_CONFIG; null: the size for <see cref="DeviceId"/>.</summary>
+    public int? ConfigSize { get; init; }
+
+    /// <summary>Reconnect when the back-end goes away (<c>reconnect=off</c> turns it off).</summary>
+    public bool Reconnect { get; init; } = true;
+
+    /// <summary>Reconnect attempts in a row before giving up; null: unlimited (<c>reconnect-max=N</c>).</summary>
+    public int? ReconnectMax { get; init; }
+
+    public TimeSpan ReconnectMinBackoff { get; init; } = TimeSpan.FromMilliseconds(100);
+
+    public TimeSpan ReconnectMaxBackoff { get; init; } = TimeSpan.FromSeconds(5);
+
+    /// <summary>Deadline of each vhost-user request.</summary>
+    public TimeSpan RequestTimeout { get; init; } = VhostUserFrontendConnectionOptions.DefaultRequestTimeout;
+
+    /// <summary>How often an idle connection checks whether the back-end hung up.</summary>
+    public TimeSpan HangUpCheckInterval { get; init; } = TimeSpan.FromMilliseconds(250);
+
+    /// <summary>How long an <see cref="Virtio.IVirtioDevice"/> call waits for the device actor.</summary>
+    public TimeSpan CommandTimeout { get; init; } = TimeSpan.FromSeconds(30);
+
+    /// <summary>
+    /// Opens the connection instead of connecting to <see cref="SocketPath"/>: for a back-end in
+    /// this process over socketpair(2). Called once per (re)connect.
+    /// </summary>
+    public Func<CancellationToken, Task<VhostUserFrontendConnection>>? Connect { get; init; }
+
+    internal int EffectiveConfigSize => ConfigSize ?? VhostUserDeviceType.DefaultConfigSize(DeviceId);
+
+    internal VhostUserFrontendConnectionOptions ConnectionOptions => new()
+    {
+        RequestTimeout = RequestTimeout,
+        ConfigSize = EffectiveConfigSize,
+    };
+
+    internal Task<VhostUserFrontendConnection> OpenAsync(CancellationToken cancellationToken) =>
+        Connect is not null
+            ? Connect(cancellationToken)
+            : VhostUserFrontendConnection.ConnectAsync(SocketPath, ConnectionOptions, cancellationToken);
+}
