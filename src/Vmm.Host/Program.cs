@@ -1,5 +1,6 @@
 using System.CommandLine;
 using Vmm.Host.Cli;
+using Vmm.Host.Run;
 using Vmm.Host.Serve;
 
 namespace Vmm.Host;
@@ -37,6 +38,7 @@ public static class Program
     {
         var root = new RootCommand("ManagedVmm: a VMM device layer built around vhost-user.")
         {
+            RunCommand.Create(),
             ServeCommand.Create(),
         };
         return root;
