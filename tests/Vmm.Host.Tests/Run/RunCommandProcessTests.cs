@@ -156,3 +156,48 @@ public sealed class RunCommandProcessTests
         });
     }
 }
+
+/// <summary><c>--workload idle</c>: stays up with its devices until SIGTERM, then exits 0.</summary>
+[TestFixture]
+public sealed class RunIdleProcessTests
+{
+    [Test]
+    public void Idle_stays_until_SIGTERM_and_exits_0()
+    {
+        using var image = new TempImage(1 << 20, seed: 17);
+        var start = new System.Diagnostics.ProcessStartInfo(Path.Combine(VmmProcess.RepoRoot, "vmm"))
+        {
+            RedirectStandardError = true,
+            RedirectStandardOutput = true,
+            RedirectStandardInput = true,
+        };
+        foreach (string a in new[] { "run", "--device", $"blk,disk={image.Path}", "--device", "rng", "--workload", "idle" })
+        {
+            start.ArgumentList.Add(a);
+        }
+
+        using var process = System.Diagnostics.Process.Start(start)!;
+        try
+        {
+            string? first = process.StandardError.ReadLine();
+            Assert.That(first, Does.Contain("waiting for SIGINT or SIGTERM"));
+            Assert.That(process.HasExited, Is.False);
+
+            // ./vmm execs dotnet, so the launcher's pid is the VMM's.
+            using (var kill = System.Diagnostics.Process.Start("kill", ["-TERM", process.Id.ToString(System.Globalization.CultureInfo.InvariantCulture)]))
+            {
+                kill.WaitForExit();
+            }
+
+            Assert.That(process.WaitForExit(TimeSpan.FromSeconds(30)), Is.True, "exits after SIGTERM");
+            Assert.That(process.ExitCode, Is.Zero);
+        }
+        finally
+        {
+            if (!process.HasExited)
+            {
+                process.Kill(entireProcessTree: true);
+            }
+        }
+    }
+}
