@@ -9,7 +9,7 @@ using Vmm.Virtio.Spec;
 namespace Vmm.Host.Run;
 
 /// <summary>What one <c>bench</c> run measured.</summary>
-public sealed record BenchResult(long Ios, long Errors, double Seconds, double Iops, double MibPerSecond, double P50Microseconds, double P99Microseconds);
+public sealed record BenchResult(int IoDepth, int Queues, long Ios, long Errors, double Seconds, double Iops, double MibPerSecond, double P50Microseconds, double P99Microseconds);
 
 /// <summary>
 /// Timed I/O through the guest driver: one thread per request queue keeps its share of the
@@ -92,6 +92,8 @@ public static class BenchWorkload
         double measured = workers.Max(w => w.MeasuredSeconds);
         double iops = measured > 0 ? ios / measured : 0;
         return new BenchResult(
+            workers.Sum(w => w.Buffers.Length),
+            queues,
             ios,
             errors,
             Math.Round(seconds, 3),
@@ -141,7 +143,8 @@ public static class BenchWorkload
                 json.WriteNumber("ios", r.Ios);
                 json.WriteString("rw", RunOptions.Name(options.Mix));
                 json.WriteNumber("block_size", options.BlockSize);
-                json.WriteNumber("iodepth", options.IoDepth);
+                json.WriteNumber("iodepth", r.IoDepth);
+                json.WriteNumber("queues", r.Queues);
                 json.WriteNumber("seconds", r.Seconds);
                 json.WriteString("device", "blk");
                 json.WriteString("transport", RunOptions.Name(options.Transport));
@@ -156,7 +159,7 @@ public static class BenchWorkload
 
         output.WriteLine(string.Create(
             CultureInfo.InvariantCulture,
-            $"bench: {RunOptions.Name(options.Mix)} bs={options.BlockSize} iodepth={options.IoDepth} transport={RunOptions.Name(options.Transport)} ring={(options.PackedRing ? "packed" : "split")} for {r.Seconds:0.###} s"));
+            $"bench: {RunOptions.Name(options.Mix)} bs={options.BlockSize} iodepth={r.IoDepth} queues={r.Queues} transport={RunOptions.Name(options.Transport)} ring={(options.PackedRing ? "packed" : "split")} for {r.Seconds:0.###} s"));
         output.WriteLine(string.Create(
             CultureInfo.InvariantCulture,
             $"  IOPS {r.Iops:N0}  MiB/s {r.MibPerSecond:0.00}  latency p50 {r.P50Microseconds:0.0} µs  p99 {r.P99Microseconds:0.0} µs  ios {r.Ios:N0}  errors {r.Errors}"));

@@ -52,7 +52,13 @@ public sealed class InProcessDeviceSource(DeviceSpec spec) : IDeviceSource
         {
             return new VirtioBlkDevice(new VirtioBlkOptions(disk, Spec.ReadOnly, Spec.Queues, Spec.QueueSize));
         }
-        catch (Exception e) when (e is IOException or UnauthorizedAccessException or ArgumentException)
+        catch (ArgumentException e)
+        {
+            // The device refused its options (queue size, an empty image): say what, without the parameter name.
+            string message = e.ParamName is null ? e.Message : e.Message.Replace($" (Parameter '{e.ParamName}')", string.Empty, StringComparison.Ordinal);
+            throw new UsageException($"--device {Spec.Kind},disk={disk}: {message}", e);
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
         {
             throw new UsageException($"Cannot open the disk image '{disk}': {e.Message}", e);
         }
