@@ -1,5 +1,6 @@
 using System.Diagnostics;
 using System.Globalization;
+using System.Runtime.CompilerServices;
 using System.Text.Json;
 using Spectre.Console;
 using Vmm.Host.Cli;
@@ -18,7 +19,7 @@ public sealed record BenchResult(int IoDepth, int Queues, long Ios, long Errors,
 /// </summary>
 public static class BenchWorkload
 {
-    public static BenchResult Run(GuestVm vm, BlkGuest blk, Action<double>? progress = null)
+    public static BenchResult Run(GuestVm vm, BlkGuest blk, Action<double>? progress = null, CancellationToken cancellationToken = default)
     {
         ArgumentNullException.ThrowIfNull(vm);
         ArgumentNullException.ThrowIfNull(blk);
@@ -53,7 +54,10 @@ public static class BenchWorkload
 
         long duration = (long)(o.Seconds * (double)Stopwatch.Frequency);
         long start = Stopwatch.GetTimestamp();
-        long end = start + duration;
+        var end = new StrongBox<long>(start + duration);
+
+        // Ctrl-C or SIGTERM ends the run early; what was measured until then is still reported.
+        using CancellationTokenRegistration stopEarly = cancellationToken.Register(() => Volatile.Write(ref end.Value, 0));
         var threads = workers.Select((w, q) => new Thread(() => w.Run(end)) { IsBackground = true, Name = $"bench q{q}" }).ToArray();
         foreach (Thread t in threads)
         {
@@ -104,12 +108,12 @@ public static class BenchWorkload
     }
 
     /// <summary>Runs the bench with a progress bar when stdout is a terminal and the output is not JSON.</summary>
-    public static BenchResult RunWithProgress(GuestVm vm, BlkGuest blk)
+    public static BenchResult RunWithProgress(GuestVm vm, BlkGuest blk, CancellationToken cancellationToken = default)
     {
         ArgumentNullException.ThrowIfNull(vm);
         if (vm.Options.Json || Console.IsOutputRedirected)
         {
-            return Run(vm, blk);
+            return Run(vm, blk, null, cancellationToken);
         }
 
         BenchResult? result = null;
@@ -119,7 +123,7 @@ public static class BenchWorkload
             .Start(context =>
             {
                 ProgressTask task = context.AddTask($"{RunOptions.Name(vm.Options.Mix)} {vm.Options.BlockSize / 1024.0:0.#}k depth {vm.Options.IoDepth}", maxValue: 1.0);
-                result = Run(vm, blk, fraction => task.Value = fraction);
+                result = Run(vm, blk, fraction => task.Value = fraction, cancellationToken);
             });
         return result!;
     }
@@ -198,7 +202,7 @@ public static class BenchWorkload
 
         public Exception? Failure { get; private set; }
 
-        public void Run(long end)
+        public void Run(StrongBox<long> end)
         {
             try
             {
@@ -226,7 +230,7 @@ public static class BenchWorkload
                             Errors++;
                         }
 
-                        if (!stopping && now >= end)
+                        if (!stopping && now >= Volatile.Read(ref end.Value))
                         {
                             stopping = true;
                             MeasuredSeconds = (now - start) / (double)Stopwatch.Frequency;

@@ -86,7 +86,8 @@ public static class RunCommand
                 IndirectDescriptors = !result.GetValue(noIndirect),
             };
             Validate(options);
-            return Task.FromResult(Execute(options, Console.Out, cancellationToken));
+            // On a pool thread, so that the parser's SIGINT/SIGTERM handling can cancel the token and wait for a clean end.
+            return Task.Run(() => Execute(options, Console.Out, cancellationToken), CancellationToken.None);
         });
         return command;
     }
@@ -162,7 +163,7 @@ public static class RunCommand
 
             case RunWorkload.Bench:
                 GuestDevice device = vm.Devices[0];
-                BenchResult result = BenchWorkload.RunWithProgress(vm, new BlkGuest(device, vm.Memory, vm.Allocator));
+                BenchResult result = BenchWorkload.RunWithProgress(vm, new BlkGuest(device, vm.Memory, vm.Allocator), cancellationToken);
                 BenchWorkload.Write(output, options, result);
                 break;
 
