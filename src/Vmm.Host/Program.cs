@@ -1,5 +1,6 @@
 using System.CommandLine;
 using Vmm.Host.Cli;
+using Vmm.Host.Run;
 using Vmm.Host.Serve;
 
 namespace Vmm.Host;
@@ -13,7 +14,9 @@ public static class Program
         if (parsed.Errors.Count > 0)
         {
             // One sentence, exit 2 (DESIGN.md, "Exit codes"); the full usage is one --help away.
-            await Console.Error.WriteLineAsync($"vmm: {parsed.Errors[0].Message} (see vmm --help)").ConfigureAwait(false);
+            // Some parser messages span lines (a list of allowed values): keep them to one.
+            string message = string.Join(' ', parsed.Errors[0].Message.Split((char[])['\n', '\r', '\t'], StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries));
+            await Console.Error.WriteLineAsync($"vmm: {message} (see vmm --help)").ConfigureAwait(false);
             return ExitCodes.Usage;
         }
 
@@ -37,6 +40,7 @@ public static class Program
     {
         var root = new RootCommand("ManagedVmm: a VMM device layer built around vhost-user.")
         {
+            RunCommand.Create(),
             ServeCommand.Create(),
         };
         return root;

@@ -1,0 +1,177 @@
+using Akka.Actor;
+using Akka.Configuration;
+using Vmm.Core.Interrupts;
+using Vmm.Core.Memory;
+using Vmm.Host.Cli;
+using Vmm.Virtio;
+using Vmm.Virtio.Driver;
+using Vmm.Virtio.Machine;
+
+namespace Vmm.Host.Run;
+
+/// <summary>One device as the guest sees it: its driver, initialised, and where it sits.</summary>
+public sealed record GuestDevice(IDeviceSource Source, IVirtioDevice Device, VirtioDeviceLocation Location, VirtioGuestDriver Driver);
+
+/// <summary>
+/// The VM <c>vmm run</c> builds: guest memory, an actor system with the InterruptControllerActor,
+/// a <see cref="VirtioMachine"/> with every device on its bus, and one initialised guest driver
+/// per device. Actors carry only interrupt delivery (function-backed lines); the data plane is
+/// the drivers' rings, the devices' workers and the workload's own threads.
+/// </summary>
+public sealed class GuestVm : IDisposable
+{
+    /// <summary>Guest-physical memory below this is left to rings' neighbours; the allocator hands out the rest.</summary>
+    private const ulong AllocatorBase = 1UL << 20;
+
+    private static readonly Config QuietAkka = ConfigurationFactory.ParseString("""
+        akka.loglevel = WARNING
+        akka.stdout-loglevel = OFF
+        akka.log-dead-letters = off
+        akka.log-dead-letters-during-shutdown = off
+        akka.actor.debug.unhandled = off
+        """);
+
+    private readonly List<IVirtioDevice> _devices = [];
+    private readonly List<GuestDevice> _guestDevices = [];
+    private ActorSystem? _system;
+    private VirtioMachine? _machine;
+    private bool _disposed;
+
+    private GuestVm(RunOptions options, GuestMemory memory)
+    {
+        Options = options;
+        Memory = memory;
+        Allocator = new GuestMemoryAllocator(AllocatorBase, memory.TotalSize - AllocatorBase);
+    }
+
+    public RunOptions Options { get; }
+
+    public GuestMemory Memory { get; }
+
+    public GuestMemoryAllocator Allocator { get; }
+
+    public VirtioMachine Machine => _machine ?? throw new InvalidOperationException("The VM is not built.");
+
+    public IReadOnlyList<GuestDevice> Devices => _guestDevices;
+
+    /// <summary>Builds the VM and runs the guest driver's initialisation on every device, in order.</summary>
+    public static GuestVm Start(RunOptions options)
+    {
+        ArgumentNullException.ThrowIfNull(options);
+        if (options.MemorySize < 2 * AllocatorBase)
+        {
+            throw new UsageException("--memory must be at least 2M.");
+        }
+
+        GuestMemory memory;
+        try
+        {
+            memory = GuestMemory.Create(options.MemorySize);
+        }
+        catch (Exception e) when (e is not UsageException)
+        {
+            throw new UsageException($"Cannot create {options.MemorySize >> 20} MiB of guest memory: {e.Message}", e);
+        }
+
+        var vm = new GuestVm(options, memory);
+        try
+        {
+            vm.Build();
+            return vm;
+        }
+        catch
+        {
+            vm.Dispose();
+            throw;
+        }
+    }
+
+    private void Build()
+    {
+        IActorRef? controller = null;
+        if (Options.Delivery == GuestInterruptDelivery.FunctionBacked)
+        {
+            _system = ActorSystem.Create("vmm", QuietAkka);
+            controller = _system.ActorOf(InterruptControllerActor.Props(), "interrupts");
+        }
+
+        _machine = new VirtioMachine(Memory, Options.Delivery, controller);
+        foreach (IDeviceSource source in Options.Devices)
+        {
+            IVirtioDevice device = source.Create();
+            _devices.Add(device);
+            if (Options.Transport == VirtioTransportKind.Mmio)
+            {
+                _machine.AttachMmio(device);
+            }
+            else
+            {
+                _machine.AttachPci(device);
+            }
+        }
+
+        // The guest finds its devices by reading the bus, in slot order: the order of the options.
+        IReadOnlyList<VirtioDeviceLocation> found = _machine.Discover();
+        if (found.Count != _devices.Count)
+        {
+            throw new WorkloadFailedException($"The guest found {found.Count} devices on the bus, not {_devices.Count}.");
+        }
+
+        var queues = new GuestDriverQueueFactory(Memory, Allocator);
+        var driverOptions = new VirtioDriverOptions
+        {
+            PackedRing = Options.PackedRing,
+            EventIndex = Options.EventIndex,
+            IndirectDescriptors = Options.IndirectDescriptors,
+        };
+
+        for (int i = 0; i < found.Count; i++)
+        {
+            VirtioDeviceLocation location = found[i];
+            IDeviceSource source = Options.Devices[i];
+            VirtioGuestDriver driver = _machine.CreateDriver(location, queues, driverOptions with
+            {
+                QueueSize = _devices[i].GetMaxQueueSize(0),
+                Features = source.Kind == "blk" ? BlkGuest.WantedFeatures : 0,
+            });
+            _guestDevices.Add(new GuestDevice(source, _devices[i], location, driver));
+            try
+            {
+                driver.Initialize();
+            }
+            catch (VirtioDriverException e)
+            {
+                throw new WorkloadFailedException($"The guest driver could not initialise the {source.Kind} device: {e.Message}", e);
+            }
+        }
+    }
+
+    /// <summary>Drivers reset their devices (status 0 stops every queue), then everything is released.</summary>
+    public void Dispose()
+    {
+        if (_disposed)
+        {
+            return;
+        }
+
+        _disposed = true;
+        foreach (GuestDevice d in _guestDevices)
+        {
+            d.Driver.Dispose();
+        }
+
+        _machine?.Dispose();
+        foreach (IVirtioDevice device in _devices)
+        {
+            device.Dispose();
+        }
+
+        if (_system is not null)
+        {
+            _system.Terminate().Wait(TimeSpan.FromSeconds(5));
+            _system.Dispose();
+        }
+
+        Memory.Dispose();
+    }
+}

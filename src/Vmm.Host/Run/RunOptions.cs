@@ -1,0 +1,56 @@
+using Vmm.Virtio.Driver;
+using Vmm.Virtio.Machine;
+
+namespace Vmm.Host.Run;
+
+public enum RunWorkload
+{
+    Verify,
+    Checksum,
+    Bench,
+    Probe,
+    Idle,
+}
+
+public enum ReadWriteMix
+{
+    RandRead,
+    RandWrite,
+    Read,
+    Write,
+    RandRw,
+}
+
+/// <summary>Everything <c>vmm run</c> was asked to do, validated.</summary>
+public sealed record RunOptions
+{
+    public required IReadOnlyList<IDeviceSource> Devices { get; init; }
+
+    public ulong MemorySize { get; init; } = 256UL << 20;
+
+    public VirtioTransportKind Transport { get; init; } = VirtioTransportKind.Pci;
+
+    public GuestInterruptDelivery Delivery { get; init; } = GuestInterruptDelivery.FunctionBacked;
+
+    public RunWorkload Workload { get; init; } = RunWorkload.Verify;
+
+    public int Seconds { get; init; } = 10;
+
+    public int IoDepth { get; init; } = 32;
+
+    public int BlockSize { get; init; } = 4096;
+
+    public ReadWriteMix Mix { get; init; } = ReadWriteMix.RandRead;
+
+    public bool Json { get; init; }
+
+    public bool PackedRing { get; init; }
+
+    public bool EventIndex { get; init; } = true;
+
+    public bool IndirectDescriptors { get; init; } = true;
+
+    public static string Name(ReadWriteMix mix) => mix.ToString().ToLowerInvariant();
+
+    public static string Name(VirtioTransportKind kind) => kind.ToString().ToLowerInvariant();
+}
