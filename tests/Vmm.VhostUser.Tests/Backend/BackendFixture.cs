@@ -49,11 +49,8 @@ internal sealed class BackendFixture : IAsyncDisposable
     {
         Assert.That(_serving.IsCompleted, Is.False, "the server stopped");
         using ScriptedFrontend frontend = await ConnectAsync();
-        ulong features = await frontend.HandshakeAsync();
-        Assert.That(await frontend.SetMemTableAsync(), Is.Zero, "SET_MEM_TABLE");
-        ulong accepted = features & (Vmm.Virtio.Spec.VirtioFeatures.VERSION_1 | Vmm.VhostUser.Protocol.VhostUserVirtioFeatures.PROTOCOL_FEATURES);
-        Assert.That(await frontend.AckAsync(Vmm.VhostUser.Protocol.VhostUserRequest.SET_FEATURES, ScriptedFrontend.U64(accepted)), Is.Zero);
-        ScriptedFrontend.BlkQueue queue = await frontend.StartQueueAsync(0, 64, accepted);
+        ScriptedFrontend.BlkQueue queue = await frontend.StartDeviceAsync(
+            64, Vmm.Virtio.Spec.VirtioFeatures.VERSION_1 | Vmm.VhostUser.Protocol.VhostUserVirtioFeatures.PROTOCOL_FEATURES);
         byte[] pattern = RandomNumberGenerator.GetBytes(4096);
         Assert.That(queue.Write(8, pattern), Is.Zero, "write status");
         byte[] back = new byte[4096];

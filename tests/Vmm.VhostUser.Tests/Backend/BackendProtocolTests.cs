@@ -43,11 +43,8 @@ public sealed class BackendProtocolTests
     {
         await using var backend = new BackendFixture();
         using ScriptedFrontend frontend = await backend.ConnectAsync();
-        await frontend.HandshakeAsync();
-        Assert.That(await frontend.SetMemTableAsync(), Is.Zero);
         ulong features = Base | ringFeatures | VirtioBlkFeatures.FLUSH;
-        Assert.That(await frontend.AckAsync(VhostUserRequest.SET_FEATURES, U64(features)), Is.Zero);
-        BlkQueue queue = await frontend.StartQueueAsync(0, 128, features);
+        BlkQueue queue = await frontend.StartDeviceAsync(128, features);
 
         byte[] sector0 = new byte[512];
         Assert.That(queue.Read(0, sector0), Is.Zero);
@@ -87,10 +84,7 @@ public sealed class BackendProtocolTests
         // them again on the same connection with a new SET_FEATURES, NUM, BASE, ADDR, KICK.
         await using var backend = new BackendFixture();
         using ScriptedFrontend frontend = await backend.ConnectAsync();
-        await frontend.HandshakeAsync();
-        Assert.That(await frontend.SetMemTableAsync(), Is.Zero);
-        Assert.That(await frontend.AckAsync(VhostUserRequest.SET_FEATURES, U64(Base)), Is.Zero);
-        BlkQueue bios = await frontend.StartQueueAsync(0, 16, Base);
+        BlkQueue bios = await frontend.StartDeviceAsync(16, Base);
         byte[] buffer = new byte[512];
         for (int i = 0; i < 5; i++)
         {
@@ -167,10 +161,7 @@ public sealed class BackendProtocolTests
     {
         await using var backend = new BackendFixture();
         using ScriptedFrontend frontend = await backend.ConnectAsync();
-        await frontend.HandshakeAsync();
-        Assert.That(await frontend.SetMemTableAsync(), Is.Zero);
-        Assert.That(await frontend.AckAsync(VhostUserRequest.SET_FEATURES, U64(Base)), Is.Zero);
-        BlkQueue queue = await frontend.StartQueueAsync(0, 32, Base);
+        BlkQueue queue = await frontend.StartDeviceAsync(32, Base);
         Assert.That(queue.Read(0, new byte[512]), Is.Zero);
         Assert.That(queue.Read(1, new byte[512]), Is.Zero);
 
@@ -200,10 +191,7 @@ public sealed class BackendProtocolTests
     {
         await using var backend = new BackendFixture();
         using ScriptedFrontend frontend = await backend.ConnectAsync();
-        await frontend.HandshakeAsync();
-        Assert.That(await frontend.SetMemTableAsync(), Is.Zero);
-        Assert.That(await frontend.AckAsync(VhostUserRequest.SET_FEATURES, U64(Base)), Is.Zero);
-        BlkQueue queue = await frontend.StartQueueAsync(0, 32, Base);
+        BlkQueue queue = await frontend.StartDeviceAsync(32, Base);
         Assert.That(queue.Read(0, new byte[512]), Is.Zero);
 
         // The interrupt for that request may land just after its used entry: let it settle.
@@ -278,10 +266,7 @@ public sealed class BackendProtocolTests
     {
         await using var backend = new BackendFixture();
         using ScriptedFrontend frontend = await backend.ConnectAsync();
-        await frontend.HandshakeAsync();
-        Assert.That(await frontend.SetMemTableAsync(), Is.Zero);
-        Assert.That(await frontend.AckAsync(VhostUserRequest.SET_FEATURES, U64(Base)), Is.Zero);
-        BlkQueue queue = await frontend.StartQueueAsync(0, 32, Base);
+        BlkQueue queue = await frontend.StartDeviceAsync(32, Base);
         for (int i = 0; i < 3; i++)
         {
             Assert.That(queue.Read((ulong)i, new byte[512]), Is.Zero);
@@ -299,10 +284,7 @@ public sealed class BackendProtocolTests
     {
         await using var backend = new BackendFixture();
         using ScriptedFrontend frontend = await backend.ConnectAsync();
-        await frontend.HandshakeAsync();
-        Assert.That(await frontend.SetMemTableAsync(), Is.Zero);
-        Assert.That(await frontend.AckAsync(VhostUserRequest.SET_FEATURES, U64(Base)), Is.Zero);
-        BlkQueue queue = await frontend.StartQueueAsync(0, 32, Base);
+        BlkQueue queue = await frontend.StartDeviceAsync(32, Base);
         Assert.That(queue.Read(0, new byte[512]), Is.Zero);
 
         Assert.That(await frontend.AckAsync(VhostUserRequest.SET_VRING_ENABLE, State(0, 0)), Is.Zero);
@@ -317,10 +299,7 @@ public sealed class BackendProtocolTests
     {
         await using var backend = new BackendFixture();
         using ScriptedFrontend frontend = await backend.ConnectAsync();
-        await frontend.HandshakeAsync();
-        Assert.That(await frontend.SetMemTableAsync(), Is.Zero);
-        Assert.That(await frontend.AckAsync(VhostUserRequest.SET_FEATURES, U64(Base)), Is.Zero);
-        BlkQueue queue = await frontend.StartQueueAsync(0, 32, Base);
+        BlkQueue queue = await frontend.StartDeviceAsync(32, Base);
 
         // NOFD (bit 8): no kick eventfd any more; the back-end must find new buffers by itself.
         Assert.That(await frontend.AckAsync(VhostUserRequest.SET_VRING_KICK, U64(0x100)), Is.Zero);

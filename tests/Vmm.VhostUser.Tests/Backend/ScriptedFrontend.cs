@@ -119,6 +119,18 @@ public sealed class ScriptedFrontend : IDisposable
         }
     }
 
+    /// <summary>
+    /// What a Linux front-end does before I/O: handshake, SET_MEM_TABLE, SET_FEATURES with
+    /// <paramref name="features"/>, then ring 0 set up and enabled.
+    /// </summary>
+    public async Task<BlkQueue> StartDeviceAsync(ushort queueSize, ulong features)
+    {
+        await HandshakeAsync();
+        Assert.That(await SetMemTableAsync(), Is.Zero, "SET_MEM_TABLE");
+        Assert.That(await AckAsync(VhostUserRequest.SET_FEATURES, U64(features)), Is.Zero, "SET_FEATURES");
+        return await StartQueueAsync(0, queueSize, features);
+    }
+
     /// <summary>Lays a queue out in guest memory and sends NUM, ADDR, BASE, KICK, CALL and ENABLE for it.</summary>
     public async Task<BlkQueue> StartQueueAsync(uint index, ushort size, ulong features, uint? availableBase = null, BlkQueue? reuse = null)
     {
