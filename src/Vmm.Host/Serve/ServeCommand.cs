@@ -74,6 +74,11 @@ public static class ServeCommand
             throw new UsageException($"Cannot open the device: {e.Message}", e);
         }
 
+        // Signals are caught before the socket exists: a SIGTERM that arrives as soon as the
+        // socket appears must still stop the server cleanly and remove the file.
+        using var stop = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken);
+        using PosixSignalRegistration term = PosixSignalRegistration.Create(PosixSignal.SIGTERM, context => { context.Cancel = true; stop.Cancel(); });
+        using PosixSignalRegistration interrupt = PosixSignalRegistration.Create(PosixSignal.SIGINT, context => { context.Cancel = true; stop.Cancel(); });
         using (device)
         {
             VhostUserBackendServer server;
@@ -87,9 +92,6 @@ public static class ServeCommand
             }
 
             using (server)
-            using (var stop = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken))
-            using (PosixSignalRegistration.Create(PosixSignal.SIGTERM, context => { context.Cancel = true; stop.Cancel(); }))
-            using (PosixSignalRegistration.Create(PosixSignal.SIGINT, context => { context.Cancel = true; stop.Cancel(); }))
             {
                 logger.LogInformation("Serving {Device} on {Socket}", device.DeviceId, server.SocketPath);
                 await server.RunAsync(stop.Token).ConfigureAwait(false);

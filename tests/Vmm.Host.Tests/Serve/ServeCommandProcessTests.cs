@@ -1,0 +1,148 @@
+using System.Diagnostics;
+using Mono.Unix.Native;
+using Vmm.Host.Tests.Run;
+
+namespace Vmm.Host.Tests.Serve;
+
+[TestFixture]
+[NonParallelizable]
+[System.Runtime.Versioning.UnsupportedOSPlatform("windows")]
+public sealed class ServeCommandProcessTests
+{
+    private DirectoryInfo _dir = null!;
+
+    [SetUp]
+    public void SetUp() => _dir = Directory.CreateTempSubdirectory("vmm-serve-");
+
+    [TearDown]
+    public void TearDown() => _dir.Delete(recursive: true);
+
+    [Test]
+    public void A_missing_disk_is_one_sentence_and_exit_2()
+    {
+        VmmProcess.Result result = VmmProcess.Run("serve", "blk", "--socket", Path.Combine(_dir.FullName, "s.sock"), "--disk", Path.Combine(_dir.FullName, "none.img"));
+
+        Assert.That(result.ExitCode, Is.EqualTo(2));
+        Assert.That(result.StderrLines, Has.Length.EqualTo(1));
+        Assert.That(result.Stderr, Does.Contain("does not exist"));
+    }
+
+    [TestCase("--queues", "0")]
+    [TestCase("--queues", "65")]
+    [TestCase("--queue-size", "1")]
+    public void Out_of_range_options_are_exit_2(string option, string value)
+    {
+        string image = MakeImage();
+        VmmProcess.Result result = VmmProcess.Run("serve", "blk", "--socket", Path.Combine(_dir.FullName, "s.sock"), "--disk", image, option, value);
+
+        Assert.That(result.ExitCode, Is.EqualTo(2));
+        Assert.That(result.StderrLines, Has.Length.EqualTo(1));
+    }
+
+    [Test]
+    public void A_socket_held_by_a_live_server_is_refused_and_the_first_server_keeps_it()
+    {
+        string image = MakeImage();
+        string socket = Path.Combine(_dir.FullName, "blk.sock");
+        using Process first = StartServer(socket, image);
+
+        VmmProcess.Result second = VmmProcess.Run("serve", "blk", "--socket", socket, "--disk", image);
+
+        Assert.That(second.ExitCode, Is.EqualTo(2));
+        Assert.That(second.StderrLines, Has.Length.EqualTo(1));
+        Assert.That(second.Stderr, Does.Contain("in use"));
+        Assert.That(first.HasExited, Is.False);
+        Assert.That(File.Exists(socket), Is.True);
+        Stop(first);
+    }
+
+    [Test]
+    public void SIGTERM_stops_the_server_cleanly_and_removes_its_socket()
+    {
+        string image = MakeImage();
+        string socket = Path.Combine(_dir.FullName, "blk.sock");
+        using Process server = StartServer(socket, image);
+        Assert.That(File.GetUnixFileMode(socket), Is.EqualTo(UnixFileMode.UserRead | UnixFileMode.UserWrite), "only the owner may connect");
+
+        Assert.That(Stop(server), Is.Zero);
+        Assert.That(File.Exists(socket), Is.False);
+    }
+
+    [Test]
+    public void A_stale_socket_file_is_replaced()
+    {
+        string image = MakeImage();
+        string socket = Path.Combine(_dir.FullName, "blk.sock");
+        using (Process old = StartServer(socket, image))
+        {
+            // A server killed outright leaves its socket file behind.
+            old.Kill();
+            old.WaitForExit();
+        }
+
+        Assert.That(File.Exists(socket), Is.True);
+        using Process server = StartServer(socket, image);
+        Assert.That(Stop(server), Is.Zero);
+    }
+
+    private string MakeImage()
+    {
+        string path = Path.Combine(_dir.FullName, "disk.img");
+        using FileStream f = File.Create(path);
+        f.SetLength(1 << 20);
+        return path;
+    }
+
+    private static Process StartServer(string socket, string image)
+    {
+        var start = new ProcessStartInfo(Path.Combine(VmmProcess.RepoRoot, "vmm"))
+        {
+            RedirectStandardError = true,
+            RedirectStandardOutput = true,
+            WorkingDirectory = VmmProcess.RepoRoot,
+        };
+        foreach (string a in new[] { "serve", "blk", "--socket", socket, "--disk", image })
+        {
+            start.ArgumentList.Add(a);
+        }
+
+        Process process = Process.Start(start)!;
+        process.BeginErrorReadLine();
+        process.BeginOutputReadLine();
+        DateTime deadline = DateTime.UtcNow.AddSeconds(60);
+        while (!Listening(socket))
+        {
+            Assert.That(process.HasExited, Is.False, "the server exited early");
+            Assert.That(DateTime.UtcNow, Is.LessThan(deadline), "the socket did not appear");
+            Thread.Sleep(20);
+        }
+
+        return process;
+    }
+
+    private static bool Listening(string path)
+    {
+        try
+        {
+            using var s = new System.Net.Sockets.Socket(System.Net.Sockets.AddressFamily.Unix, System.Net.Sockets.SocketType.Stream, System.Net.Sockets.ProtocolType.Unspecified);
+            s.Connect(new System.Net.Sockets.UnixDomainSocketEndPoint(path));
+            return true;
+        }
+        catch (System.Net.Sockets.SocketException)
+        {
+            return false;
+        }
+    }
+
+    private static int Stop(Process process)
+    {
+        Syscall.kill(process.Id, Signum.SIGTERM);
+        if (!process.WaitForExit(TimeSpan.FromSeconds(30)))
+        {
+            process.Kill(entireProcessTree: true);
+            Assert.Fail("the server did not stop on SIGTERM");
+        }
+
+        return process.ExitCode;
+    }
+}
