@@ -28,7 +28,7 @@ internal sealed class ManagedVmmHost : IAsyncDisposable
 
     public IManagedVmm Vmm => Services.GetRequiredService<IManagedVmm>();
 
-    public static async Task<ManagedVmmHost> StartAsync(Action<ManagedVmmBuilder> configure)
+    public static async Task<ManagedVmmHost> StartAsync(Action<ManagedVmmBuilder> configure, Action<IServiceCollection>? services = null)
     {
         HostApplicationBuilder builder = Microsoft.Extensions.Hosting.Host.CreateApplicationBuilder();
         builder.Logging.ClearProviders();
@@ -38,6 +38,7 @@ internal sealed class ManagedVmmHost : IAsyncDisposable
                 .AddHocon("akka.stdout-loglevel = OFF\nakka.log-dead-letters = off", HoconAddMode.Prepend)
                 .ConfigureLoggers(l => l.LogLevel = Akka.Event.LogLevel.WarningLevel)
                 .WithManagedVmm(configure));
+        services?.Invoke(builder.Services);
         IHost host = builder.Build();
         await host.StartAsync();
         return new ManagedVmmHost(host);

@@ -100,6 +100,23 @@ public sealed class ManagedVmmHostingTests
     }
 
     [Test]
+    public async Task A_hosted_service_gets_the_VM_and_a_device_in_ExecuteAsync()
+    {
+        await using BlkBackend backend = BlkBackend.Start();
+        await using ManagedVmmHost host = await ManagedVmmHost.StartAsync(
+            vm => vm.AddVhostUserDevice("blk0", backend.SocketPath, "blk"),
+            services => services.AddHostedService<DeviceUser>());
+
+        DeviceUser user = host.Services.GetServices<Microsoft.Extensions.Hosting.IHostedService>().OfType<DeviceUser>().Single();
+        (IActorRef vm, IVirtioDevice device) = await user.Found.Task.WaitAsync(Timeout);
+        Assert.Multiple(() =>
+        {
+            Assert.That(vm.Path.Name, Is.EqualTo("vm"));
+            Assert.That(device.DeviceId, Is.EqualTo(VirtioDeviceId.Block));
+        });
+    }
+
+    [Test]
     public async Task An_unknown_device_name_is_a_KeyNotFoundException()
     {
         await using ManagedVmmHost host = await ManagedVmmHost.StartAsync(_ => { });
@@ -145,6 +162,25 @@ public sealed class ManagedVmmHostingTests
             Assert.That(options.Queues, Is.EqualTo(2));
             Assert.That(options.DeviceId, Is.EqualTo(VirtioDeviceId.Block));
         });
+    }
+
+    /// <summary>A consumer as STYLE.md 3 has it: IRequiredActor&lt;VmKey&gt;, GetAsync(ct) in the service.</summary>
+    private sealed class DeviceUser(IRequiredActor<VmKey> vm, IManagedVmm vmm) : Microsoft.Extensions.Hosting.BackgroundService
+    {
+        public TaskCompletionSource<(IActorRef Vm, IVirtioDevice Device)> Found { get; } = new(TaskCreationOptions.RunContinuationsAsynchronously);
+
+        protected override async Task ExecuteAsync(CancellationToken stoppingToken)
+        {
+            try
+            {
+                IActorRef actor = await vm.GetAsync(stoppingToken);
+                Found.TrySetResult((actor, await vmm.GetDeviceAsync("blk0", stoppingToken)));
+            }
+            catch (Exception e)
+            {
+                Found.TrySetException(e);
+            }
+        }
     }
 
     private sealed class RecordingSink : IInterruptSink
