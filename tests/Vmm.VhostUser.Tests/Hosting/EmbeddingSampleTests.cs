@@ -1,0 +1,173 @@
+using System.Diagnostics;
+using System.Text;
+using System.Text.RegularExpressions;
+
+namespace Vmm.VhostUser.Tests.Hosting;
+
+/// <summary>
+/// samples/EmbeddingSample is built with this project (a ProjectReference that is not an assembly
+/// reference), run here against our back-end on a socket, and quoted by docs/embedding.md.
+/// </summary>
+[TestFixture]
+public sealed partial class EmbeddingSampleTests
+{
+    private static readonly Lazy<string> s_root = new(() =>
+    {
+        for (DirectoryInfo? dir = new(TestContext.CurrentContext.TestDirectory); dir is not null; dir = dir.Parent)
+        {
+            if (File.Exists(Path.Combine(dir.FullName, "ManagedVmm.sln")))
+            {
+                return dir.FullName;
+            }
+        }
+
+        throw new InvalidOperationException("ManagedVmm.sln not found above the test directory.");
+    });
+
+    private static string Root => s_root.Value;
+
+    private static string SampleDirectory => Path.Combine(Root, "samples", "EmbeddingSample");
+
+    [Test]
+    public async Task The_sample_reads_sector_0_over_vhost_user_and_exits_0()
+    {
+        await using BlkBackend backend = BlkBackend.Start();
+
+        Result result = await RunSampleAsync(backend.SocketPath);
+
+        string hex = Convert.ToHexStringLower(backend.Image, 0, 16);
+        Assert.Multiple(() =>
+        {
+            Assert.That(result.ExitCode, Is.EqualTo(0), result.ToString());
+            Assert.That(result.Stdout, Does.Contain($"sector 0: {hex}"), result.ToString());
+            Assert.That(result.Stdout, Does.Contain($"blk0: {BlkBackend.Sectors} sectors"), result.ToString());
+            Assert.That(result.Stdout, Does.Contain("blk0: pci 1af4:1042"), result.ToString());
+        });
+    }
+
+    [Test]
+    public async Task The_sample_exits_2_with_one_sentence_when_nothing_listens()
+    {
+        string dir = BlkBackend.NewDirectory();
+        try
+        {
+            Result result = await RunSampleAsync(Path.Combine(dir, "missing.sock"));
+            Assert.Multiple(() =>
+            {
+                Assert.That(result.ExitCode, Is.EqualTo(2), result.ToString());
+                Assert.That(result.Stderr.Trim(), Does.Contain("does not exist").And.Not.Contain("   at "), result.ToString());
+            });
+        }
+        finally
+        {
+            Directory.Delete(dir, recursive: true);
+        }
+    }
+
+    [Test]
+    public async Task The_sample_exits_2_on_bad_usage()
+    {
+        Result result = await RunSampleAsync();
+        Assert.Multiple(() =>
+        {
+            Assert.That(result.ExitCode, Is.EqualTo(2), result.ToString());
+            Assert.That(result.Stderr, Does.StartWith("usage:"), result.ToString());
+        });
+    }
+
+    /// <summary>Every <c>// &lt;snippet:NAME&gt;</c> block of the sample appears verbatim (dedented) in docs/embedding.md.</summary>
+    [Test]
+    public void The_embedding_doc_quotes_the_sample()
+    {
+        string program = File.ReadAllText(Path.Combine(SampleDirectory, "Program.cs"));
+        string doc = Normalize(File.ReadAllText(Path.Combine(Root, "docs", "embedding.md")));
+        MatchCollection snippets = SnippetRegex().Matches(program);
+        Assert.That(snippets, Has.Count.GreaterThanOrEqualTo(5));
+        Assert.Multiple(() =>
+        {
+            foreach (Match m in snippets)
+            {
+                string body = Normalize(Dedent(m.Groups["body"].Value));
+                Assert.That(doc, Does.Contain(body), $"docs/embedding.md does not quote snippet '{m.Groups["name"].Value}' of the sample as it is.");
+            }
+        });
+    }
+
+    [GeneratedRegex(@"^[ \t]*// <snippet:(?<name>[a-z-]+)>[ \t]*\n(?<body>.*?)^[ \t]*// </snippet:\k<name>>", RegexOptions.Multiline | RegexOptions.Singleline)]
+    private static partial Regex SnippetRegex();
+
+    private static string Normalize(string text) => text.Replace("\r\n", "\n").Trim();
+
+    private static string Dedent(string text)
+    {
+        string[] lines = text.Replace("\r\n", "\n").TrimEnd('\n').Split('\n');
+        int indent = lines.Where(l => l.Trim().Length > 0).Min(l => l.Length - l.TrimStart().Length);
+        return string.Join('\n', lines.Select(l => l.Length >= indent ? l[indent..] : l.TrimStart()));
+    }
+
+    private sealed record Result(int ExitCode, string Stdout, string Stderr)
+    {
+        public override string ToString() => $"exit {ExitCode}\nstdout:\n{Stdout}\nstderr:\n{Stderr}";
+    }
+
+    private static async Task<Result> RunSampleAsync(params string[] args)
+    {
+        string dll = await FindOrBuildSampleAsync();
+        var start = new ProcessStartInfo("dotnet")
+        {
+            RedirectStandardOutput = true,
+            RedirectStandardError = true,
+            RedirectStandardInput = true,
+            WorkingDirectory = Root,
+        };
+        start.ArgumentList.Add(dll);
+        foreach (string a in args)
+        {
+            start.ArgumentList.Add(a);
+        }
+
+        return await RunAsync(start, TimeSpan.FromMinutes(1));
+    }
+
+    /// <summary>The sample's dll from this build's configuration (it is built with the tests), or built now.</summary>
+    private static async Task<string> FindOrBuildSampleAsync()
+    {
+        string configuration = new DirectoryInfo(TestContext.CurrentContext.TestDirectory).Parent!.Name;
+        string dll = Path.Combine(SampleDirectory, "bin", configuration, "net10.0", "EmbeddingSample.dll");
+        if (File.Exists(dll))
+        {
+            return dll;
+        }
+
+        var build = new ProcessStartInfo("dotnet") { RedirectStandardOutput = true, RedirectStandardError = true, RedirectStandardInput = true, WorkingDirectory = Root };
+        foreach (string a in new[] { "build", Path.Combine(SampleDirectory, "EmbeddingSample.csproj"), "-c", configuration, "--nologo", "-v", "q" })
+        {
+            build.ArgumentList.Add(a);
+        }
+
+        Result result = await RunAsync(build, TimeSpan.FromMinutes(5));
+        Assert.That(result.ExitCode, Is.EqualTo(0), $"dotnet build of the sample failed: {result}");
+        Assert.That(dll, Does.Exist);
+        return dll;
+    }
+
+    private static async Task<Result> RunAsync(ProcessStartInfo start, TimeSpan timeout)
+    {
+        using Process process = Process.Start(start)!;
+        process.StandardInput.Close();
+        Task<string> stdout = process.StandardOutput.ReadToEndAsync();
+        Task<string> stderr = process.StandardError.ReadToEndAsync();
+        using var cts = new CancellationTokenSource(timeout);
+        try
+        {
+            await process.WaitForExitAsync(cts.Token);
+        }
+        catch (OperationCanceledException)
+        {
+            process.Kill(entireProcessTree: true);
+            Assert.Fail($"{start.FileName} {string.Join(' ', start.ArgumentList)} did not exit within {timeout.TotalSeconds:0} s");
+        }
+
+        return new Result(process.ExitCode, await stdout, await stderr);
+    }
+}
