@@ -83,7 +83,7 @@ public sealed class UnixSocketsTests
         using (b)
         using (var handle = File.OpenHandle(file))
         {
-            int before = FdCount.Current();
+            int before = Vmm.TestKit.OpenDescriptors.Count();
             Assert.That(FdPassing.TrySend(a, "abcd"u8, [handle, handle, handle, handle, handle]), Is.EqualTo((nint)4));
             var fds = new List<SafeFileDescriptor>();
             nint n = FdPassing.TryReceive(b, new byte[4], fds, 2, out bool truncated);
@@ -91,7 +91,7 @@ public sealed class UnixSocketsTests
             Assert.That((int)n, Is.EqualTo(4));
             Assert.That(truncated, Is.True);
             Assert.That(fds, Is.Empty);
-            Assert.That(FdCount.Current(), Is.EqualTo(before));
+            Assert.That(Vmm.TestKit.OpenDescriptors.Count(), Is.EqualTo(before));
         }
     }
 

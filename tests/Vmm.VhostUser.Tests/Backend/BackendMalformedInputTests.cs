@@ -1,3 +1,4 @@
+using Vmm.TestKit;
 using System.Net.Sockets;
 using System.Runtime.InteropServices;
 using Vmm.Core.Events;
@@ -140,8 +141,8 @@ public sealed class BackendMalformedInputTests
     [TestCaseSource(nameof(Cases))]
     public async Task Malformed_input(Case testCase)
     {
-        int fdsBefore = OpenFdCount();
-        string[] before = FdTargets();
+        int fdsBefore = OpenDescriptors.Count();
+        string[] before = OpenDescriptors.Describe();
         var backend = new BackendFixture();
 
         using (ScriptedFrontend frontend = await backend.ConnectAsync())
@@ -180,25 +181,14 @@ public sealed class BackendMalformedInputTests
 
         // Sessions end asynchronously after their front-end goes; give them a moment.
         DateTime deadline = DateTime.UtcNow.AddSeconds(10);
-        while (OpenFdCount() > fdsBefore && DateTime.UtcNow < deadline)
+        while (OpenDescriptors.Count() > fdsBefore && DateTime.UtcNow < deadline)
         {
             await Task.Delay(20);
         }
 
-        Assert.That(OpenFdCount(), Is.LessThanOrEqualTo(fdsBefore), () => "every descriptor received or created is closed; new: " + string.Join(", ", FdTargets().Except(before)));
+        Assert.That(OpenDescriptors.Count(), Is.LessThanOrEqualTo(fdsBefore), () => "every descriptor received or created is closed; new: " + string.Join(", ", OpenDescriptors.Describe().Except(before)));
     }
 
-    /// <summary>
-    /// Sockets, eventfds, memfds and pipes: what a session receives or creates. Files the runtime
-    /// opens for itself (symbols read to render a stack trace, say) are not counted.
-    /// </summary>
-    private static int OpenFdCount() => FdTargets().Length;
-
-    private static string[] FdTargets() => Directory.GetFiles("/proc/self/fd")
-        .Select(f => { try { return Path.GetFileName(f) + "->" + (new FileInfo(f).LinkTarget ?? "?"); } catch (IOException) { return f + "->?"; } })
-        .Where(t => t.Contains("->socket:", StringComparison.Ordinal) || t.Contains("->anon_inode:", StringComparison.Ordinal)
-            || t.Contains("->/memfd:", StringComparison.Ordinal) || t.Contains("->pipe:", StringComparison.Ordinal))
-        .ToArray();
 
     private static byte[] Header(uint request, uint flags, uint size)
     {

@@ -1,3 +1,4 @@
+using Vmm.TestKit;
 using System.Buffers.Binary;
 using System.Net.Sockets;
 using System.Runtime.InteropServices;
@@ -462,5 +463,5 @@ public sealed class VhostUserChannelTests
     private static async Task SendRawAsync(Socket socket, ReadOnlyMemory<byte> data) =>
         await socket.SendAsync(data, SocketFlags.None).AsTask().WaitAsync(Timeout);
 
-    private static int CountFds() => Directory.GetFileSystemEntries("/proc/self/fd").Length;
+    private static int CountFds() => OpenDescriptors.Count();
 }

@@ -1,3 +1,4 @@
+using Vmm.TestKit;
 using System.Runtime.InteropServices;
 using NUnit.Framework;
 using Vmm.Core.Posix;
@@ -140,8 +141,8 @@ internal sealed class ScriptedBackend : IDisposable
         return OpenFdCount();
     }
 
-    /// <summary>How many fds this process has open (/proc/self/fd).</summary>
-    public static int OpenFdCount() => Directory.GetFiles("/proc/self/fd").Length;
+    /// <summary>How many sockets, eventfds, memfds and pipes this process has open.</summary>
+    public static int OpenFdCount() => OpenDescriptors.Count();
 
     /// <summary>A SafeHandle over a fresh eventfd-free descriptor (a memfd) for fd tests.</summary>
     public static SafeFileDescriptor NewFd() => MemFd.Create("scripted-backend-test", 4096);
