@@ -220,6 +220,37 @@ public sealed class VhostUserRunProcessTests
     }
 
     [Test]
+    public void A_back_end_without_version_1_is_a_usage_error_in_one_sentence()
+    {
+        string path = _dir["legacy.sock"];
+        using var listener = new Socket(AddressFamily.Unix, SocketType.Stream, ProtocolType.Unspecified);
+        listener.Bind(new UnixDomainSocketEndPoint(path));
+        listener.Listen();
+        Task accept = Task.Run(() =>
+        {
+            // Answer GET_FEATURES (1) with PROTOCOL_FEATURES only: flags 0x5 = version 1 | reply.
+            using Socket peer = listener.Accept();
+            byte[] header = new byte[12];
+            _ = peer.Receive(header);
+            byte[] reply = new byte[20];
+            BinaryPrimitives.WriteUInt32LittleEndian(reply, BinaryPrimitives.ReadUInt32LittleEndian(header));
+            BinaryPrimitives.WriteUInt32LittleEndian(reply.AsSpan(4), 0x5);
+            BinaryPrimitives.WriteUInt32LittleEndian(reply.AsSpan(8), 8);
+            BinaryPrimitives.WriteUInt64LittleEndian(reply.AsSpan(12), 1UL << 30);
+            peer.Send(reply);
+            _ = peer.Receive(new byte[64]);
+        });
+        VmmProcess.Result r = VmmProcess.Run("run", "--vhost-user", $"{path},type=blk");
+        accept.Wait(TimeSpan.FromSeconds(30));
+        Assert.Multiple(() =>
+        {
+            Assert.That(r.ExitCode, Is.EqualTo(2));
+            Assert.That(r.StderrLines, Has.Length.EqualTo(1), r.Stderr);
+            Assert.That(r.Stderr, Does.Contain("VERSION_1").And.Contain(path));
+        });
+    }
+
+    [Test]
     public void Bad_vhost_user_options_are_usage_errors_in_one_sentence()
     {
         VmmProcess.Result r = VmmProcess.Run("run", "--vhost-user", "/tmp/x.sock,type=floppy");
