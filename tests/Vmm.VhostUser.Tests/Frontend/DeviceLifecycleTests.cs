@@ -115,7 +115,13 @@ public sealed class DeviceLifecycleTests : AkkaTest
         backend.Dispose();
         memory.Dispose();
         kick.Dispose();
-        await AwaitConditionAsync(() => Task.FromResult(ScriptedBackend.OpenFdCount() <= before), TimeSpan.FromSeconds(5));
+        DateTime deadline = DateTime.UtcNow.AddSeconds(5);
+        while (ScriptedBackend.OpenFdCount() > before && DateTime.UtcNow < deadline)
+        {
+            await Task.Delay(20);
+        }
+
+        Assert.That(ScriptedBackend.OpenFdCount(), Is.LessThanOrEqualTo(before), () => "open: " + string.Join(", ", Vmm.TestKit.OpenDescriptors.Describe()));
     }
 
     [Test]
