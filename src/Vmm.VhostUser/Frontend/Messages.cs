@@ -1,3 +1,4 @@
+using Akka.Actor;
 using Vmm.Virtio.Queues;
 using Vmm.VhostUser.Protocol;
 
@@ -109,3 +110,18 @@ public sealed class GetDeviceSnapshot
     {
     }
 }
+
+/// <summary>Event stream: device <paramref name="Name"/> lost its ready connection and will reconnect (or give up).</summary>
+public sealed record DeviceConnectionLost(string Name, string Reason);
+
+/// <summary>Event stream: device <paramref name="Name"/> is connected again after <paramref name="Attempt"/> reconnect attempt(s).</summary>
+public sealed record DeviceConnectionRestored(string Name, int Attempt);
+
+/// <summary>Event stream: device <paramref name="Name"/> will make reconnect attempt <paramref name="Attempt"/> after <paramref name="Delay"/>.</summary>
+public sealed record ReconnectScheduled(string Name, int Attempt, TimeSpan Delay);
+
+/// <summary>
+/// Connection actor → supervisor: a command the dying connection did not finish (or had not
+/// started), sent with its original asker as Sender; the supervisor serves it from the snapshot.
+/// </summary>
+public sealed record CommandRequeued(IActorRef From, object Command);
