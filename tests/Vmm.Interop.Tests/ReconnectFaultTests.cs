@@ -96,7 +96,7 @@ public sealed class ReconnectFaultTests : InteropTest
         var qsd = Own(await BackendProcess.StartStorageDaemonAsync(image, socket));
         using var system = ActorSystem.Create("faults", QuietAkka);
         using var rig = Rig.Start(system, socket);
-        Assert.That(rig.Device.Info.ProtocolFeatures & Vmm.VhostUser.Protocol.VhostUserProtocolFeatures.INFLIGHT_SHMFD, Is.Zero);
+        Assert.That(rig.Device.Info.ProtocolFeatures & Vmm.VhostUser.Protocol.VhostUserProtocolFeatures.INFLIGHT_SHMFD, Is.EqualTo(Vmm.VhostUser.Protocol.VhostUserProtocolFeatures.None));
 
         for (var generation = 1; generation <= 3; generation++)
         {
@@ -164,7 +164,7 @@ public sealed class ReconnectFaultTests : InteropTest
         File.Delete(socket);
         Own(await BackendProcess.StartVmmBlkAsync(image, socket));
         await Task.Run(rig.Reinitialize).WaitAsync(TimeSpan.FromSeconds(60));
-        Assert.That(rig.Driver.ReadStatus() & VirtioDeviceStatus.DEVICE_NEEDS_RESET, Is.Zero);
+        Assert.That(rig.Driver.ReadStatus() & VirtioDeviceStatus.DEVICE_NEEDS_RESET, Is.EqualTo((VirtioDeviceStatus)0));
         Assert.That(rig.Driver.ReadStatus() & VirtioDeviceStatus.DRIVER_OK, Is.Not.Zero);
         rig.WritePass(2);
         rig.Flush();
