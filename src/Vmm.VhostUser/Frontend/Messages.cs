@@ -111,14 +111,15 @@ public sealed class GetDeviceSnapshot
     }
 }
 
-/// <summary>Event stream: device <paramref name="Name"/> lost its ready connection and will reconnect (or give up).</summary>
-public sealed record DeviceConnectionLost(string Name, string Reason);
+/// <summary>
+/// Published on the event stream by a device's supervisor when its connection is lost and a
+/// reconnect is scheduled (<paramref name="Attempt"/> counts from 1 since the last ready connection):
+/// once per scheduled attempt, with the backoff <paramref name="Delay"/> before it.
+/// </summary>
+public sealed record DeviceConnectionLost(string Name, string Reason, int Attempt, TimeSpan Delay);
 
-/// <summary>Event stream: device <paramref name="Name"/> is connected again after <paramref name="Attempt"/> reconnect attempt(s).</summary>
-public sealed record DeviceConnectionRestored(string Name, int Attempt);
-
-/// <summary>Event stream: device <paramref name="Name"/> will make reconnect attempt <paramref name="Attempt"/> after <paramref name="Delay"/>.</summary>
-public sealed record ReconnectScheduled(string Name, int Attempt, TimeSpan Delay);
+/// <summary>Published on the event stream when a device is ready again after <see cref="DeviceConnectionLost"/> (the snapshot was replayed).</summary>
+public sealed record DeviceConnectionRestored(string Name, int Attempts);
 
 /// <summary>
 /// Connection actor → supervisor: a command the dying connection did not finish (or had not

@@ -89,8 +89,9 @@ public sealed class VhostUserDeviceSupervisor : ReceiveActor, IWithTimers, IWith
         _firstReady?.TrySetException(new VhostUserConnectionLostException($"vhost-user device {_options.Name} was stopped."));
     }
 
+    /// <summary>Not logged by Akka (a stack trace per lost back-end): this actor logs each decision in one line.</summary>
     protected override SupervisorStrategy SupervisorStrategy() =>
-        new OneForOneStrategy(Decide);
+        new OneForOneStrategy(-1, -1, Decide, loggingEnabled: false);
 
     /// <summary>
     /// Runs in this actor's context (the parent handles its child's Failed message), so it may
@@ -157,10 +158,17 @@ public sealed class VhostUserDeviceSupervisor : ReceiveActor, IWithTimers, IWith
     {
         if (message.From.Equals(_connection))
         {
+            // The connection is going down: no more forwarding to it; its Terminated follows.
             _connectionReady = false;
+            ServeDisconnected(message.Command);
         }
-
-        if (_connection is not null && _connectionReady)
+        else if (_connection is not null && !_connectionReady)
+        {
+            // A newer attempt is under way and replays the snapshot as it was when it began:
+            // wait for its outcome rather than change the snapshot under it.
+            Stash.Stash();
+        }
+        else if (_connection is not null)
         {
             _connection.Forward(message.Command);
         }
@@ -222,7 +230,6 @@ public sealed class VhostUserDeviceSupervisor : ReceiveActor, IWithTimers, IWith
 
         if (wasReady)
         {
-            Context.System.EventStream.Publish(new DeviceConnectionLost(_options.Name, cause.Message));
             _events?.RaiseConnectionLost(cause.Message);
         }
 
@@ -240,8 +247,8 @@ public sealed class VhostUserDeviceSupervisor : ReceiveActor, IWithTimers, IWith
 
         TimeSpan delay = Backoff(_attempt, _options.ReconnectMinBackoff, _options.ReconnectMaxBackoff);
         _attempt++;
-        _log.Warning("Device {0}: {1}; reconnecting in {2} ms (attempt {3})", _options.Name, cause.Message, (int)delay.TotalMilliseconds, _attempt);
-        Context.System.EventStream.Publish(new ReconnectScheduled(_options.Name, _attempt, delay));
+        _log.Warning("Device {0}: {1}; reconnecting in {2} ms (attempt {3})", _options.Name, cause.Message.TrimEnd('.'), (int)delay.TotalMilliseconds, _attempt);
+        Context.System.EventStream.Publish(new DeviceConnectionLost(_options.Name, cause.Message, _attempt, delay));
         Timers.StartSingleTimer(ReconnectTimerKey, Reconnect.Instance, delay);
 
         // Whatever waited for the failed attempt is served from the snapshot now.

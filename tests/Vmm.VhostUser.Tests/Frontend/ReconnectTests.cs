@@ -105,7 +105,7 @@ public sealed class ReconnectTests : AkkaTest
     public async Task Supervisor_must_back_off_exponentially_with_bounded_jitter_and_a_capped_interval_without_giving_up()
     {
         var scheduled = CreateTestProbe();
-        Sys.EventStream.Subscribe(scheduled.Ref, typeof(ReconnectScheduled));
+        Sys.EventStream.Subscribe(scheduled.Ref, typeof(DeviceConnectionLost));
         Sys.EventStream.Subscribe(scheduled.Ref, typeof(DeviceConnectionRestored));
         var backends = new BackendFactory();
         VhostUserDeviceOptions options = backends.Options() with
@@ -123,7 +123,7 @@ public sealed class ReconnectTests : AkkaTest
         double previous = 0;
         for (int attempt = 1; attempt <= 10; attempt++)
         {
-            ReconnectScheduled s = await scheduled.ExpectMsgAsync<ReconnectScheduled>(TimeSpan.FromSeconds(10));
+            DeviceConnectionLost s = await scheduled.ExpectMsgAsync<DeviceConnectionLost>(TimeSpan.FromSeconds(10));
             Assert.That(s.Attempt, Is.EqualTo(attempt));
             double nominal = Math.Min(80, 10 * Math.Pow(2, attempt - 1));
             Assert.That(s.Delay.TotalMilliseconds, Is.InRange(nominal, nominal * 1.2), $"attempt {attempt}");
@@ -139,7 +139,7 @@ public sealed class ReconnectTests : AkkaTest
         ScriptedBackend second = await backends.NextAsync();
         await second.ServeHandshakeAsync();
         DeviceConnectionRestored restored = await scheduled.FishForMessageAsync<DeviceConnectionRestored>(_ => true, TimeSpan.FromSeconds(10));
-        Assert.That(restored.Attempt, Is.GreaterThanOrEqualTo(10));
+        Assert.That(restored.Attempts, Is.GreaterThanOrEqualTo(10));
         second.Dispose();
     }
 
