@@ -239,6 +239,15 @@ public sealed class VhostUserDeviceSupervisor : ReceiveActor, IWithTimers, IWith
             return;
         }
 
+        if (wasReady && _snapshot.Queues.Values.Any(q => VhostUserFrontendConnection.IsPacked(q.Features)))
+        {
+            // A packed ring has no used index in guest memory to resume from, and its position
+            // died with the back-end: resuming from the start state could run old descriptors
+            // again. Only the guest's reset (fresh rings) is safe.
+            GiveUp($"connection lost while a packed ring was running; it cannot resume without a reset: {cause.Message}", cause);
+            return;
+        }
+
         if (_options.ReconnectMax is int max && _attempt >= max)
         {
             GiveUp($"connection lost, {max} reconnect attempt(s) failed: {cause.Message}", cause);

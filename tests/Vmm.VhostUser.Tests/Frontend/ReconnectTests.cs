@@ -343,6 +343,37 @@ public sealed class ReconnectTests : AkkaTest
         await AwaitConditionAsync(() => device.IsConnected);
     }
 
+    [Test]
+    public async Task Device_must_give_up_rather_than_resume_a_packed_ring_whose_backend_died()
+    {
+        const ulong packed = ScriptedBackend.DefaultFeatures | (1UL << 34);
+        var backends = new BackendFactory();
+        Task<VhostUserDevice> connect = VhostUserDevice.ConnectAsync(Sys, backends.Options());
+        ScriptedBackend first = await backends.NextAsync();
+        await first.ServeHandshakeAsync(features: packed, protocolFeatures: Offered & ~VhostUserProtocolFeatures.INFLIGHT_SHMFD, config: s_config);
+        using VhostUserDevice device = await connect;
+        var faulted = new TaskCompletionSource<DeviceFault>(TaskCreationOptions.RunContinuationsAsynchronously);
+        device.Faulted += f => faulted.TrySetResult(f);
+        using Rig rig = new(CreateTestProbe().Ref);
+        Task start = Task.Run(() => device.StartQueue(0, rig.Resources, packed));
+        foreach (VhostUserRequest r in RingStart)
+        {
+            await first.ExpectAndDropAsync(r);
+        }
+
+        await start;
+        first.Dispose();
+        DeviceFault fault = await faulted.Task.WaitAsync(TimeSpan.FromSeconds(10));
+        Assert.That(fault.Reason, Does.Contain("packed ring"));
+        Assert.That(backends.Connects, Is.EqualTo(1));
+
+        // The guest's reset brings fresh rings: a new connection, nothing to resume.
+        await Task.Run(device.Reset).WaitAsync(TimeSpan.FromSeconds(10));
+        using ScriptedBackend second = await backends.NextAsync();
+        await second.ServeHandshakeAsync(features: packed, protocolFeatures: Offered, config: s_config);
+        await AwaitConditionAsync(() => device.IsConnected);
+    }
+
     #region Infrastructure
 
     /// <summary>Answers GET_INFLIGHT_FD with a fresh region, then takes SET_INFLIGHT_FD.</summary>
