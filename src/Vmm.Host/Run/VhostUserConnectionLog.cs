@@ -42,7 +42,7 @@ public sealed class VhostUserConnectionLog : ReceiveActor
         // A device that fails before it is attached is reported by the command's own error.
         if (_sockets.ContainsKey(m.Name) && _attached.Contains(m.Name))
         {
-            Write(m.Name, $"device stopped: {m.Reason.TrimEnd('.')}.");
+            Write(m.Name, $"device gave up and needs a reset: {m.Reason.TrimEnd('.')}.");
         }
     }
 

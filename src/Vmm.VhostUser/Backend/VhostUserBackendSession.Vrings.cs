@@ -174,6 +174,16 @@ public sealed partial class VhostUserBackendSession
             }
 
             Log.InflightInstalled(_logger, vring.Index, vring.Size, resubmit.Count);
+
+            // The heads in flight are the avail entries right after the used index (the old
+            // back-end popped them in order and never completed them): they come back through
+            // the resubmit list, so the avail ring resumes after them, or each would run twice
+            // (libvhost-user: last_avail_idx = used_idx + inuse). A base past the used index
+            // already says where the avail ring resumes.
+            if (initial.AvailableIndex == initial.UsedIndex)
+            {
+                initial = initial with { AvailableIndex = (ushort)(initial.AvailableIndex + resubmit.Count) };
+            }
         }
 
         var resources = new VirtqueueResources(parameters, _memory, kick, vring.Call)

@@ -1,3 +1,4 @@
+using Akka.Actor;
 using Vmm.Virtio.Queues;
 using Vmm.VhostUser.Protocol;
 
@@ -112,9 +113,16 @@ public sealed class GetDeviceSnapshot
 
 /// <summary>
 /// Published on the event stream by a device's supervisor when its connection is lost and a
-/// reconnect is scheduled (<paramref name="Attempt"/> counts from 1 since the last ready connection).
+/// reconnect is scheduled (<paramref name="Attempt"/> counts from 1 since the last ready connection):
+/// once per scheduled attempt, with the backoff <paramref name="Delay"/> before it.
 /// </summary>
 public sealed record DeviceConnectionLost(string Name, string Reason, int Attempt, TimeSpan Delay);
 
 /// <summary>Published on the event stream when a device is ready again after <see cref="DeviceConnectionLost"/> (the snapshot was replayed).</summary>
 public sealed record DeviceConnectionRestored(string Name, int Attempts);
+
+/// <summary>
+/// Connection actor → supervisor: a command the dying connection did not finish (or had not
+/// started), sent with its original asker as Sender; the supervisor serves it from the snapshot.
+/// </summary>
+public sealed record CommandRequeued(IActorRef From, object Command);

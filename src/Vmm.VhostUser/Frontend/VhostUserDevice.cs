@@ -24,13 +24,20 @@ public sealed class VhostUserDevice : IVirtioDevice
     private readonly DeviceInfo _info;
     private readonly Task _stopped;
     private int _disposed;
+    private int _connected = 1;
 
-    private VhostUserDevice(IActorRef supervisor, VhostUserDeviceOptions options, DeviceInfo info)
+    private VhostUserDevice(IActorRef supervisor, VhostUserDeviceOptions options, DeviceInfo info, VhostUserDeviceEvents? events)
     {
         Supervisor = supervisor;
         _options = options;
         _info = info;
         _stopped = supervisor.WatchAsync();
+        if (events is not null)
+        {
+            events.ConnectionLost += OnConnectionLost;
+            events.ConnectionRestored += OnConnectionRestored;
+            events.Failed += OnFailed;
+        }
     }
 
     /// <summary>
@@ -69,7 +76,24 @@ public sealed class VhostUserDevice : IVirtioDevice
         remove { }
     }
 
+    /// <summary>
+    /// The device cannot go on without a reset: a protocol violation, or a lost back-end with
+    /// reconnect off or reconnect-max exhausted. The transport answers with DEVICE_NEEDS_RESET
+    /// and a config interrupt; the guest's reset makes a fresh connection attempt.
+    /// </summary>
     public event Action<DeviceFault>? Faulted;
+
+    /// <summary>
+    /// The back-end went away; the device stays attached and reconnects (kicks are kept, config
+    /// reads and queue commands are served from the snapshot meanwhile). Raised on an actor thread.
+    /// </summary>
+    public event Action<string>? ConnectionLost;
+
+    /// <summary>A new back-end is connected and the device state replayed; the argument is the attempt that succeeded.</summary>
+    public event Action<int>? ConnectionRestored;
+
+    /// <summary>False from a connection loss until the next connection is ready, or until the device gives up and is reset.</summary>
+    public bool IsConnected => Volatile.Read(ref _connected) != 0;
 
     /// <summary>
     /// Creates the device's supervisor under <paramref name="factory"/> (an ActorSystem, or an
@@ -84,8 +108,9 @@ public sealed class VhostUserDevice : IVirtioDevice
         ArgumentNullException.ThrowIfNull(factory);
         ArgumentNullException.ThrowIfNull(options);
         TaskCompletionSource<DeviceInfo> firstReady = CreateFirstReady();
-        IActorRef supervisor = factory.ActorOf(VhostUserDeviceSupervisor.Props(options, firstReady), options.Name);
-        return FromSupervisorAsync(supervisor, options, firstReady.Task, cancellationToken);
+        var events = new VhostUserDeviceEvents();
+        IActorRef supervisor = factory.ActorOf(VhostUserDeviceSupervisor.Props(options, firstReady, events), options.Name);
+        return FromSupervisorAsync(supervisor, options, firstReady.Task, cancellationToken, events);
     }
 
     /// <summary>The completion to pass to <see cref="VhostUserDeviceSupervisor.Props"/> and then to <see cref="FromSupervisorAsync"/>.</summary>
@@ -95,18 +120,20 @@ public sealed class VhostUserDevice : IVirtioDevice
     /// Wraps a supervisor created elsewhere, for example by the VmActor from
     /// <c>AttachDevice(name, VhostUserDeviceSupervisor.Props(options, firstReady))</c>, once its
     /// handshake is done. Without <paramref name="firstReady"/> it asks the supervisor, which
-    /// must still be alive to answer.
+    /// must still be alive to answer. <paramref name="events"/> is the one given to the
+    /// supervisor's Props, if any: without it the device raises neither the connection events
+    /// nor <see cref="Faulted"/> when the supervisor gives up.
     /// </summary>
     public static async Task<VhostUserDevice> FromSupervisorAsync(
         IActorRef supervisor, VhostUserDeviceOptions options, Task<DeviceInfo>? firstReady = null,
-        CancellationToken cancellationToken = default)
+        CancellationToken cancellationToken = default, VhostUserDeviceEvents? events = null)
     {
         try
         {
             DeviceInfo info = firstReady is not null
                 ? await firstReady.WaitAsync(options.CommandTimeout, cancellationToken).ConfigureAwait(false)
                 : await supervisor.Ask<DeviceInfo>(GetDeviceInfo.Instance, options.CommandTimeout, cancellationToken).ConfigureAwait(false);
-            return new VhostUserDevice(supervisor, options, info);
+            return new VhostUserDevice(supervisor, options, info, events);
         }
         catch (Exception e)
         {
@@ -166,6 +193,24 @@ public sealed class VhostUserDevice : IVirtioDevice
         {
             Supervisor.Tell(PoisonPill.Instance);
         }
+    }
+
+    private void OnConnectionLost(string reason)
+    {
+        Volatile.Write(ref _connected, 0);
+        ConnectionLost?.Invoke(reason);
+    }
+
+    private void OnConnectionRestored(int attempt)
+    {
+        Volatile.Write(ref _connected, 1);
+        ConnectionRestored?.Invoke(attempt);
+    }
+
+    private void OnFailed(string reason)
+    {
+        Volatile.Write(ref _connected, 0);
+        Faulted?.Invoke(new DeviceFault(-1, reason));
     }
 
     private T Call<T>(object message)

@@ -40,6 +40,10 @@ public sealed class VhostUserDeviceActor : ReceiveActor, IWithUnboundedStash, IW
     // Whether this connection's back-end already has the inflight region (SET_INFLIGHT_FD).
     private bool _inflightSent;
 
+    // The command whose requests are on the wire (Busy), handed back to the supervisor if the
+    // connection dies under it.
+    private Envelope? _current;
+
     public VhostUserDeviceActor(VhostUserDeviceOptions options, DeviceSnapshot snapshot)
     {
         _options = options;
@@ -176,20 +180,61 @@ public sealed class VhostUserDeviceActor : ReceiveActor, IWithUnboundedStash, IW
         VhostUserFrontendConnection connection = _connection!;
         DeviceSnapshot snapshot = _snapshot;
         CancellationToken ct = _shutdown.Token;
-        ReplayAsync(connection, snapshot, rings, ct)
-            .PipeTo(Self, success: () => new Replayed(), failure: e => new OperationFailed(e));
+        ushort inflightQueues = (ushort)Math.Max(1, CreateDeviceInfo().QueueCount);
+        ushort inflightQueueSize = _options.QueueSize;
+        foreach (QueueSnapshot queue in _snapshot.Queues.Values)
+        {
+            inflightQueueSize = Math.Max(inflightQueueSize, queue.Resources.Params.Size);
+        }
+
+        ReplayAsync(connection, snapshot, rings, inflightQueues, inflightQueueSize, ct)
+            .PipeTo(Self, success: region => new Replayed(region), failure: e => new OperationFailed(e));
     }
 
-    private static async Task ReplayAsync(
+    /// <summary>
+    /// Replays the snapshot in the order of a first start; returns the inflight region it had to
+    /// create (queues started while no back-end was connected), or null.
+    /// </summary>
+    private static async Task<VhostUserInflightRegion?> ReplayAsync(
         VhostUserFrontendConnection connection, DeviceSnapshot snapshot,
-        List<(QueueSnapshot Queue, VhostUserRingSetup Setup)> rings, CancellationToken ct)
+        List<(QueueSnapshot Queue, VhostUserRingSetup Setup)> rings, ushort inflightQueues, ushort inflightQueueSize,
+        CancellationToken ct)
     {
         // The same inflight region, before anything else (QEMU's vhost-user-blk order): the new
         // back-end finds there what the old one had taken from the rings but not completed.
-        if (snapshot.Inflight is not null && connection.HasProtocolFeature(VhostUserProtocolFeatures.INFLIGHT_SHMFD))
+        VhostUserInflightRegion? created = null;
+        if (connection.HasProtocolFeature(VhostUserProtocolFeatures.INFLIGHT_SHMFD) && (snapshot.Inflight is not null || rings.Count > 0))
         {
-            await connection.SetInflightFdAsync(snapshot.Inflight, ct).ConfigureAwait(false);
+            VhostUserInflightRegion region = snapshot.Inflight ??
+                (created = await connection.GetInflightFdAsync(inflightQueues, inflightQueueSize, ct).ConfigureAwait(false));
+            try
+            {
+                await connection.SetInflightFdAsync(region, ct).ConfigureAwait(false);
+            }
+            catch
+            {
+                created?.Dispose();
+                throw;
+            }
         }
+
+        try
+        {
+            await ReplayRestAsync(connection, snapshot, rings, ct).ConfigureAwait(false);
+        }
+        catch
+        {
+            created?.Dispose();
+            throw;
+        }
+
+        return created;
+    }
+
+    private static async Task ReplayRestAsync(
+        VhostUserFrontendConnection connection, DeviceSnapshot snapshot,
+        List<(QueueSnapshot Queue, VhostUserRingSetup Setup)> rings, CancellationToken ct)
+    {
 
         if (snapshot.GuestFeatures is ulong features)
         {
@@ -217,11 +262,26 @@ public sealed class VhostUserDeviceActor : ReceiveActor, IWithUnboundedStash, IW
 
     private void HandleReplayed(Replayed message)
     {
+        if (message.CreatedInflight is not null)
+        {
+            UpdateSnapshot(_snapshot with { Inflight = message.CreatedInflight });
+        }
+
         _inflightSent = _snapshot.Inflight is not null &&
             _connection!.HasProtocolFeature(VhostUserProtocolFeatures.INFLIGHT_SHMFD);
         if (_snapshot.Memory is not null)
         {
             Subscribe(_snapshot.Memory);
+        }
+
+        // A kick the guest made while no back-end was connected is still counted in the kick
+        // eventfd, which the new back-end was given; one more makes sure a back-end that only
+        // looks at the ring when kicked looks now. A completion the old back-end published
+        // without its call is made visible by one interrupt per ring (a spurious one is harmless).
+        foreach (QueueSnapshot queue in _snapshot.Queues.Values)
+        {
+            queue.Resources.Kick.Signal();
+            queue.Resources.Interrupt.Raise();
         }
 
         EnterReady();
@@ -291,7 +351,7 @@ public sealed class VhostUserDeviceActor : ReceiveActor, IWithUnboundedStash, IW
         bool needMemory = !ReferenceEquals(_snapshot.Memory, memory);
         int index = message.Index;
         var queue = new QueueSnapshot(message.Index, message.Resources, message.Features, message.InitialState);
-        RunCommand(async ct =>
+        RunCommand(message, async ct =>
         {
             // Inflight I/O tracking (vhost-user.rst, "Inflight I/O tracking"): the region is set
             // up once, before the first ring starts, as QEMU's vhost-user-blk does.
@@ -346,7 +406,7 @@ public sealed class VhostUserDeviceActor : ReceiveActor, IWithUnboundedStash, IW
 
         VhostUserFrontendConnection connection = _connection!;
         bool packed = VhostUserFrontendConnection.IsPacked(queue.Features);
-        RunCommand(async ct =>
+        RunCommand(message, async ct =>
         {
             VirtqueueState state = await connection.StopRingAsync(queue.Index, queue.Resources.Memory, queue.Resources.Params, packed, ct)
                 .ConfigureAwait(false);
@@ -358,7 +418,7 @@ public sealed class VhostUserDeviceActor : ReceiveActor, IWithUnboundedStash, IW
     {
         VhostUserFrontendConnection connection = _connection!;
         QueueSnapshot[] running = [.. _snapshot.Queues.Values];
-        RunCommand(async ct =>
+        RunCommand(message, async ct =>
         {
             if (connection.HasProtocolFeature(VhostUserProtocolFeatures.RESET_DEVICE))
             {
@@ -401,7 +461,7 @@ public sealed class VhostUserDeviceActor : ReceiveActor, IWithUnboundedStash, IW
             return;
         }
 
-        RunCommand(async ct =>
+        RunCommand(message, async ct =>
         {
             byte[]? data = await connection.GetConfigAsync(message.Offset, message.Length, ct).ConfigureAwait(false);
             return new ConfigData(message.Offset, data ?? []);
@@ -420,7 +480,7 @@ public sealed class VhostUserDeviceActor : ReceiveActor, IWithUnboundedStash, IW
         }
 
         var write = new ConfigWrite(message.Offset, message.Data.ToArray());
-        RunCommand(async ct =>
+        RunCommand(message, async ct =>
         {
             await connection.SetConfigAsync(write.Offset, write.Data, ct).ConfigureAwait(false);
             return new ConfigWrittenResult(write);
@@ -439,7 +499,7 @@ public sealed class VhostUserDeviceActor : ReceiveActor, IWithUnboundedStash, IW
         VhostUserFrontendConnection connection = _connection!;
         GuestMemoryChange change = message.Change;
         GuestMemory memory = message.Memory;
-        RunCommand(async ct =>
+        RunCommand(message, async ct =>
         {
             if (!connection.HasProtocolFeature(VhostUserProtocolFeatures.CONFIGURE_MEM_SLOTS))
             {
@@ -474,9 +534,10 @@ public sealed class VhostUserDeviceActor : ReceiveActor, IWithUnboundedStash, IW
     #region Completion
 
     /// <summary>Runs a command's requests off the mailbox; the actor is Busy until they end.</summary>
-    private void RunCommand(Func<CancellationToken, Task<object>> work, object? cleanupOnFailure = null)
+    private void RunCommand(object command, Func<CancellationToken, Task<object>> work, object? cleanupOnFailure = null)
     {
         IActorRef sender = Sender;
+        _current = new Envelope(command, sender);
         CancellationToken ct = _shutdown.Token;
         Become(Busy);
         Task.Run(() => work(ct), ct).PipeTo(
@@ -487,6 +548,7 @@ public sealed class VhostUserDeviceActor : ReceiveActor, IWithUnboundedStash, IW
 
     private void HandleCompleted(CommandCompleted message)
     {
+        _current = null;
         object reply = message.Result;
         switch (message.Result)
         {
@@ -568,14 +630,11 @@ public sealed class VhostUserDeviceActor : ReceiveActor, IWithUnboundedStash, IW
     private void HandleCommandFailed(CommandFailed message)
     {
         Exception cause = Unwrap(message.Cause);
+        Envelope? current = _current;
+        _current = null;
         if (message.Cleanup is QueueStartFailedCleanup cleanup)
         {
             StopQueueActor(cleanup.Index);
-        }
-
-        if (!message.ReplyTo.IsNobody())
-        {
-            message.ReplyTo.Tell(new Status.Failure(cause));
         }
 
         if (cause is VhostUserRequestFailedException or InvalidOperationException or ArgumentException or GuestMemoryException &&
@@ -583,12 +642,32 @@ public sealed class VhostUserDeviceActor : ReceiveActor, IWithUnboundedStash, IW
         {
             // The back-end refused one request (or it was invalid): the connection is intact.
             _log.Warning("vhost-user request failed: {0}", cause.Message);
+            Reply(message.ReplyTo, new Status.Failure(cause));
             BecomeIdle();
             return;
         }
 
+        if (VhostUserDeviceSupervisor.IsTransportLost(cause) && current is Envelope command && command.Message is not MemoryChanged)
+        {
+            // The back-end is gone, not wrong: the command is not failed but handed back, to be
+            // served from the snapshot and replayed by the next connection.
+            Context.Parent.Tell(new CommandRequeued(Self, command.Message), command.Sender);
+        }
+        else
+        {
+            Reply(message.ReplyTo, new Status.Failure(cause));
+        }
+
         FailStash(cause);
         throw cause;
+    }
+
+    private static void Reply(IActorRef replyTo, object reply)
+    {
+        if (!replyTo.IsNobody())
+        {
+            replyTo.Tell(reply);
+        }
     }
 
     #endregion
@@ -696,11 +775,26 @@ public sealed class VhostUserDeviceActor : ReceiveActor, IWithUnboundedStash, IW
         _memoryHandler = null;
     }
 
+    /// <summary>
+    /// Empties the stash on the way down: after a transport loss every command goes back to the
+    /// supervisor (in order, with its asker) to be served without this connection; after anything
+    /// else its asker is failed with the cause.
+    /// </summary>
     private void FailStash(Exception cause)
     {
+        bool requeue = VhostUserDeviceSupervisor.IsTransportLost(Unwrap(cause));
         foreach (Envelope envelope in Stash.ClearStash())
         {
-            if (envelope.Message is not MemoryChanged && !envelope.Sender.IsNobody())
+            if (envelope.Message is MemoryChanged or CheckHangUp)
+            {
+                continue;
+            }
+
+            if (requeue)
+            {
+                Context.Parent.Tell(new CommandRequeued(Self, envelope.Message), envelope.Sender);
+            }
+            else if (!envelope.Sender.IsNobody())
             {
                 envelope.Sender.Tell(new Status.Failure(cause));
             }
@@ -718,7 +812,7 @@ public sealed class VhostUserDeviceActor : ReceiveActor, IWithUnboundedStash, IW
 
     private sealed record Negotiated(VhostUserBackendInfo Info);
 
-    private sealed record Replayed;
+    private sealed record Replayed(VhostUserInflightRegion? CreatedInflight);
 
     private sealed record OperationFailed(Exception Cause);
 

@@ -182,7 +182,7 @@ public sealed class DeviceActorTests : AkkaTest
     }
 
     [Test]
-    public async Task Supervisor_must_stop_the_device_and_report_DeviceFailed_on_a_protocol_violation_while_the_VM_lives_on()
+    public async Task Supervisor_must_give_up_on_a_protocol_violation_report_DeviceFailed_and_connect_again_only_after_a_reset()
     {
         var failures = CreateTestProbe();
         Sys.EventStream.Subscribe(failures.Ref, typeof(DeviceFailed));
@@ -190,12 +190,14 @@ public sealed class DeviceActorTests : AkkaTest
         var backends = new BackendFactory();
         VhostUserDeviceOptions options = backends.Options() with { Name = "blk0" };
         TaskCompletionSource<DeviceInfo> firstReady = VhostUserDevice.CreateFirstReady();
-        DeviceAttached attached = await vm.Ask<DeviceAttached>(new AttachDevice("blk0", VhostUserDeviceSupervisor.Props(options, firstReady)));
-        Task<VhostUserDevice> wrap = VhostUserDevice.FromSupervisorAsync(attached.Device, options, firstReady.Task);
+        var events = new VhostUserDeviceEvents();
+        DeviceAttached attached = await vm.Ask<DeviceAttached>(new AttachDevice("blk0", VhostUserDeviceSupervisor.Props(options, firstReady, events)));
+        Task<VhostUserDevice> wrap = VhostUserDevice.FromSupervisorAsync(attached.Device, options, firstReady.Task, events: events);
         using ScriptedBackend backend = await backends.NextAsync();
         await backend.ServeHandshakeAsync(protocolFeatures: Offered, config: s_config);
         using VhostUserDevice device = await wrap;
-        Watch(attached.Device);
+        var faulted = new TaskCompletionSource<Vmm.Virtio.DeviceFault>(TaskCreationOptions.RunContinuationsAsynchronously);
+        device.Faulted += f => faulted.TrySetResult(f);
 
         Task reset = Task.Run(device.Reset);
         using (VhostUserMessage m = await backend.ExpectAsync(VhostUserRequest.RESET_DEVICE, ack: null))
@@ -207,13 +209,28 @@ public sealed class DeviceActorTests : AkkaTest
         DeviceFailed failed = await failures.ExpectMsgAsync<DeviceFailed>();
         Assert.That(failed.Name, Is.EqualTo("blk0"));
         Assert.That(failed.Reason, Does.Contain("flags 0x1"));
-        await ExpectTerminatedAsync(attached.Device);
+        await faulted.Task.WaitAsync(TimeSpan.FromSeconds(10));
+
+        // Stopped, not restarted: the supervisor lives on, serving from its snapshot, but makes no
+        // new connection on its own.
+        Assert.That(await device.Supervisor.Ask<ConnectionCount>(GetConnectionCount.Instance, RemainingOrDefault), Is.EqualTo(new ConnectionCount(1, 1)));
+        Assert.That(device.IsConnected, Is.False);
+        var config = new byte[4];
+        device.ReadConfig(0, config);
+        Assert.That(config, Is.EqualTo(s_config[..4]), "config served from the last known config");
+        Assert.That(backends.Connects, Is.EqualTo(1));
 
         Devices devices = await vm.Ask<Devices>(GetDevices.Instance);
-        Assert.That(devices.Live, Is.Empty);
+        Assert.That(devices.Live, Has.Count.EqualTo(1), "the device stays attached");
         Assert.That(devices.Failed, Has.Count.EqualTo(1));
-        InterruptController interrupts = await vm.Ask<InterruptController>(GetInterruptController.Instance);
-        Assert.That(interrupts.Controller.Path.Name, Is.EqualTo("interrupts"));
+
+        // The guest's reset (what it does on DEVICE_NEEDS_RESET): answered at once, then a fresh connection.
+        device.Reset();
+        using ScriptedBackend second = await backends.NextAsync();
+        await second.ServeHandshakeAsync(protocolFeatures: Offered, config: s_config);
+        await AwaitConditionAsync(async () =>
+            await device.Supervisor.Ask<ConnectionCount>(GetConnectionCount.Instance, RemainingOrDefault) == new ConnectionCount(2, 2));
+        Assert.That(device.IsConnected, Is.True);
     }
 
     [Test]

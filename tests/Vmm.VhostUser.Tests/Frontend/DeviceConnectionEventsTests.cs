@@ -9,7 +9,7 @@ namespace Vmm.VhostUser.Tests.Frontend;
 /// <summary>
 /// What a device tells its host about its connection: <see cref="DeviceConnectionLost"/> and
 /// <see cref="DeviceConnectionRestored"/> on the event stream (<c>vmm run</c> logs them), and
-/// <see cref="VhostUserDevice.Stopped"/> once it gave up.
+/// <see cref="DeviceFailed"/> with a <see cref="VhostUserDevice.Faulted"/> once it gave up.
 /// </summary>
 [TestFixture]
 public sealed class DeviceConnectionEventsTests : AkkaTest
@@ -41,7 +41,7 @@ public sealed class DeviceConnectionEventsTests : AkkaTest
     }
 
     [Test]
-    public async Task A_device_that_gave_up_fails_calls_with_connection_lost_instead_of_a_timeout()
+    public async Task A_device_that_gave_up_stays_attached_and_answers_from_its_snapshot()
     {
         var failures = CreateTestProbe();
         Sys.EventStream.Subscribe(failures.Ref, typeof(DeviceFailed));
@@ -50,12 +50,19 @@ public sealed class DeviceConnectionEventsTests : AkkaTest
         ScriptedBackend backend = await backends.NextAsync();
         await backend.ServeHandshakeAsync(protocolFeatures: VhostUserProtocolFeatures.REPLY_ACK | VhostUserProtocolFeatures.CONFIG, config: s_config);
         using VhostUserDevice device = await connect;
+        var faults = new List<Vmm.Virtio.DeviceFault>();
+        device.Faulted += faults.Add;
 
         backend.Dispose();
         await failures.ExpectMsgAsync<DeviceFailed>(TimeSpan.FromSeconds(10));
-        await device.Stopped.WaitAsync(TimeSpan.FromSeconds(10));
 
-        // Without Stopped this would be an AskTimeoutException after CommandTimeout.
-        Assert.That(() => device.Reset(), Throws.TypeOf<VhostUserConnectionLostException>());
+        // It gave up (reconnect=off) and asks the guest for a reset, but it is still there: a
+        // config read is served from the last known config rather than failing or hanging.
+        await AwaitConditionAsync(() => Task.FromResult(faults.Count > 0), TimeSpan.FromSeconds(10));
+        Assert.That(device.IsConnected, Is.False);
+        Assert.That(device.Stopped.IsCompleted, Is.False);
+        byte[] data = new byte[4];
+        await Task.Run(() => device.ReadConfig(0, data)).WaitAsync(TimeSpan.FromSeconds(10));
+        Assert.That(data, Is.EqualTo(s_config[..4]));
     }
 }
