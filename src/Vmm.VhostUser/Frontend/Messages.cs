@@ -109,3 +109,30 @@ public sealed class GetDeviceSnapshot
     {
     }
 }
+
+/// <summary>
+/// Save the back-end's internal state over DEVICE_STATE (all rings stopped first); answered with
+/// <see cref="DeviceStateSaved"/>, whose bytes are empty when DEVICE_STATE was not negotiated.
+/// </summary>
+public sealed class SaveDeviceState
+{
+    public static readonly SaveDeviceState Instance = new();
+
+    private SaveDeviceState()
+    {
+    }
+}
+
+public sealed record DeviceStateSaved(byte[] State);
+
+/// <summary>Load <paramref name="State"/> into the back-end over DEVICE_STATE before its rings start; answered with <see cref="DeviceStateLoaded"/>.</summary>
+public sealed record LoadDeviceState(byte[] State);
+
+public sealed class DeviceStateLoaded
+{
+    public static readonly DeviceStateLoaded Instance = new();
+
+    private DeviceStateLoaded()
+    {
+    }
+}

@@ -143,13 +143,15 @@ public sealed class VhostUserDevice : IVirtioDevice
 
     public void Reset() => Call<DeviceReset>(ResetDevice.Instance);
 
-    /// <summary>The device's state lives in the back-end; vhost-user's DEVICE_STATE transfer is not used yet.</summary>
-    public byte[] SaveState() => [];
+    /// <summary>
+    /// The back-end's internal state through vhost-user DEVICE_STATE (SET_DEVICE_STATE_FD, SAVE),
+    /// opaque bytes; empty when the back-end does not offer DEVICE_STATE. Every queue must be
+    /// stopped first: the back-end refuses while a ring runs.
+    /// </summary>
+    public byte[] SaveState() => Call<DeviceStateSaved>(SaveDeviceState.Instance).State;
 
-    /// <summary>Nothing to restore in the front-end (see <see cref="SaveState"/>).</summary>
-    public void RestoreState(ReadOnlySpan<byte> state)
-    {
-    }
+    /// <summary>Loads what <see cref="SaveState"/> returned into the back-end (LOAD), before queues start; empty loads nothing.</summary>
+    public void RestoreState(ReadOnlySpan<byte> state) => Call<DeviceStateLoaded>(new LoadDeviceState(state.ToArray()));
 
     public void Dispose()
     {
