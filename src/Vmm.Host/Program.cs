@@ -1,5 +1,6 @@
 using System.CommandLine;
 using Vmm.Host.Cli;
+using Vmm.Host.Demo;
 using Vmm.Host.Run;
 using Vmm.Host.Serve;
 
@@ -42,6 +43,7 @@ public static class Program
         {
             RunCommand.Create(),
             ServeCommand.Create(),
+            DemoCommand.Create(),
         };
         return root;
     }

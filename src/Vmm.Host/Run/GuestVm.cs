@@ -23,8 +23,11 @@ public sealed class GuestVm : IDisposable
     /// <summary>Guest-physical memory below this is left to rings' neighbours; the allocator hands out the rest.</summary>
     private const ulong AllocatorBase = 1UL << 20;
 
+    // Akka's default logger writes to stdout, which carries workload results, and prints stack
+    // traces for expected failures (an unreachable socket): it stays off. Device failures reach the
+    // user as exceptions (one sentence) and, for vhost-user connections, through VhostUserConnectionLog on stderr.
     private static readonly Config QuietAkka = ConfigurationFactory.ParseString("""
-        akka.loglevel = WARNING
+        akka.loglevel = OFF
         akka.stdout-loglevel = OFF
         akka.log-dead-letters = off
         akka.log-dead-letters-during-shutdown = off
@@ -89,17 +92,33 @@ public sealed class GuestVm : IDisposable
     private void Build()
     {
         IActorRef? controller = null;
-        if (Options.Delivery == GuestInterruptDelivery.FunctionBacked)
+        List<VhostUserDeviceSource> remote = Options.Devices.OfType<VhostUserDeviceSource>().ToList();
+        if (Options.Delivery == GuestInterruptDelivery.FunctionBacked || Options.Devices.Any(d => d is IActorDeviceSource))
         {
             _system = ActorSystem.Create("vmm", QuietAkka);
-            controller = _system.ActorOf(InterruptControllerActor.Props(), "interrupts");
+        }
+
+        if (Options.Delivery == GuestInterruptDelivery.FunctionBacked)
+        {
+            controller = _system!.ActorOf(InterruptControllerActor.Props(), "interrupts");
+        }
+
+        IActorRef? connectionLog = null;
+        if (remote.Count > 0)
+        {
+            connectionLog = VhostUserConnectionLogging.Start(_system!, remote.ToDictionary(r => r.Name, r => r.Spec.SocketPath), Console.Error);
         }
 
         _machine = new VirtioMachine(Memory, Options.Delivery, controller);
         foreach (IDeviceSource source in Options.Devices)
         {
-            IVirtioDevice device = source.Create();
+            IVirtioDevice device = source is IActorDeviceSource actors ? actors.Create(_system!) : source.Create();
             _devices.Add(device);
+            if (source is VhostUserDeviceSource attached)
+            {
+                connectionLog?.Tell(new VhostUserConnectionLog.DeviceAttached(attached.Name));
+            }
+
             if (Options.Transport == VirtioTransportKind.Mmio)
             {
                 _machine.AttachMmio(device);

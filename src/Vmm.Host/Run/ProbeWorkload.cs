@@ -1,6 +1,7 @@
 using System.Globalization;
 using System.Text;
 using Vmm.Virtio.Spec;
+using Vmm.VhostUser.Frontend;
 
 namespace Vmm.Host.Run;
 
@@ -15,6 +16,20 @@ public static class ProbeWorkload
         CultureInfo c = CultureInfo.InvariantCulture;
         VirtioDeviceId id = device.Location.DeviceId;
         text.AppendLine(c, $"device {device.Source.Kind}: virtio device id {(int)id} ({id}) on {RunOptions.Name(device.Location.Kind)} slot {device.Location.Slot} at 0x{device.Location.Address:x}");
+        if (device.Device is VhostUserDevice remote && device.Source is VhostUserDeviceSource source)
+        {
+            // What the back-end itself offers, vhost-user-only bits included (the guest sees them masked).
+            DeviceInfo info = remote.Info;
+            text.AppendLine(c, $"  vhost-user socket   {source.Spec.SocketPath}");
+            text.AppendLine(c, $"  back-end features   0x{info.Features:x16} {FeatureNames.Describe(info.Features, id)}");
+            text.AppendLine(c, $"  protocol features   0x{(ulong)info.ProtocolFeatures:x} ({info.ProtocolFeatures})");
+            text.AppendLine(c, $"  back-end queues     {info.QueueCount}");
+            if (info.Config is { Length: > 0 } config)
+            {
+                text.AppendLine(c, $"  config ({config.Length} bytes)   {Convert.ToHexStringLower(config)}");
+            }
+        }
+
         text.AppendLine(c, $"  offered features    0x{device.Driver.DeviceFeatures:x16} {FeatureNames.Describe(device.Driver.DeviceFeatures, id)}");
         text.AppendLine(c, $"  negotiated features 0x{device.Driver.NegotiatedFeatures:x16} {FeatureNames.Describe(device.Driver.NegotiatedFeatures, id)}");
         text.AppendLine(c, $"  status              0x{(byte)device.Driver.ReadStatus():x2} ({device.Driver.ReadStatus()})");

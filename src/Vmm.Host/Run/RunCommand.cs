@@ -30,6 +30,12 @@ public static class RunCommand
             Arity = ArgumentArity.OneOrMore,
             AllowMultipleArgumentsPerToken = false,
         };
+        var vhostUser = new Option<string[]>("--vhost-user")
+        {
+            Description = "A vhost-user device: SOCKET,type=blk|rng|net|fs|console|gpio|vsock|...|device-id=N[,queues=N][,queue-size=N][,reconnect=on|off][,reconnect-max=N]. Repeatable.",
+            Arity = ArgumentArity.OneOrMore,
+            AllowMultipleArgumentsPerToken = false,
+        };
         var memory = new Option<string>("--memory", "-m") { Description = "Guest memory size (256M, 1G).", DefaultValueFactory = _ => "256M" };
         var transport = new Option<string>("--transport") { Description = "How devices sit on the bus: mmio or pci.", DefaultValueFactory = _ => "pci" };
         transport.AcceptOnlyFromAmong("mmio", "pci");
@@ -46,14 +52,14 @@ public static class RunCommand
         var noIndirect = new Option<bool>("--no-indirect") { Description = "Do not negotiate VIRTIO_F_INDIRECT_DESC." };
         var interrupts = new Option<string>("--interrupts")
         {
-            Description = "Interrupt delivery: function (through the interrupt controller actor) or event (eventfds straight to the guest driver).",
-            DefaultValueFactory = _ => "function",
+            Description = "Interrupt delivery: function (through the interrupt controller actor), event (eventfds straight to the guest driver) or auto (event for vhost-user devices on pci, else function).",
+            DefaultValueFactory = _ => "auto",
         };
-        interrupts.AcceptOnlyFromAmong("function", "event");
+        interrupts.AcceptOnlyFromAmong("auto", "function", "event");
 
         var command = new Command("run", "Start a VM with virtio devices and run a guest workload on them.")
         {
-            device, memory, transport, workload, seconds, iodepth, blockSize, rw, json, packed, noEventIdx, noIndirect, interrupts,
+            vhostUser, device, memory, transport, workload, seconds, iodepth, blockSize, rw, json, packed, noEventIdx, noIndirect, interrupts,
         };
 
         command.SetAction((result, cancellationToken) =>
@@ -62,6 +68,13 @@ public static class RunCommand
             foreach (string text in result.GetValue(device) ?? [])
             {
                 sources.Add(new InProcessDeviceSource(DeviceSpec.Parse(text)));
+            }
+
+            string[] vhostUserTexts = result.GetValue(vhostUser) ?? [];
+            for (int i = 0; i < vhostUserTexts.Length; i++)
+            {
+                VhostUserSpec spec = VhostUserSpec.Parse(vhostUserTexts[i]);
+                sources.Add(new VhostUserDeviceSource(spec, $"{spec.Kind.Replace('=', '-')}{i}"));
             }
 
             if (extraSources is not null)
@@ -74,7 +87,7 @@ public static class RunCommand
                 Devices = sources,
                 MemorySize = SizeParser.Parse(result.GetValue(memory)!, "--memory"),
                 Transport = result.GetValue(transport) == "mmio" ? VirtioTransportKind.Mmio : VirtioTransportKind.Pci,
-                Delivery = result.GetValue(interrupts) == "event" ? GuestInterruptDelivery.EventBacked : GuestInterruptDelivery.FunctionBacked,
+                Delivery = ChooseDelivery(result.GetValue(interrupts)!, result.GetValue(transport) == "mmio", sources),
                 Workload = Enum.Parse<RunWorkload>(result.GetValue(workload)!, ignoreCase: true),
                 Seconds = result.GetValue(seconds),
                 IoDepth = result.GetValue(iodepth),
@@ -92,6 +105,19 @@ public static class RunCommand
         return command;
     }
 
+    /// <summary>
+    /// <c>auto</c>: event-backed lines when a vhost-user device sits on PCI (MSI-X), so that its
+    /// back-end signals the guest's eventfd itself and no thread proxies its interrupts; otherwise
+    /// function-backed, through the interrupt controller actor.
+    /// </summary>
+    internal static GuestInterruptDelivery ChooseDelivery(string choice, bool mmio, IReadOnlyList<IDeviceSource> sources) => choice switch
+    {
+        "event" => GuestInterruptDelivery.EventBacked,
+        "function" => GuestInterruptDelivery.FunctionBacked,
+        _ when !mmio && sources.Any(s => s is VhostUserDeviceSource) => GuestInterruptDelivery.EventBacked,
+        _ => GuestInterruptDelivery.FunctionBacked,
+    };
+
     internal static int ParseBlockSize(string text)
     {
         ulong size = SizeParser.Parse(text, "--block-size");
@@ -107,7 +133,7 @@ public static class RunCommand
     {
         if (o.Devices.Count == 0)
         {
-            throw new UsageException("Give at least one device (--device blk,disk=FILE or --device rng).");
+            throw new UsageException("Give at least one device (--device blk,disk=FILE, --device rng or --vhost-user SOCKET,type=blk).");
         }
 
         if (o.Seconds is < 1 or > 86400)
@@ -127,6 +153,8 @@ public static class RunCommand
                 throw new UsageException("--workload checksum needs a blk device.");
             case RunWorkload.Bench when o.Devices.Count != 1 || !hasBlk:
                 throw new UsageException("--workload bench runs on exactly one blk device.");
+            case RunWorkload.Verify when o.Devices.FirstOrDefault(d => d.Kind is not ("blk" or "rng")) is { } other:
+                throw new UsageException($"--workload verify works on blk and rng devices, not {other.Kind}; use --workload probe.");
         }
 
         if (o.Transport == VirtioTransportKind.Mmio && o.Devices.Count > VirtioMachineLayout.MmioSlots)

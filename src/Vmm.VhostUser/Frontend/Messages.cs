@@ -111,6 +111,15 @@ public sealed class GetDeviceSnapshot
 }
 
 /// <summary>
+/// Published on the event stream by a device's supervisor when its connection is lost and a
+/// reconnect is scheduled (<paramref name="Attempt"/> counts from 1 since the last ready connection).
+/// </summary>
+public sealed record DeviceConnectionLost(string Name, string Reason, int Attempt, TimeSpan Delay);
+
+/// <summary>Published on the event stream when a device is ready again after <see cref="DeviceConnectionLost"/> (the snapshot was replayed).</summary>
+public sealed record DeviceConnectionRestored(string Name, int Attempts);
+
+/// <summary>
 /// Save the back-end's internal state over DEVICE_STATE (all rings stopped first); answered with
 /// <see cref="DeviceStateSaved"/>, whose bytes are empty when DEVICE_STATE was not negotiated.
 /// </summary>

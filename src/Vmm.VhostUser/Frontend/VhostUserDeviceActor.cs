@@ -274,7 +274,7 @@ public sealed partial class VhostUserDeviceActor : ReceiveActor, IWithUnboundedS
         VhostUserRingSetup setup;
         try
         {
-            setup = PrepareQueue(message.Index, message.Resources, message.Features, message.InitialState ?? default);
+            setup = PrepareQueue(message.Index, message.Resources, message.Features, message.InitialState ?? new VirtqueueState(0, 0));
         }
         catch (Exception e) when (e is ArgumentException or GuestMemoryException)
         {

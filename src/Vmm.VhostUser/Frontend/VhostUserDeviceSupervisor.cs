@@ -137,6 +137,11 @@ public sealed class VhostUserDeviceSupervisor : ReceiveActor, IWithTimers, IWith
     {
         // Auto-reset of the backoff: a connection that became ready counts as a success.
         _ready++;
+        if (_ready > 1)
+        {
+            Context.System.EventStream.Publish(new DeviceConnectionRestored(_options.Name, _attempt));
+        }
+
         _attempt = 0;
         _connectionReady = true;
         _firstReady?.TrySetResult(message.Info);
@@ -180,6 +185,7 @@ public sealed class VhostUserDeviceSupervisor : ReceiveActor, IWithTimers, IWith
         TimeSpan delay = Backoff(_attempt, _options.ReconnectMinBackoff, _options.ReconnectMaxBackoff);
         _attempt++;
         _log.Warning("Device {0}: {1}; reconnecting in {2} ms (attempt {3})", _options.Name, cause.Message, (int)delay.TotalMilliseconds, _attempt);
+        Context.System.EventStream.Publish(new DeviceConnectionLost(_options.Name, cause.Message, _attempt, delay));
         Timers.StartSingleTimer(ReconnectTimerKey, Reconnect.Instance, delay);
     }
 

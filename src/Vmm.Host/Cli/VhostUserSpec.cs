@@ -1,0 +1,88 @@
+using Vmm.Virtio.Spec;
+using Vmm.VhostUser.Frontend;
+
+namespace Vmm.Host.Cli;
+
+/// <summary>
+/// A vhost-user device: <c>--vhost-user SOCKET,type=NAME|device-id=N[,queues=N][,queue-size=N][,reconnect=on|off][,reconnect-max=N]</c>.
+/// Type names are those of <see cref="VhostUserDeviceType"/> (blk, rng, net, fs, console, gpio, vsock, ...).
+/// </summary>
+public sealed record VhostUserSpec(string SocketPath, VirtioDeviceId DeviceId, int? Queues, ushort QueueSize, bool Reconnect, int? ReconnectMax)
+{
+    /// <summary>The name of the device kind (blk, rng, or device-id=N).</summary>
+    public string Kind => VhostUserDeviceType.NameOf(DeviceId);
+
+    public static VhostUserSpec Parse(string text)
+    {
+        ArgumentNullException.ThrowIfNull(text);
+        string[] parts = text.Split(',', StringSplitOptions.TrimEntries);
+        string socket = parts[0];
+        if (socket.Length == 0 || socket.Contains('=', StringComparison.Ordinal))
+        {
+            throw new UsageException($"--vhost-user '{text}': start with the socket path, as in --vhost-user /run/blk.sock,type=blk.");
+        }
+
+        VirtioDeviceId? id = null;
+        int? queues = null;
+        ushort queueSize = 256;
+        bool reconnect = true;
+        int? reconnectMax = null;
+        foreach (string part in parts.Skip(1))
+        {
+            (string key, string? value) = DeviceSpec.SplitOption(part);
+            switch (key)
+            {
+                case "type" or "device-id" when id is null && !string.IsNullOrEmpty(value):
+                    string name = key == "type" ? value : $"device-id={value}";
+                    if (!VhostUserDeviceType.TryParse(name, out VirtioDeviceId parsed))
+                    {
+                        throw new UsageException(key == "type"
+                            ? $"--vhost-user '{text}': unknown type '{value}' (use one of {string.Join(", ", VhostUserDeviceType.Names)}, or device-id=N)."
+                            : $"--vhost-user '{text}': device-id must be a virtio device id from 1 to 65535.");
+                    }
+
+                    id = parsed;
+                    break;
+                case "type" or "device-id" when id is not null:
+                    throw new UsageException($"--vhost-user '{text}': give the device type once, as type=NAME or device-id=N.");
+                case "queues":
+                    queues = DeviceSpec.ParseInt(value, text, key, 1, 64);
+                    break;
+                case "queue-size":
+                    int size = DeviceSpec.ParseInt(value, text, key, 2, 32768);
+                    if ((size & (size - 1)) != 0)
+                    {
+                        throw new UsageException($"--vhost-user '{text}': queue-size must be a power of 2.");
+                    }
+
+                    queueSize = (ushort)size;
+                    break;
+                case "reconnect":
+                    reconnect = value is null || DeviceSpec.ParseBool(value, text, key);
+                    break;
+                case "reconnect-max":
+                    reconnectMax = DeviceSpec.ParseInt(value, text, key, 0, int.MaxValue);
+                    break;
+                default:
+                    throw new UsageException($"--vhost-user '{text}': unknown or incomplete option '{part}'.");
+            }
+        }
+
+        if (id is null)
+        {
+            throw new UsageException($"--vhost-user '{text}': say what the device is with type=NAME (blk, rng, net, ...) or device-id=N.");
+        }
+
+        return new VhostUserSpec(socket, id.Value, queues, queueSize, reconnect, reconnectMax);
+    }
+
+    /// <summary>The front-end's options for this device; <paramref name="name"/> is its supervisor's actor name.</summary>
+    public VhostUserDeviceOptions ToOptions(string name) => new(SocketPath, DeviceId)
+    {
+        Name = name,
+        Queues = Queues,
+        QueueSize = QueueSize,
+        Reconnect = Reconnect,
+        ReconnectMax = ReconnectMax,
+    };
+}
