@@ -57,6 +57,14 @@ internal sealed class RestoredDevice(IVirtioDevice inner, DeviceSnapshotRecord s
             // After the driver's reset and feature negotiation, before any ring runs: the only
             // moment a vhost-user back-end accepts a DEVICE_STATE load.
             inner.RestoreState(saved.State);
+
+            // Split rings resume at their saved indices, so the saved inflight region agrees with
+            // them; packed rings restart at position 0 (see RestoringQueueFactory) and get a new one.
+            if (!packed && saved.Inflight.Length > 0 && inner is Vmm.VhostUser.Frontend.VhostUserDevice remote)
+            {
+                remote.RestoreInflight(saved.Inflight, saved.InflightShape.NumQueues, saved.InflightShape.QueueSize);
+            }
+
             _stateRestored = true;
         }
 

@@ -23,7 +23,11 @@ public sealed record QueueRecord(VirtqueueParams Params, VirtqueueState State);
 /// (IVirtioDevice.SaveState: in-process bytes, or a vhost-user back-end's DEVICE_STATE bytes)
 /// and, for vhost-user, the inflight region's bytes.
 /// </summary>
-public sealed record DeviceSnapshotRecord(string Kind, ushort DeviceId, ulong Features, IReadOnlyList<QueueRecord> Queues, byte[] State, byte[] Inflight);
+public sealed record DeviceSnapshotRecord(string Kind, ushort DeviceId, ulong Features, IReadOnlyList<QueueRecord> Queues, byte[] State, byte[] Inflight)
+{
+    /// <summary>The inflight region's queue count and queue size (VhostUserInflight), when <see cref="Inflight"/> is not empty.</summary>
+    public (ushort NumQueues, ushort QueueSize) InflightShape { get; init; }
+}
 
 /// <summary>How far the workload got: for verify, the write requests completed of the total.</summary>
 public sealed record WorkloadProgress(RunWorkload Workload, long Done, long Total);
@@ -105,6 +109,8 @@ public static class SaveRestoreFile
 
                 s.Write(d.State.Length);
                 s.Write(d.State);
+                s.Write(d.InflightShape.NumQueues);
+                s.Write(d.InflightShape.QueueSize);
                 s.Write(d.Inflight.Length);
                 s.Write(d.Inflight);
             });
@@ -294,8 +300,9 @@ public static class SaveRestoreFile
         }
 
         byte[] deviceState = s.Bytes((ulong)s.I32Length("device state"), "device state").ToArray();
+        (ushort, ushort) shape = (s.U16(), s.U16());
         byte[] inflight = s.Bytes((ulong)s.I32Length("inflight region"), "inflight region").ToArray();
-        return new DeviceSnapshotRecord(kind, id, features, queues, deviceState, inflight);
+        return new DeviceSnapshotRecord(kind, id, features, queues, deviceState, inflight) { InflightShape = shape };
     }
 
     private static void Section(BinaryWriter w, uint type, Action<BinaryWriter> write)

@@ -240,8 +240,11 @@ public static class SaveRestoreRun
 
         // After every ring stopped: a vhost-user back-end moves its state only when suspended.
         byte[] deviceState = d.Device.SaveState();
-        byte[] inflight = ReadInflight(d.Device is RestoredDevice r ? r.Inner : d.Device);
-        var device = new DeviceSnapshotRecord(d.Source.Kind, (ushort)d.Device.DeviceId, d.Driver.NegotiatedFeatures, queues, deviceState, inflight);
+        (byte[] inflight, (ushort, ushort) shape) = ReadInflight(d.Device is RestoredDevice r ? r.Inner : d.Device);
+        var device = new DeviceSnapshotRecord(d.Source.Kind, (ushort)d.Device.DeviceId, d.Driver.NegotiatedFeatures, queues, deviceState, inflight)
+        {
+            InflightShape = shape,
+        };
         var machine = new MachineSnapshot(
             vm.Options.MemorySize, vm.Options.Transport == Vmm.Virtio.Driver.VirtioTransportKind.Pci, vm.Options.PackedRing,
             vm.Options.EventIndex, vm.Options.IndirectDescriptors, vm.Options.BlockSize, vm.Options.IoDepth);
@@ -269,23 +272,23 @@ public static class SaveRestoreRun
     }
 
     /// <summary>A vhost-user device's inflight region, copied; empty when it has none.</summary>
-    private static byte[] ReadInflight(Vmm.Virtio.IVirtioDevice device)
+    private static (byte[] Contents, (ushort NumQueues, ushort QueueSize) Shape) ReadInflight(Vmm.Virtio.IVirtioDevice device)
     {
         if (device is not VhostUserDevice remote)
         {
-            return [];
+            return ([], default);
         }
 
         DeviceSnapshot snapshot = remote.Supervisor.Ask<DeviceSnapshot>(GetDeviceSnapshot.Instance, TimeSpan.FromSeconds(10)).GetAwaiter().GetResult();
         if (snapshot.Inflight is not { } region || region.MmapSize == 0 || region.MmapSize > int.MaxValue)
         {
-            return [];
+            return ([], default);
         }
 
         using SharedMapping map = SharedMapping.Map(region.Fd, region.MmapOffset, region.MmapSize);
         unsafe
         {
-            return new ReadOnlySpan<byte>(map.Address, (int)region.MmapSize).ToArray();
+            return (new ReadOnlySpan<byte>(map.Address, (int)region.MmapSize).ToArray(), (region.NumQueues, region.QueueSize));
         }
     }
 }

@@ -145,3 +145,20 @@ public sealed class DeviceStateLoaded
     {
     }
 }
+
+/// <summary>
+/// Install an inflight region holding <paramref name="Contents"/> (a region saved from an earlier
+/// back-end, for <paramref name="NumQueues"/> queues of <paramref name="QueueSize"/>): the next
+/// ring start hands it to the back-end with SET_INFLIGHT_FD, so what was in flight is resubmitted.
+/// Answered with <see cref="InflightRestored"/>.
+/// </summary>
+public sealed record RestoreInflight(byte[] Contents, ushort NumQueues, ushort QueueSize);
+
+public sealed class InflightRestored
+{
+    public static readonly InflightRestored Instance = new();
+
+    private InflightRestored()
+    {
+    }
+}

@@ -153,6 +153,13 @@ public sealed class VhostUserDevice : IVirtioDevice
     /// <summary>Loads what <see cref="SaveState"/> returned into the back-end (LOAD), before queues start; empty loads nothing.</summary>
     public void RestoreState(ReadOnlySpan<byte> state) => Call<DeviceStateLoaded>(new LoadDeviceState(state.ToArray()));
 
+    /// <summary>
+    /// Installs a saved inflight region (<see cref="RestoreInflight"/>) before the queues start:
+    /// the back-end receives it with SET_INFLIGHT_FD and resubmits what it records as in flight.
+    /// </summary>
+    public void RestoreInflight(ReadOnlySpan<byte> contents, ushort numQueues, ushort queueSize) =>
+        Call<InflightRestored>(new RestoreInflight(contents.ToArray(), numQueues, queueSize));
+
     public void Dispose()
     {
         if (Interlocked.Exchange(ref _disposed, 1) == 0)

@@ -1,3 +1,5 @@
+using Akka.Actor;
+using Vmm.Core.Posix;
 using Vmm.VhostUser.Protocol;
 
 namespace Vmm.VhostUser.Frontend;
@@ -8,6 +10,43 @@ public sealed partial class VhostUserDeviceActor
     {
         Receive<SaveDeviceState>(HandleSaveDeviceState);
         Receive<LoadDeviceState>(HandleLoadDeviceState);
+        Receive<RestoreInflight>(HandleRestoreInflight);
+    }
+
+    /// <summary>
+    /// A saved inflight region becomes this device's region: a new memfd with the saved bytes,
+    /// kept in the snapshot and sent (SET_INFLIGHT_FD) before the next ring starts, in place of
+    /// a GET_INFLIGHT_FD. The back-end checks its content when each ring starts.
+    /// </summary>
+    private void HandleRestoreInflight(RestoreInflight message)
+    {
+        if (message.Contents.Length == 0)
+        {
+            Sender.Tell(InflightRestored.Instance);
+            return;
+        }
+
+        SafeFileDescriptor fd = MemFd.Create("vhost-user-inflight", (ulong)message.Contents.Length);
+        try
+        {
+            using SharedMapping map = SharedMapping.Map(fd, 0, (ulong)message.Contents.Length);
+            unsafe
+            {
+                message.Contents.CopyTo(new Span<byte>(map.Address, message.Contents.Length));
+            }
+        }
+        catch
+        {
+            fd.Dispose();
+            throw;
+        }
+
+        var region = new VhostUserInflightRegion(fd, (ulong)message.Contents.Length, 0, message.NumQueues, message.QueueSize);
+        VhostUserInflightRegion? old = _snapshot.Inflight;
+        UpdateSnapshot(_snapshot with { Inflight = region });
+        old?.Dispose();
+        _inflightSent = false;
+        Sender.Tell(InflightRestored.Instance);
     }
 
     /// <summary>

@@ -168,7 +168,10 @@ public sealed class SaveRestoreTests
             // The back-end's own state came over DEVICE_STATE: our frame around VirtioBlkDevice.SaveState.
             VmSnapshot file = SaveRestoreFile.Read(snapshot);
             Assert.That(DeviceStateFrame.Decode(file.Devices[0].State, (ushort)VirtioDeviceId.Block).ToArray(), Is.EqualTo(new byte[] { 1 }));
-            Assert.That(file.Devices[0].Inflight, Is.Not.Empty, "the inflight region's bytes are kept");
+            byte[] inflight = file.Devices[0].Inflight;
+            Assert.That(inflight, Is.Not.Empty, "the inflight region's bytes are kept");
+            Assert.That(BinaryPrimitives.ReadUInt16LittleEndian(inflight.AsSpan(8)), Is.EqualTo(1), "split region version");
+            Assert.That(BinaryPrimitives.ReadUInt16LittleEndian(inflight.AsSpan(14)), Is.EqualTo(file.Devices[0].Queues[0].State.UsedIndex), "its used_idx agrees with the ring");
 
             VmmProcess.Result restored;
             using (Serve second = Serve.Start(Path.Combine(dir.FullName, "b.sock"), image.Path))
