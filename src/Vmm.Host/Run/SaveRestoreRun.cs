@@ -56,6 +56,12 @@ public static class SaveRestoreRun
                 Volatile.Write(ref requested, 1);
             });
 
+        if (settings.SavePath is not null)
+        {
+            // Scripts wait for this line before they signal: SIGUSR1 earlier would end the process.
+            Console.Error.WriteLine($"vmm: verify running; SIGUSR1 saves a snapshot to {settings.SavePath}.");
+        }
+
         long resumeAt = snapshot?.Workload.Done ?? 0;
         if (snapshot is not null)
         {

@@ -189,6 +189,53 @@ public sealed class SaveRestoreTests
         }
     }
 
+    [Test]
+    public void SIGUSR1_saves_mid_verify_and_the_restore_finishes()
+    {
+        // 64 MiB in 512-byte writes at depth 1: far more writes than can complete between the
+        // ready line and the signal.
+        const int size = 64 << 20;
+        using var image = new TempImage(size, seed: 45);
+        DirectoryInfo dir = Directory.CreateTempSubdirectory("vmm-sr-");
+        string snapshot = Path.Combine(dir.FullName, "snap");
+        try
+        {
+            var start = new ProcessStartInfo(Path.Combine(VmmProcess.RepoRoot, "vmm"))
+            {
+                RedirectStandardOutput = true,
+                RedirectStandardError = true,
+                WorkingDirectory = VmmProcess.RepoRoot,
+            };
+            foreach (string a in new[] { "run", "--device", $"blk,disk={image.Path}", "--memory", "16M", "--block-size", "512", "--iodepth", "1", "--save", snapshot })
+            {
+                start.ArgumentList.Add(a);
+            }
+
+            using Process process = Process.Start(start)!;
+            string? line = process.StandardError.ReadLine();
+            Assert.That(line, Does.StartWith("vmm: verify running; SIGUSR1 saves"));
+            Assert.That(Mono.Unix.Native.Syscall.kill(process.Id, Mono.Unix.Native.Signum.SIGUSR1), Is.Zero);
+            string stdout = process.StandardOutput.ReadToEnd();
+            Assert.That(process.WaitForExit(TimeSpan.FromMinutes(2)), Is.True);
+            Assert.That(process.ExitCode, Is.Zero, process.StandardError.ReadToEnd());
+            Assert.That(stdout, Does.Match(@"^save: verify paused after \d+ of 131072 writes"));
+
+            WorkloadProgress progress = SaveRestoreFile.Read(snapshot).Workload;
+            Assert.That(progress.Done, Is.GreaterThan(0).And.LessThan(progress.Total));
+
+            VmmProcess.Result restored = VmmProcess.Run("run", "--device", $"blk,disk={image.Path}", "--restore", snapshot);
+            Assert.That(restored.ExitCode, Is.Zero, restored.Stderr);
+            Assert.That(restored.Stdout, Does.Contain($"equal (resumed at write {progress.Done} of 131072)"));
+            byte[] expected = new byte[size];
+            VerifyPattern.Fill(expected, 0);
+            Assert.That(image.Read().AsSpan().SequenceEqual(expected), Is.True, "the image holds the whole pattern");
+        }
+        finally
+        {
+            dir.Delete(recursive: true);
+        }
+    }
+
     private static byte[] Expected()
     {
         byte[] expected = new byte[ImageSize];
