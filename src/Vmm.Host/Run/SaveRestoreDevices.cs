@@ -14,11 +14,9 @@ namespace Vmm.Host.Run;
 /// vhost-user back-end), and each queue starts from its saved state rather than from zero.
 /// Everything else passes through.
 /// </summary>
-internal sealed class RestoredDevice(IVirtioDevice inner, DeviceSnapshotRecord saved, bool packed) : IVirtioDevice
+internal sealed class RestoredDevice(IVirtioDevice inner, DeviceSnapshotRecord saved) : IVirtioDevice
 {
-    private readonly Dictionary<int, VirtqueueState> _pending = packed
-        ? []
-        : saved.Queues.Select((q, i) => (q, i)).ToDictionary(x => x.i, x => x.q.State);
+    private readonly Dictionary<int, VirtqueueState> _pending = saved.Queues.Select((q, i) => (q, i)).ToDictionary(x => x.i, x => x.q.State);
 
     private bool _stateRestored;
 
@@ -58,9 +56,8 @@ internal sealed class RestoredDevice(IVirtioDevice inner, DeviceSnapshotRecord s
             // moment a vhost-user back-end accepts a DEVICE_STATE load.
             inner.RestoreState(saved.State);
 
-            // Split rings resume at their saved indices, so the saved inflight region agrees with
-            // them; packed rings restart at position 0 (see RestoringQueueFactory) and get a new one.
-            if (!packed && saved.Inflight.Length > 0 && inner is Vmm.VhostUser.Frontend.VhostUserDevice remote)
+            // The rings resume at their saved positions, so the saved inflight region agrees with them.
+            if (saved.Inflight.Length > 0 && inner is Vmm.VhostUser.Frontend.VhostUserDevice remote)
             {
                 remote.RestoreInflight(saved.Inflight, saved.InflightShape.NumQueues, saved.InflightShape.QueueSize);
             }
@@ -104,11 +101,20 @@ internal sealed class RestoringQueueFactory(GuestMemory memory, GuestMemoryAlloc
         QueueRecord record = saved.Queues[queueIndex];
         if ((negotiatedFeatures & VirtioFeatures.RING_PACKED) != 0)
         {
-            // A packed driver queue always starts at position 0 with both wrap counters set; the
-            // snapshot was taken with nothing in flight, so the device starts fresh with it.
-            IDriverQueue packed = DriverQueue.Create(memory, allocator, size, negotiatedFeatures);
-            Check(queueIndex, packed.Params, record.Params);
-            return packed;
+            // The ring's memory is the restored one (not zeroed): its descriptors carry the flags
+            // of the wrap counters the queue stopped with, which the driver resumes at.
+            var packed = new VirtqueueParams(
+                size,
+                allocator.Allocate(PackedDescriptorRingSize(size), (ulong)PackedDescriptorAlignment),
+                allocator.Allocate(PackedEventSuppressionSize, (ulong)PackedDriverEventAlignment),
+                allocator.Allocate(PackedEventSuppressionSize, (ulong)PackedDeviceEventAlignment));
+            Check(queueIndex, packed, record.Params);
+            if (record.State.AvailableIndex != record.State.UsedIndex || record.State.AvailableWrapCounter != record.State.UsedWrapCounter)
+            {
+                throw new UsageException($"The snapshot's queue {queueIndex} stopped with requests in flight ({record.State}).");
+            }
+
+            return new PackedDriverQueue(memory, packed, negotiatedFeatures, allocator, record.State);
         }
 
         var p = new VirtqueueParams(

@@ -34,7 +34,7 @@ public static class SaveRestoreRun
         if (snapshot is not null)
         {
             options = FromSnapshot(options, snapshot);
-            hooks = Hooks(snapshot, options.PackedRing);
+            hooks = Hooks(snapshot);
         }
 
         using GuestVm vm = GuestVm.Start(options, hooks);
@@ -121,7 +121,7 @@ public static class SaveRestoreRun
         };
     }
 
-    private static GuestVmHooks Hooks(VmSnapshot snapshot, bool packed) => new()
+    private static GuestVmHooks Hooks(VmSnapshot snapshot) => new()
     {
         PrepareMemory = memory =>
         {
@@ -130,7 +130,7 @@ public static class SaveRestoreRun
                 memory.Write(page.Address, page.Data);
             }
         },
-        WrapDevice = (device, index) => new RestoredDevice(device, snapshot.Devices[index], packed),
+        WrapDevice = (device, index) => new RestoredDevice(device, snapshot.Devices[index]),
         QueueFactory = (memory, allocator) => new RestoringQueueFactory(memory, allocator, snapshot.Devices[0]),
     };
 

@@ -147,7 +147,7 @@ public sealed class SaveRestoreTests
     }
 
     [Test]
-    public void Saved_in_one_process_against_one_backend_restored_in_another_against_a_fresh_backend()
+    public void Saved_in_one_process_against_one_backend_restored_in_another_against_a_fresh_backend([Values(false, true)] bool packed)
     {
         using var image = new TempImage(ImageSize, seed: 44);
         DirectoryInfo dir = Directory.CreateTempSubdirectory("vmm-sr-");
@@ -157,21 +157,34 @@ public sealed class SaveRestoreTests
             VmmProcess.Result saved;
             using (Serve first = Serve.Start(Path.Combine(dir.FullName, "a.sock"), image.Path))
             {
-                saved = VmmProcess.Run(
-                    "run", "--vhost-user", $"{first.Socket},type=blk", "--memory", "32M", "--block-size", "8k", "--iodepth", "8",
-                    "--save", snapshot, "--save-after", "50");
+                string[] args = ["run", "--vhost-user", $"{first.Socket},type=blk", "--memory", "32M", "--block-size", "2k", "--iodepth", "8", "--save", snapshot, "--save-after", "300"];
+                saved = VmmProcess.Run(packed ? [.. args, "--packed"] : args);
             }
 
             Assert.That(saved.ExitCode, Is.Zero, saved.Stderr);
-            Assert.That(saved.Stdout, Does.StartWith("save: verify paused after 50 of 128 writes"));
+            // 300 requests of at least one ring slot each: past the end of a
+            // 256-slot packed ring, so the wrap counters have flipped.
+            Assert.That(saved.Stdout, Does.StartWith("save: verify paused after 300 of 512 writes"));
 
             // The back-end's own state came over DEVICE_STATE: our frame around VirtioBlkDevice.SaveState.
             VmSnapshot file = SaveRestoreFile.Read(snapshot);
             Assert.That(DeviceStateFrame.Decode(file.Devices[0].State, (ushort)VirtioDeviceId.Block).ToArray(), Is.EqualTo(new byte[] { 1 }));
             byte[] inflight = file.Devices[0].Inflight;
             Assert.That(inflight, Is.Not.Empty, "the inflight region's bytes are kept");
-            Assert.That(BinaryPrimitives.ReadUInt16LittleEndian(inflight.AsSpan(8)), Is.EqualTo(1), "split region version");
-            Assert.That(BinaryPrimitives.ReadUInt16LittleEndian(inflight.AsSpan(14)), Is.EqualTo(file.Devices[0].Queues[0].State.UsedIndex), "its used_idx agrees with the ring");
+            Assert.That(BinaryPrimitives.ReadUInt16LittleEndian(inflight.AsSpan(8)), Is.EqualTo(1), "region version");
+            Assert.That(file.Machine.PackedRing, Is.EqualTo(packed));
+            VirtqueueState stopped = file.Devices[0].Queues[0].State;
+            if (packed)
+            {
+                // QueueRegionPacked: used_idx at 16, used_wrap_counter at 20.
+                Assert.That(BinaryPrimitives.ReadUInt16LittleEndian(inflight.AsSpan(16)), Is.EqualTo(stopped.UsedIndex), "its used_idx agrees with the ring");
+                Assert.That(inflight[20] != 0, Is.EqualTo(stopped.UsedWrapCounter));
+            }
+            else
+            {
+                // QueueRegionSplit: used_idx at 14.
+                Assert.That(BinaryPrimitives.ReadUInt16LittleEndian(inflight.AsSpan(14)), Is.EqualTo(stopped.UsedIndex), "its used_idx agrees with the ring");
+            }
 
             VmmProcess.Result restored;
             using (Serve second = Serve.Start(Path.Combine(dir.FullName, "b.sock"), image.Path))
@@ -180,7 +193,7 @@ public sealed class SaveRestoreTests
             }
 
             Assert.That(restored.ExitCode, Is.Zero, restored.Stderr);
-            Assert.That(restored.Stdout, Does.Contain("equal (resumed at write 50 of 128)"));
+            Assert.That(restored.Stdout, Does.Contain("equal (resumed at write 300 of 512)"));
             Assert.That(image.Read(), Is.EqualTo(Expected()));
         }
         finally
