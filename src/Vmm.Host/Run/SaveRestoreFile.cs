@@ -29,7 +29,7 @@ public sealed record DeviceSnapshotRecord(string Kind, ushort DeviceId, ulong Fe
     public (ushort NumQueues, ushort QueueSize) InflightShape { get; init; }
 }
 
-/// <summary>How far the workload got: for verify, the write requests completed of the total.</summary>
+/// <summary>How far the workload got: for verify, the requests completed (writes, then reads) of the total (twice the blocks).</summary>
 public sealed record WorkloadProgress(RunWorkload Workload, long Done, long Total);
 
 /// <summary>

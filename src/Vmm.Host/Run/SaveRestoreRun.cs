@@ -65,7 +65,7 @@ public static class SaveRestoreRun
         long resumeAt = snapshot?.Workload.Done ?? 0;
         if (snapshot is not null)
         {
-            Console.Error.WriteLine($"vmm: restored from {settings.RestorePath}; verify resumes at write {resumeAt} of {snapshot.Workload.Total}.");
+            Console.Error.WriteLine($"vmm: restored from {settings.RestorePath}; verify resumes at request {resumeAt} of {snapshot.Workload.Total}.");
         }
 
         Func<long, bool>? pause = settings.SavePath is null
@@ -77,7 +77,7 @@ public static class SaveRestoreRun
             long bytes = Save(vm, settings.SavePath!, new WorkloadProgress(RunWorkload.Verify, outcome.Done, outcome.Total));
             output.WriteLine(string.Create(
                 CultureInfo.InvariantCulture,
-                $"save: verify paused after {outcome.Done} of {outcome.Total} writes; snapshot {settings.SavePath} ({bytes} bytes)"));
+                $"save: verify paused after {outcome.Done} of {outcome.Total} requests; snapshot {settings.SavePath} ({bytes} bytes)"));
         }
         else
         {
@@ -136,15 +136,19 @@ public static class SaveRestoreRun
 
     private sealed record VerifyOutcome(bool Paused, long Done, long Total, string Message);
 
-    /// <summary>Workloads.VerifyBlk with a starting write and a pause point.</summary>
+    /// <summary>
+    /// Workloads.VerifyBlk as a sequence of 2 x count requests, the writes then (after a flush)
+    /// the reads that compare, which can start anywhere in it and pause before any of them.
+    /// </summary>
     private static VerifyOutcome Verify(GuestVm vm, BlkGuest blk, long resumeAt, long? expectedTotal, Func<long, bool>? pause, CancellationToken cancellationToken)
     {
         ulong region = Math.Min(Workloads.VerifyRegion, blk.CapacityBytes);
         int chunk = vm.Options.BlockSize;
         long count = (long)((region + (ulong)chunk - 1) / (ulong)chunk);
-        if (expectedTotal is { } total && total != count)
+        long total = 2 * count;
+        if (expectedTotal is { } saved && saved != total)
         {
-            throw new UsageException($"The snapshot's verify has {total} writes; this disk needs {count}: it is not the same disk.");
+            throw new UsageException($"The snapshot's verify has {saved} requests; this disk needs {total}: it is not the same disk.");
         }
 
         BlkQueue queue = blk.Queues[0];
@@ -153,14 +157,17 @@ public static class SaveRestoreRun
         ulong[] buffers = Workloads.AllocateBuffers(vm, depth, chunk);
         var stopwatch = Stopwatch.StartNew();
         uint Length(long i) => (uint)Math.Min((ulong)chunk, region - ((ulong)i * (ulong)chunk));
+        Func<long, bool>? PauseAt(long first) => pause is null ? null : k => pause(first + k) || cancellationToken.IsCancellationRequested;
 
+        // Requests 0 .. count-1: the writes.
+        long writesFrom = Math.Min(resumeAt, count);
         long written = Workloads.RunInOrder(
             queue,
             depth,
-            count - resumeAt,
+            count - writesFrom,
             (k, slot, state) =>
             {
-                long i = resumeAt + k;
+                long i = writesFrom + k;
                 ulong offset = (ulong)i * (ulong)chunk;
                 uint length = Length(i);
                 VerifyPattern.Fill(memory.GetSpan(buffers[slot], (int)length), offset);
@@ -170,17 +177,17 @@ public static class SaveRestoreRun
             {
                 if (!request.Succeeded)
                 {
-                    throw new WorkloadFailedException($"the device failed the write at byte {(ulong)(resumeAt + k) * (ulong)chunk} with status {request.Status}.");
+                    throw new WorkloadFailedException($"the device failed the write at byte {(ulong)(writesFrom + k) * (ulong)chunk} with status {request.Status}.");
                 }
             },
-            pause is null ? null : k => pause(resumeAt + k) || cancellationToken.IsCancellationRequested);
-        long done = resumeAt + written;
-        if (done < count)
+            PauseAt(writesFrom));
+        if (writesFrom + written < count)
         {
             Workloads.FreeBuffers(vm, buffers);
-            return new VerifyOutcome(true, done, count, string.Empty);
+            return new VerifyOutcome(true, writesFrom + written, total, string.Empty);
         }
 
+        // A flush before the reads (again after a restore that paused in the reads: harmless).
         if ((blk.Device.Driver.NegotiatedFeatures & VirtioBlkFeatures.FLUSH) != 0)
         {
             if (queue.TrySubmitFlush() is null)
@@ -196,19 +203,23 @@ public static class SaveRestoreRun
             }
         }
 
+        // Requests count .. 2 count - 1: the reads, each compared with the pattern.
+        long readsFrom = Math.Max(0, resumeAt - count);
         byte[] expected = new byte[chunk];
-        Workloads.RunInOrder(
+        long read = Workloads.RunInOrder(
             queue,
             depth,
-            count,
-            (i, slot, state) =>
+            count - readsFrom,
+            (k, slot, state) =>
             {
+                long i = readsFrom + k;
                 uint length = Length(i);
                 memory.Clear(buffers[slot], length);
                 return queue.TrySubmitRead((ulong)i * (ulong)chunk / VirtioBlk.SectorSize, buffers[slot], length, state);
             },
-            (i, slot, request) =>
+            (k, slot, request) =>
             {
+                long i = readsFrom + k;
                 ulong offset = (ulong)i * (ulong)chunk;
                 if (!request.Succeeded)
                 {
@@ -224,12 +235,17 @@ public static class SaveRestoreRun
                     int at = got.CommonPrefixLength(want);
                     throw new WorkloadFailedException($"the data read back at byte {offset + (ulong)at} differs from what was written.");
                 }
-            });
-
+            },
+            PauseAt(count + readsFrom));
         Workloads.FreeBuffers(vm, buffers);
-        return new VerifyOutcome(false, count, count, string.Create(
+        if (readsFrom + read < count)
+        {
+            return new VerifyOutcome(true, count + readsFrom + read, total, string.Empty);
+        }
+
+        return new VerifyOutcome(false, total, total, string.Create(
             CultureInfo.InvariantCulture,
-            $"verify: wrote, flushed, read back and compared {Workloads.Mib(region)} in {stopwatch.ElapsedMilliseconds} ms: equal{(resumeAt > 0 ? $" (resumed at write {resumeAt} of {count})" : string.Empty)}"));
+            $"verify: wrote, flushed, read back and compared {Workloads.Mib(region)} in {stopwatch.ElapsedMilliseconds} ms: equal{(expectedTotal is not null ? $" (resumed at request {resumeAt} of {total})" : string.Empty)}"));
     }
 
     /// <summary>Stops every queue, collects the device's and the VM's state and writes the file. Returns its size.</summary>

@@ -11,12 +11,12 @@ public sealed record SaveRestoreSettings(string? SavePath, long? SaveAfter, stri
 {
     private static readonly Option<string> s_save = new("--save")
     {
-        Description = "verify: on SIGUSR1 (or after --save-after writes) drain and stop the queues, write a snapshot to FILE and exit 0.",
+        Description = "verify: on SIGUSR1 (or after --save-after requests) drain and stop the queues, write a snapshot to FILE and exit 0.",
     };
 
     private static readonly Option<long?> s_saveAfter = new("--save-after")
     {
-        Description = "With --save: save once this many verify write requests have completed in total.",
+        Description = "With --save: save once this many verify requests (the writes, then the reads) have completed in total.",
     };
 
     private static readonly Option<string> s_restore = new("--restore")
