@@ -6,6 +6,8 @@ using Vmm.Host.Cli;
 using Vmm.Virtio;
 using Vmm.Virtio.Driver;
 using Vmm.Virtio.Machine;
+using Vmm.VhostUser.Frontend;
+using Vmm.VhostUser.Protocol;
 
 namespace Vmm.Host.Run;
 
@@ -185,7 +187,14 @@ public sealed class GuestVm : IDisposable
         _disposed = true;
         foreach (GuestDevice d in _guestDevices)
         {
-            d.Driver.Dispose();
+            try
+            {
+                d.Driver.Dispose();
+            }
+            catch (Exception e) when (d.Device is VhostUserDevice && e is VhostUserConnectionLostException or AskTimeoutException)
+            {
+                // The back-end is gone and the device gave up (already reported on stderr): nothing left to reset.
+            }
         }
 
         _machine?.Dispose();

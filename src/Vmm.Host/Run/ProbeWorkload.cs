@@ -21,8 +21,11 @@ public static class ProbeWorkload
             // What the back-end itself offers, vhost-user-only bits included (the guest sees them masked).
             DeviceInfo info = remote.Info;
             text.AppendLine(c, $"  vhost-user socket   {source.Spec.SocketPath}");
-            text.AppendLine(c, $"  back-end features   0x{info.Features:x16} {FeatureNames.Describe(info.Features, id)}");
-            text.AppendLine(c, $"  protocol features   0x{(ulong)info.ProtocolFeatures:x} ({info.ProtocolFeatures})");
+            string names = FeatureNames.Describe(info.Features, id)
+                .Replace("bit26", "LOG_ALL", StringComparison.Ordinal)
+                .Replace("bit30", "PROTOCOL_FEATURES", StringComparison.Ordinal);
+            text.AppendLine(c, $"  back-end features   0x{info.Features:x16} {names}");
+            text.AppendLine(c, $"  protocol features   0x{(ulong)info.ProtocolFeatures:x} negotiated ({info.ProtocolFeatures})");
             text.AppendLine(c, $"  back-end queues     {info.QueueCount}");
             if (info.Config is { Length: > 0 } config)
             {

@@ -22,6 +22,7 @@ public sealed class VhostUserDevice : IVirtioDevice
 {
     private readonly VhostUserDeviceOptions _options;
     private readonly DeviceInfo _info;
+    private readonly Task _stopped;
     private int _disposed;
 
     private VhostUserDevice(IActorRef supervisor, VhostUserDeviceOptions options, DeviceInfo info)
@@ -29,7 +30,15 @@ public sealed class VhostUserDevice : IVirtioDevice
         Supervisor = supervisor;
         _options = options;
         _info = info;
+        _stopped = supervisor.WatchAsync();
     }
+
+    /// <summary>
+    /// Completes when the supervisor has stopped (the device gave up: reconnect off or exhausted,
+    /// a protocol violation, or disposal). Calls made after that fail at once instead of waiting
+    /// for <see cref="VhostUserDeviceOptions.CommandTimeout"/>.
+    /// </summary>
+    public Task Stopped => _stopped;
 
     /// <summary>The device's supervisor (the commands of Frontend/Messages.cs may be sent to it directly).</summary>
     public IActorRef Supervisor { get; }
@@ -175,7 +184,19 @@ public sealed class VhostUserDevice : IVirtioDevice
         {
             // Blocking is allowed here and only here: the caller is the transport's thread (a vCPU
             // or the guest driver), never an actor, and the Ask is bounded by CommandTimeout.
-            return Supervisor.Ask<T>(message, _options.CommandTimeout).GetAwaiter().GetResult();
+            // A stopped supervisor would never answer: fail at once rather than at the timeout.
+            if (_stopped.IsCompleted)
+            {
+                throw new VhostUserConnectionLostException($"vhost-user device {_options.Name} has stopped.");
+            }
+
+            Task<T> ask = Supervisor.Ask<T>(message, _options.CommandTimeout);
+            if (Task.WaitAny(ask, _stopped) == 1 && !ask.IsCompleted)
+            {
+                throw new VhostUserConnectionLostException($"vhost-user device {_options.Name} has stopped.");
+            }
+
+            return ask.GetAwaiter().GetResult();
         }
         catch (Exception e) when (VhostUserDeviceSupervisor.IsProtocolViolation(e) || e is AskTimeoutException)
         {
