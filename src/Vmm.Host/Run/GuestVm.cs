@@ -41,6 +41,7 @@ public sealed class GuestVm : IDisposable
     private ActorSystem? _system;
     private VirtioMachine? _machine;
     private bool _disposed;
+    private GuestVmHooks? _hooks;
 
     private GuestVm(RunOptions options, GuestMemory memory)
     {
@@ -60,7 +61,13 @@ public sealed class GuestVm : IDisposable
     public IReadOnlyList<GuestDevice> Devices => _guestDevices;
 
     /// <summary>Builds the VM and runs the guest driver's initialisation on every device, in order.</summary>
-    public static GuestVm Start(RunOptions options)
+    public static GuestVm Start(RunOptions options) => Start(options, null);
+
+    /// <summary>
+    /// As <see cref="Start(RunOptions)"/>, with <paramref name="hooks"/> to fill guest memory
+    /// first, wrap each device and place the drivers' rings (save/restore uses them).
+    /// </summary>
+    public static GuestVm Start(RunOptions options, GuestVmHooks? hooks)
     {
         ArgumentNullException.ThrowIfNull(options);
         if (options.MemorySize < 2 * AllocatorBase)
@@ -78,9 +85,10 @@ public sealed class GuestVm : IDisposable
             throw new UsageException($"Cannot create {options.MemorySize >> 20} MiB of guest memory: {e.Message}", e);
         }
 
-        var vm = new GuestVm(options, memory);
+        var vm = new GuestVm(options, memory) { _hooks = hooks };
         try
         {
+            hooks?.PrepareMemory?.Invoke(memory);
             vm.Build();
             return vm;
         }
@@ -115,6 +123,7 @@ public sealed class GuestVm : IDisposable
         foreach (IDeviceSource source in Options.Devices)
         {
             IVirtioDevice device = source is IActorDeviceSource actors ? actors.Create(_system!) : source.Create();
+            device = _hooks?.WrapDevice?.Invoke(device, _devices.Count) ?? device;
             _devices.Add(device);
             if (source is VhostUserDeviceSource attached)
             {
@@ -138,7 +147,7 @@ public sealed class GuestVm : IDisposable
             throw new WorkloadFailedException($"The guest found {found.Count} devices on the bus, not {_devices.Count}.");
         }
 
-        var queues = new GuestDriverQueueFactory(Memory, Allocator);
+        IDriverQueueFactory queues = _hooks?.QueueFactory?.Invoke(Memory, Allocator) ?? new GuestDriverQueueFactory(Memory, Allocator);
         var driverOptions = new VirtioDriverOptions
         {
             PackedRing = Options.PackedRing,
@@ -202,4 +211,17 @@ public sealed class GuestVm : IDisposable
 
         Memory.Dispose();
     }
+}
+
+/// <summary>Where save/restore steps into <see cref="GuestVm.Start(RunOptions, GuestVmHooks?)"/>.</summary>
+public sealed record GuestVmHooks
+{
+    /// <summary>Called on the new guest memory before anything else touches it.</summary>
+    public Action<GuestMemory>? PrepareMemory { get; init; }
+
+    /// <summary>Wraps device number <c>n</c> (in option order) before it goes on the bus.</summary>
+    public Func<IVirtioDevice, int, IVirtioDevice>? WrapDevice { get; init; }
+
+    /// <summary>Makes the factory the guest drivers place their rings with.</summary>
+    public Func<GuestMemory, GuestMemoryAllocator, IDriverQueueFactory>? QueueFactory { get; init; }
 }

@@ -62,6 +62,7 @@ public static class RunCommand
             vhostUser, device, memory, transport, workload, seconds, iodepth, blockSize, rw, json, packed, noEventIdx, noIndirect, interrupts,
         };
 
+        SaveRestoreSettings.AddOptions(command);
         command.SetAction((result, cancellationToken) =>
         {
             var sources = new List<IDeviceSource>();
@@ -98,6 +99,7 @@ public static class RunCommand
                 EventIndex = !result.GetValue(noEventIdx),
                 IndirectDescriptors = !result.GetValue(noIndirect),
             };
+            options = SaveRestoreSettings.Apply(result, options);
             Validate(options);
             // On a pool thread, so that the parser's SIGINT/SIGTERM handling can cancel the token and wait for a clean end.
             return Task.Run(() => Execute(options, Console.Out, cancellationToken), CancellationToken.None);
@@ -168,6 +170,11 @@ public static class RunCommand
     {
         ArgumentNullException.ThrowIfNull(options);
         ArgumentNullException.ThrowIfNull(output);
+        if (options.SaveRestore is not null)
+        {
+            return SaveRestoreRun.Execute(options, output, cancellationToken);
+        }
+
         using GuestVm vm = GuestVm.Start(options);
         switch (options.Workload)
         {

@@ -50,6 +50,9 @@ public sealed record RunOptions
 
     public bool IndirectDescriptors { get; init; } = true;
 
+    /// <summary><c>--save</c>/<c>--restore</c> (docs/save-restore.md); null when neither was given.</summary>
+    public SaveRestoreSettings? SaveRestore { get; init; }
+
     public static string Name(ReadWriteMix mix) => mix.ToString().ToLowerInvariant();
 
     public static string Name(VirtioTransportKind kind) => kind.ToString().ToLowerInvariant();

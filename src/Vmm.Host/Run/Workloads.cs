@@ -200,20 +200,27 @@ public static class Workloads
     /// Request <c>i</c> uses buffer slot <c>i % depth</c>; completions are retired in submission
     /// order, so a slot is reused only after its previous request was retired.
     /// </summary>
-    internal static void RunInOrder(
+    /// <remarks>
+    /// With <paramref name="pauseBefore"/>, no request <c>i</c> is submitted once it answers true
+    /// for <c>i</c>: what is in flight completes and the count retired is returned (save/restore
+    /// pauses a workload so).
+    /// </remarks>
+    internal static long RunInOrder(
         BlkQueue queue,
         int depth,
         long count,
         Func<long, int, object, VirtioBlkRequest?> submit,
-        Action<long, int, VirtioBlkRequest> retire)
+        Action<long, int, VirtioBlkRequest> retire,
+        Func<long, bool>? pauseBefore = null)
     {
         var done = new VirtioBlkRequest?[depth];
         long next = 0;
         long retired = 0;
+        bool paused = false;
         while (retired < count)
         {
             bool submitted = false;
-            while (next < count && next < retired + depth)
+            while (next < count && next < retired + depth && !(paused = paused || (pauseBefore?.Invoke(next) ?? false)))
             {
                 if (submit(next, (int)(next % depth), next) is null)
                 {
@@ -231,6 +238,11 @@ public static class Workloads
 
             if (next == retired)
             {
+                if (paused)
+                {
+                    return retired;
+                }
+
                 throw new WorkloadFailedException($"queue {queue.Index} has no room for a single request.");
             }
 
@@ -244,6 +256,8 @@ public static class Workloads
                 retired++;
             }
         }
+
+        return retired;
     }
 
     internal static ulong[] AllocateBuffers(GuestVm vm, int count, int size)

@@ -17,7 +17,8 @@ public sealed record VhostUserBackendOptions
         VhostUserProtocolFeatures.RESET_DEVICE |
         VhostUserProtocolFeatures.CONFIGURE_MEM_SLOTS |
         VhostUserProtocolFeatures.STATUS |
-        VhostUserProtocolFeatures.INFLIGHT_SHMFD;
+        VhostUserProtocolFeatures.INFLIGHT_SHMFD |
+        VhostUserProtocolFeatures.DEVICE_STATE;
 
     public static VhostUserBackendOptions Default { get; } = new();
 

@@ -56,13 +56,44 @@ public sealed partial class VhostUserBackendSession
         old?.Dispose();
     }
 
-    /// <summary>The tracker for ring <paramref name="index"/> when a region covers it and the ring is split.</summary>
+    /// <summary>The split tracker for ring <paramref name="index"/> when a region covers it and the ring is split.</summary>
     private SplitInflightQueue? InflightFor(BackendVring vring) =>
         _inflight is { } region && !PackedRings && vring.Index < region.QueueCount && region.QueueSize >= vring.Size ? region.Queue(vring.Index) : null;
+
+    /// <summary>The packed tracker for ring <paramref name="index"/>: the region must be sized for exactly this ring (its entries are ring slots).</summary>
+    private PackedInflightQueue? PackedInflightFor(BackendVring vring) =>
+        _inflight is { } region && PackedRings && vring.Index < region.QueueCount && region.QueueSize == vring.Size ? region.PackedQueue(vring.Index) : null;
 
     private void DisposeInflight()
     {
         _inflight?.Dispose();
         _inflight = null;
+    }
+
+    /// <summary>
+    /// A packed ring starting over an inflight region: on a fresh start (not a resume after
+    /// disable) the region decides where the ring stands, since packed positions are not in guest
+    /// memory and only the region knows what was taken and not returned. A region never used is
+    /// initialised at the SET_VRING_BASE state.
+    /// </summary>
+    private (IReadOnlyList<Vmm.Virtio.Queues.PackedResubmitChain>? Resubmit, Vmm.Virtio.Queues.VirtqueueState State) RecoverPacked(
+        BackendVring vring, PackedInflightQueue tracker, Vmm.Virtio.Queues.VirtqueueParams parameters, Vmm.Virtio.Queues.VirtqueueState initial)
+    {
+        if (vring.Resume is not null)
+        {
+            return (null, initial);
+        }
+
+        try
+        {
+            (IReadOnlyList<Vmm.Virtio.Queues.PackedResubmitChain> chains, Vmm.Virtio.Queues.VirtqueueState state) =
+                tracker.Recover(_memory, parameters.DescriptorArea, initial);
+            Log.InflightInstalled(_logger, vring.Index, vring.Size, chains.Count);
+            return (chains, state);
+        }
+        catch (Exception e) when (e is InvalidDataException or Vmm.Core.Memory.GuestMemoryException)
+        {
+            throw new RequestRejectedException($"ring {vring.Index}: {e.Message}", e);
+        }
     }
 }

@@ -186,12 +186,20 @@ public sealed partial class VhostUserBackendSession
             }
         }
 
+        PackedInflightQueue? packedInflight = PackedInflightFor(vring);
+        IReadOnlyList<PackedResubmitChain>? resubmitPacked = null;
+        if (packedInflight is not null)
+        {
+            (resubmitPacked, initial) = RecoverPacked(vring, packedInflight, parameters, initial);
+        }
+
         var resources = new VirtqueueResources(parameters, _memory, kick, vring.Call)
         {
             // NOFD: nobody will signal the kick; the device polls the ring (vhost-user.rst, SET_VRING_KICK).
             PollWithoutKick = vring.Kick is null,
-            Inflight = inflight,
+            Inflight = (IInflightTracker?)inflight ?? packedInflight,
             Resubmit = resubmit,
+            ResubmitPacked = resubmitPacked,
         };
         ulong deviceFeatures = _ackedFeatures & ~VhostUserVirtioFeatures.TransportMask;
         try

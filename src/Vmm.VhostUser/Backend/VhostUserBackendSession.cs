@@ -243,6 +243,10 @@ public sealed partial class VhostUserBackendSession : IDisposable
             case VhostUserRequest.SET_INFLIGHT_FD:
                 SetInflightFd(message);
                 return Reply.Ack;
+            case VhostUserRequest.SET_DEVICE_STATE_FD:
+                return SetDeviceStateFd(message);
+            case VhostUserRequest.CHECK_DEVICE_STATE:
+                return CheckDeviceState();
             default:
                 throw new RequestRejectedException($"{request} is not implemented by this back-end");
         }
@@ -252,7 +256,8 @@ public sealed partial class VhostUserBackendSession : IDisposable
     private static bool HasNaturalReply(VhostUserRequest request) => request is
         VhostUserRequest.GET_FEATURES or VhostUserRequest.GET_PROTOCOL_FEATURES or VhostUserRequest.GET_VRING_BASE or
         VhostUserRequest.GET_QUEUE_NUM or VhostUserRequest.GET_MAX_MEM_SLOTS or VhostUserRequest.GET_STATUS or
-        VhostUserRequest.GET_CONFIG or VhostUserRequest.GET_INFLIGHT_FD;
+        VhostUserRequest.GET_CONFIG or VhostUserRequest.GET_INFLIGHT_FD or
+        VhostUserRequest.SET_DEVICE_STATE_FD or VhostUserRequest.CHECK_DEVICE_STATE;
 
     private void RequireProtocolFeature(VhostUserProtocolFeatures feature, VhostUserRequest request)
     {

@@ -126,3 +126,47 @@ public sealed record DeviceConnectionRestored(string Name, int Attempts);
 /// started), sent with its original asker as Sender; the supervisor serves it from the snapshot.
 /// </summary>
 public sealed record CommandRequeued(IActorRef From, object Command);
+
+/// <summary>
+/// Save the back-end's internal state over DEVICE_STATE (all rings stopped first); answered with
+/// <see cref="DeviceStateSaved"/>, whose bytes are empty when DEVICE_STATE was not negotiated.
+/// </summary>
+public sealed class SaveDeviceState
+{
+    public static readonly SaveDeviceState Instance = new();
+
+    private SaveDeviceState()
+    {
+    }
+}
+
+public sealed record DeviceStateSaved(byte[] State);
+
+/// <summary>Load <paramref name="State"/> into the back-end over DEVICE_STATE before its rings start; answered with <see cref="DeviceStateLoaded"/>.</summary>
+public sealed record LoadDeviceState(byte[] State);
+
+public sealed class DeviceStateLoaded
+{
+    public static readonly DeviceStateLoaded Instance = new();
+
+    private DeviceStateLoaded()
+    {
+    }
+}
+
+/// <summary>
+/// Install an inflight region holding <paramref name="Contents"/> (a region saved from an earlier
+/// back-end, for <paramref name="NumQueues"/> queues of <paramref name="QueueSize"/>): the next
+/// ring start hands it to the back-end with SET_INFLIGHT_FD, so what was in flight is resubmitted.
+/// Answered with <see cref="InflightRestored"/>.
+/// </summary>
+public sealed record RestoreInflight(byte[] Contents, ushort NumQueues, ushort QueueSize);
+
+public sealed class InflightRestored
+{
+    public static readonly InflightRestored Instance = new();
+
+    private InflightRestored()
+    {
+    }
+}

@@ -179,13 +179,22 @@ public sealed class VhostUserDevice : IVirtioDevice
 
     public void Reset() => Call<DeviceReset>(ResetDevice.Instance);
 
-    /// <summary>The device's state lives in the back-end; vhost-user's DEVICE_STATE transfer is not used yet.</summary>
-    public byte[] SaveState() => [];
+    /// <summary>
+    /// The back-end's internal state through vhost-user DEVICE_STATE (SET_DEVICE_STATE_FD, SAVE),
+    /// opaque bytes; empty when the back-end does not offer DEVICE_STATE. Every queue must be
+    /// stopped first: the back-end refuses while a ring runs.
+    /// </summary>
+    public byte[] SaveState() => Call<DeviceStateSaved>(SaveDeviceState.Instance).State;
 
-    /// <summary>Nothing to restore in the front-end (see <see cref="SaveState"/>).</summary>
-    public void RestoreState(ReadOnlySpan<byte> state)
-    {
-    }
+    /// <summary>Loads what <see cref="SaveState"/> returned into the back-end (LOAD), before queues start; empty loads nothing.</summary>
+    public void RestoreState(ReadOnlySpan<byte> state) => Call<DeviceStateLoaded>(new LoadDeviceState(state.ToArray()));
+
+    /// <summary>
+    /// Installs a saved inflight region (<see cref="RestoreInflight"/>) before the queues start:
+    /// the back-end receives it with SET_INFLIGHT_FD and resubmits what it records as in flight.
+    /// </summary>
+    public void RestoreInflight(ReadOnlySpan<byte> contents, ushort numQueues, ushort queueSize) =>
+        Call<InflightRestored>(new RestoreInflight(contents.ToArray(), numQueues, queueSize));
 
     public void Dispose()
     {

@@ -22,7 +22,7 @@ namespace Vmm.VhostUser.Frontend;
 /// fails its asker. After a reconnect the actor is created with the supervisor's
 /// <see cref="DeviceSnapshot"/> and replays it before it accepts commands.
 /// </remarks>
-public sealed class VhostUserDeviceActor : ReceiveActor, IWithUnboundedStash, IWithTimers
+public sealed partial class VhostUserDeviceActor : ReceiveActor, IWithUnboundedStash, IWithTimers
 {
     private readonly ILoggingAdapter _log = Context.GetLogger();
     private readonly VhostUserDeviceOptions _options;
@@ -99,6 +99,7 @@ public sealed class VhostUserDeviceActor : ReceiveActor, IWithUnboundedStash, IW
         Receive<WriteConfig>(HandleWriteConfig);
         Receive<MemoryChanged>(HandleMemoryChanged);
         Receive<CheckHangUp>(HandleCheckHangUp);
+        DeviceStateCommands();
     }
 
     private void Busy()

@@ -119,7 +119,8 @@ public sealed partial class VhostUserFrontendConnection : IDisposable
         VhostUserProtocolFeatures.RESET_DEVICE |
         VhostUserProtocolFeatures.CONFIGURE_MEM_SLOTS |
         VhostUserProtocolFeatures.STATUS |
-        VhostUserProtocolFeatures.INFLIGHT_SHMFD;
+        VhostUserProtocolFeatures.INFLIGHT_SHMFD |
+        VhostUserProtocolFeatures.DEVICE_STATE;
 
     private readonly VhostUserFrontendConnectionOptions _options;
     private readonly SemaphoreSlim _requestLock = new(1, 1);

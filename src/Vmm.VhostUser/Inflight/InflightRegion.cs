@@ -19,7 +19,11 @@ namespace Vmm.VhostUser.Inflight;
 /// 16  DescStateSplit desc[desc_num], 16 bytes each:
 ///       +0 u8 inflight, +1 u8 padding[5], +6 u16 next, +8 u64 counter
 /// </code>
-/// Each queue region is rounded up to 64 bytes so regions never share a cache line.
+/// Packed queues use the QueueRegionPacked layout instead (see <see cref="PackedInflightQueue"/>).
+/// GET_INFLIGHT_FD can come before SET_FEATURES (QEMU sends it so), when the ring layout is not
+/// known yet; so every queue region is sized for the larger of the two layouts, and which one
+/// it holds is decided when the ring starts. Each queue region is rounded up to 64 bytes so
+/// regions never share a cache line.
 /// </remarks>
 public sealed unsafe class InflightRegion : IDisposable
 {
@@ -30,6 +34,7 @@ public sealed unsafe class InflightRegion : IDisposable
 
     private readonly SharedMapping _mapping;
     private readonly SplitInflightQueue[] _queues;
+    private readonly PackedInflightQueue[] _packedQueues;
 
     private InflightRegion(SafeFileDescriptor fd, SharedMapping mapping, ulong size, ulong offset, ushort queueCount, ushort queueSize)
     {
@@ -40,10 +45,12 @@ public sealed unsafe class InflightRegion : IDisposable
         QueueCount = queueCount;
         QueueSize = queueSize;
         _queues = new SplitInflightQueue[queueCount];
+        _packedQueues = new PackedInflightQueue[queueCount];
         int regionSize = (int)QueueRegionSize(queueSize);
         for (int i = 0; i < queueCount; i++)
         {
             _queues[i] = new SplitInflightQueue(mapping.Address + (i * regionSize), queueSize);
+            _packedQueues[i] = new PackedInflightQueue(mapping.Address + (i * regionSize), queueSize);
         }
     }
 
@@ -58,11 +65,11 @@ public sealed unsafe class InflightRegion : IDisposable
 
     public ushort QueueSize { get; }
 
-    /// <summary>Bytes one split queue needs, rounded up to <see cref="Alignment"/>.</summary>
+    /// <summary>Bytes one queue needs in either layout (the packed one is larger), rounded up to <see cref="Alignment"/>.</summary>
     public static ulong QueueRegionSize(ushort queueSize) =>
-        ((ulong)QueueHeaderSize + ((ulong)DescStateSize * queueSize) + (Alignment - 1)) & ~(ulong)(Alignment - 1);
+        (Math.Max((ulong)QueueHeaderSize + ((ulong)DescStateSize * queueSize), PackedInflightQueue.RegionBytes(queueSize)) + (Alignment - 1)) & ~(ulong)(Alignment - 1);
 
-    /// <summary>A new, initialised region for <paramref name="queueCount"/> queues of <paramref name="queueSize"/> (GET_INFLIGHT_FD).</summary>
+    /// <summary>A new, zeroed region for <paramref name="queueCount"/> queues of <paramref name="queueSize"/> (GET_INFLIGHT_FD).</summary>
     public static InflightRegion Create(ushort queueCount, ushort queueSize)
     {
         Validate(queueCount, queueSize);
@@ -70,13 +77,9 @@ public sealed unsafe class InflightRegion : IDisposable
         SafeFileDescriptor fd = MemFd.Create("vhost-user-inflight", size);
         try
         {
-            var region = new InflightRegion(fd, SharedMapping.Map(fd, 0, size), size, 0, queueCount, queueSize);
-            foreach (SplitInflightQueue queue in region._queues)
-            {
-                queue.Initialise();
-            }
-
-            return region;
+            // Left zeroed (version 0, "uninitialised"): each queue's tracker lays its region out in
+            // the split or packed layout when its ring first starts (as libvhost-user does).
+            return new InflightRegion(fd, SharedMapping.Map(fd, 0, size), size, 0, queueCount, queueSize);
         }
         catch
         {
@@ -118,6 +121,9 @@ public sealed unsafe class InflightRegion : IDisposable
 
     /// <summary>The tracker of queue <paramref name="index"/>.</summary>
     public SplitInflightQueue Queue(int index) => _queues[index];
+
+    /// <summary>The tracker of queue <paramref name="index"/> when its ring is packed (same bytes, packed layout).</summary>
+    public PackedInflightQueue PackedQueue(int index) => _packedQueues[index];
 
     public void Dispose()
     {

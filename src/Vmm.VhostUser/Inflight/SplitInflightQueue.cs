@@ -116,6 +116,12 @@ public sealed unsafe class SplitInflightQueue : Vmm.Virtio.Queues.IInflightTrack
             return;
         }
 
+        if (*(ushort*)(_base + VersionOffset) == 0)
+        {
+            // Taken before any Recover laid the region out (a tracker used directly).
+            Initialise();
+        }
+
         byte* desc = Desc(head);
         *(ulong*)(desc + CounterOffset) = _nextCounter++;
 

@@ -35,8 +35,13 @@ public sealed class PackedDriverQueue : IDriverQueue
     private bool _usedWrap = true;
     private bool _interruptsEnabled = true;
 
-    /// <summary>A driver queue over zeroed rings already placed at <paramref name="parameters"/> (2.8.1: wrap counters start at 1).</summary>
-    public PackedDriverQueue(GuestMemory memory, VirtqueueParams parameters, ulong negotiatedFeatures, GuestMemoryAllocator? allocator = null)
+    /// <summary>
+    /// A driver queue over zeroed rings already placed at <paramref name="parameters"/> (2.8.1: wrap
+    /// counters start at 1), or, with <paramref name="resumeAt"/>, over rings that stopped with
+    /// nothing in flight at that position (a restore): the next descriptor goes at its available
+    /// position and wrap counter, the next used one is expected at its used position.
+    /// </summary>
+    public PackedDriverQueue(GuestMemory memory, VirtqueueParams parameters, ulong negotiatedFeatures, GuestMemoryAllocator? allocator = null, VirtqueueState? resumeAt = null)
     {
         _memory = memory ?? throw new ArgumentNullException(nameof(memory));
         Params = parameters ?? throw new ArgumentNullException(nameof(parameters));
@@ -64,6 +69,19 @@ public sealed class PackedDriverQueue : IDriverQueue
 
         _freeIdCount = Size;
         _numFree = Size;
+        if (resumeAt is { } state)
+        {
+            if (state.AvailableIndex >= Size || state.UsedIndex >= Size)
+            {
+                throw new ArgumentOutOfRangeException(nameof(resumeAt), state, $"A packed ring position lies below the queue size {Size}.");
+            }
+
+            _nextAvail = state.AvailableIndex;
+            _availWrap = state.AvailableWrapCounter;
+            _lastUsed = state.UsedIndex;
+            _usedWrap = state.UsedWrapCounter;
+        }
+
         _memory.WriteUInt32(_driverEvent, 0);
     }
 

@@ -23,6 +23,9 @@ public sealed class PackedDeviceQueue : IDeviceQueue
     private readonly InterruptLine _interrupt;
     private readonly IInflightTracker? _tracker;
     private readonly ChainBuilder _builder;
+    private readonly IPackedInflightTracker? _packedTracker;
+    private readonly PackedRingDescriptor[]? _raw;
+    private readonly Queue<PackedResubmitChain>? _resubmit;
 
     private ushort _nextAvail;
     private bool _availWrap;
@@ -56,6 +59,20 @@ public sealed class PackedDeviceQueue : IDeviceQueue
         _interrupt = resources.Interrupt;
         _tracker = tracker;
         _builder = new ChainBuilder(Memory, Size);
+        _packedTracker = tracker as IPackedInflightTracker;
+        _raw = _packedTracker is null ? null : new PackedRingDescriptor[Size];
+        if (resources.ResubmitPacked is { Count: > 0 } resubmit)
+        {
+            foreach (PackedResubmitChain again in resubmit)
+            {
+                if (again.Descriptors.Count == 0 || again.Descriptors.Count > Size || again.Descriptors[^1].Id >= Size)
+                {
+                    throw new VirtqueueException($"A chain to resubmit has {again.Descriptors.Count} descriptors or a buffer id outside a queue of {Size}.");
+                }
+            }
+
+            _resubmit = new Queue<PackedResubmitChain>(resubmit);
+        }
 
         // 2.8.1: both wrap counters start at 1 and positions at 0 for a fresh ring.
         VirtqueueState state = initialState ?? new VirtqueueState(0, 0, true, true);
@@ -76,6 +93,14 @@ public sealed class PackedDeviceQueue : IDeviceQueue
 
     public bool TryPop(out DescriptorChain chain)
     {
+        if (_resubmit is { Count: > 0 })
+        {
+            // In flight before a reconnect: rebuilt from the descriptors the inflight region kept.
+            // The tracker still holds its entry, so it is not told again.
+            chain = ReadResubmitted(_resubmit.Dequeue());
+            return true;
+        }
+
         // Acquire: the head's flags say it is available; its other fields and the chain's later
         // descriptors (written before the head's flags, 2.8.21) are read after this load.
         ushort headFlags = Memory.ReadUInt16Acquire(DescriptorAddress(_nextAvail) + PackedDescriptorFlagsOffset);
@@ -86,7 +111,15 @@ public sealed class PackedDeviceQueue : IDeviceQueue
         }
 
         chain = ReadChain();
-        _tracker?.OnPopped(chain.Head);
+        if (_packedTracker is not null)
+        {
+            _packedTracker.OnPopped(_raw.AsSpan(0, chain.RingSlots));
+        }
+        else
+        {
+            _tracker?.OnPopped(chain.Head);
+        }
+
         return true;
     }
 
@@ -97,6 +130,10 @@ public sealed class PackedDeviceQueue : IDeviceQueue
         Span<byte> s = Memory.GetSpan(d, DescriptorSize);
         BinaryPrimitives.WriteUInt32LittleEndian(s[DescriptorLengthOffset..], bytesWritten);
         BinaryPrimitives.WriteUInt16LittleEndian(s[PackedDescriptorIdOffset..], chain.Head);
+
+        // The tracker records the completion before the flags publish it (vhost-user.rst,
+        // "When supplying used buffers": free list and used_idx first, then d.flags).
+        _tracker?.OnCompleting(chain.Head);
 
         // 2.8.1: a used descriptor has AVAIL and USED both equal to the used wrap counter.
         ushort flags = _usedWrap ? (ushort)(VIRTQ_DESC_F_AVAIL | VIRTQ_DESC_F_USED) : (ushort)0;
@@ -237,6 +274,11 @@ public sealed class PackedDeviceQueue : IDeviceQueue
                 throw new VirtqueueException($"Packed descriptor chain continues into descriptor {position}, which is not available.");
             }
 
+            if (_raw is not null)
+            {
+                _raw[slots - 1] = new PackedRingDescriptor(addr, len, id, flags);
+            }
+
             if (++position == Size)
             {
                 position = 0;
@@ -265,6 +307,26 @@ public sealed class PackedDeviceQueue : IDeviceQueue
         _nextAvail = (ushort)position;
         _availWrap = wrap;
         return new DescriptorChain(id, b.ToArray(), (ushort)slots);
+    }
+
+    private DescriptorChain ReadResubmitted(PackedResubmitChain again)
+    {
+        ChainBuilder b = _builder;
+        b.Reset();
+        IReadOnlyList<PackedRingDescriptor> descriptors = again.Descriptors;
+        for (int i = 0; i < descriptors.Count; i++)
+        {
+            PackedRingDescriptor d = descriptors[i];
+            if ((d.Flags & VIRTQ_DESC_F_INDIRECT) != 0)
+            {
+                ReadIndirect(d.Address, d.Length, d.Flags);
+                break;
+            }
+
+            b.Add(d.Address, d.Length, (d.Flags & VIRTQ_DESC_F_WRITE) != 0);
+        }
+
+        return new DescriptorChain(descriptors[^1].Id, b.ToArray(), (ushort)descriptors.Count);
     }
 
     private void ReadIndirect(ulong addr, uint len, ushort flags)

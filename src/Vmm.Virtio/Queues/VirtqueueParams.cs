@@ -33,6 +33,13 @@ public sealed record VirtqueueResources(VirtqueueParams Params, GuestMemory Memo
     /// "Inflight I/O tracking", "When reconnecting"). Split rings only.
     /// </summary>
     public IReadOnlyList<ushort>? Resubmit { get; init; }
+
+    /// <summary>
+    /// Packed rings' counterpart of <see cref="Resubmit"/>: the chains in flight, oldest first,
+    /// with their ring descriptors as the inflight region kept them (the ring slots themselves
+    /// may since hold used descriptors).
+    /// </summary>
+    public IReadOnlyList<PackedResubmitChain>? ResubmitPacked { get; init; }
 }
 
 /// <summary>

@@ -69,7 +69,7 @@ public sealed class BackendMalformedInputTests
         new("SET_VRING_CALL with reserved bits", Outcome.Disconnect, f => WithEventFds(f, 1, fds => f.SendAsync(VhostUserRequest.SET_VRING_CALL, U64(0x1000), fds))),
         new("SET_MEM_TABLE with fewer fds than regions", Outcome.Disconnect, f => f.SendAsync(VhostUserRequest.SET_MEM_TABLE, f.MemoryTablePayload(), [])),
         new("GET_FEATURES with an fd", Outcome.Disconnect, f => WithEventFds(f, 1, fds => f.SendAsync(VhostUserRequest.GET_FEATURES, default, fds))),
-        new("SET_PROTOCOL_FEATURES with a bit never offered", Outcome.Disconnect, f => f.SendAsync(VhostUserRequest.SET_PROTOCOL_FEATURES, U64(1UL << 19))),
+        new("SET_PROTOCOL_FEATURES with a bit never offered", Outcome.Disconnect, f => f.SendAsync(VhostUserRequest.SET_PROTOCOL_FEATURES, U64(1UL << 18))),
         new("SET_PROTOCOL_FEATURES with bit 21", Outcome.Disconnect, f => f.SendAsync(VhostUserRequest.SET_PROTOCOL_FEATURES, U64(1UL << 21))),
         new("GET_VRING_BASE of a ring that does not exist", Outcome.Disconnect, f => f.SendAsync(VhostUserRequest.GET_VRING_BASE, State(7, 0))),
 
