@@ -6,7 +6,7 @@ namespace Vmm.Interop.Tests;
 
 /// <summary>
 /// Our front-end, <c>./vmm run --vhost-user</c>, against a third-party back-end:
-/// qemu-storage-daemon exporting a raw image (shared/PEERS.md command line). Fails, never
+/// qemu-storage-daemon exporting a raw image (the command line of docs/serving-qemu.md and the harness). Fails, never
 /// skips, when qemu-storage-daemon is not installed.
 /// </summary>
 public sealed class FrontendInteropTests : InteropTest
@@ -78,7 +78,7 @@ public sealed class FrontendInteropTests : InteropTest
         var r = await RunVmmAsync("run", "--vhost-user", $"{backend.Socket},type=blk", "--workload", "probe");
 
         Assert.That(r.ExitCode, Is.Zero, r.Stderr + "\n" + backend.Describe());
-        // shared/PEERS.md: what qemu-storage-daemon 7.2 offers and reports for a 64 MiB image.
+        // What qemu-storage-daemon 7.2 offers and reports for a 64 MiB image.
         Assert.That(r.Stdout, Does.Contain("back-end features   0x0000000175007e46 "));
         Assert.That(r.Stdout, Does.Contain("LOG_ALL").And.Contain("PROTOCOL_FEATURES"));
         // Of its 0x8f2b we take what we know and need: MQ, REPLY_ACK, CONFIG, CONFIGURE_MEM_SLOTS.

@@ -8,7 +8,7 @@ namespace Vmm.Core.Events;
 /// measured on these machines, STACK.md section 4); <see cref="Dispose"/> wakes it.
 /// </summary>
 /// <remarks>
-/// A peer may set O_NONBLOCK on the shared open file (qemu-storage-daemon does, PEERS.md),
+/// A peer may set O_NONBLOCK on the shared open file (qemu-storage-daemon does),
 /// so every read tolerates EAGAIN and then waits with poll(2).
 /// </remarks>
 public sealed unsafe partial class EventFd : IDisposable

@@ -8,7 +8,7 @@ public sealed record VhostUserBackendOptions
 {
     /// <summary>
     /// Protocol features the back-end implements and offers (vhost-user.rst, "Protocol features").
-    /// Bits 20 and up are never offered: implementations disagree on their numbering (PEERS.md).
+    /// Bits 20 and up are never offered: implementations disagree on their numbering.
     /// </summary>
     public const VhostUserProtocolFeatures Implemented =
         VhostUserProtocolFeatures.MQ |

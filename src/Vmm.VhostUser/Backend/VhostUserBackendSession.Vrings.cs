@@ -74,7 +74,7 @@ public sealed partial class VhostUserBackendSession
 
     /// <summary>
     /// GET_VRING_BASE stops the ring (vhost-user.rst, "Ring states") and reports where it stopped.
-    /// The request's num is ignored: some front-ends fill it with junk (PEERS.md).
+    /// The request's num is ignored: some front-ends fill it with junk.
     /// </summary>
     private Reply GetVringBase(VhostUserVringState state)
     {

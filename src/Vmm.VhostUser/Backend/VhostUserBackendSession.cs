@@ -275,7 +275,7 @@ public sealed partial class VhostUserBackendSession : IDisposable
             throw new RequestRejectedException($"features 0x{features:x} include bits not offered (0x{unknown:x})");
         }
 
-        // QEMU sends SET_FEATURES again when it restarts the rings (PEERS.md); a change of ring
+        // QEMU sends SET_FEATURES again when it restarts the rings; a change of ring
         // layout only takes effect at the next ring start.
         _ackedFeatures = features;
         Log.FeaturesSet(_logger, features);

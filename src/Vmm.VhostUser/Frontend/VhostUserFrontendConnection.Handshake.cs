@@ -7,7 +7,7 @@ public sealed partial class VhostUserFrontendConnection
 {
     /// <summary>
     /// The handshake, in the order strict back-ends (rust-vmm's) need: nothing gated by a protocol
-    /// feature is sent before SET_PROTOCOL_FEATURES acked it (PEERS.md; vhost-user.rst,
+    /// feature is sent before SET_PROTOCOL_FEATURES acked it (vhost-user.rst,
     /// "Protocol features" and "Multiple queue support").
     /// </summary>
     public async Task<VhostUserBackendInfo> HandshakeAsync(CancellationToken cancellationToken = default)

@@ -12,7 +12,7 @@ public sealed partial class VhostUserFrontendConnection
 
     /// <summary>
     /// Exports <paramref name="memory"/>'s regions: one ADD_MEM_REG each when CONFIGURE_MEM_SLOTS
-    /// is negotiated (what QEMU does, PEERS.md), otherwise one SET_MEM_TABLE, which carries at most
+    /// is negotiated (what QEMU does), otherwise one SET_MEM_TABLE, which carries at most
     /// VHOST_MEMORY_BASELINE_NREGIONS (8) regions (vhost-user.rst, "Memory region description").
     /// </summary>
     public async Task SetMemoryAsync(GuestMemory memory, CancellationToken cancellationToken = default)

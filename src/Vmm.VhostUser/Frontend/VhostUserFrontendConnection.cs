@@ -111,7 +111,7 @@ public sealed record VhostUserRingSetup(
 /// </remarks>
 public sealed partial class VhostUserFrontendConnection : IDisposable
 {
-    /// <summary>Protocol features this front-end implements; never bits ≥ 20 (PEERS.md).</summary>
+    /// <summary>Protocol features this front-end implements; never bits ≥ 20.</summary>
     public const VhostUserProtocolFeatures SupportedProtocolFeatures =
         VhostUserProtocolFeatures.MQ |
         VhostUserProtocolFeatures.REPLY_ACK |

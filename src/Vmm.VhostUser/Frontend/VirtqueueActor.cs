@@ -86,8 +86,8 @@ public sealed class VirtqueueActor : ReceiveActor
 
     private void WaitForCalls(EventFd call, InterruptLine line)
     {
-        // The back-end may have set O_NONBLOCK on the shared open file (qemu-storage-daemon does,
-        // PEERS.md); EventFd.Wait polls first, so it keeps blocking correctly.
+        // The back-end may have set O_NONBLOCK on the shared open file (qemu-storage-daemon 7.2
+        // does); EventFd.Wait polls first, so it keeps blocking correctly.
         while (call.Wait())
         {
             Interlocked.Increment(ref _raised);

@@ -35,7 +35,7 @@ public sealed class BackendProcess : IDisposable
     public bool HasExited => _process.HasExited;
     public string Log => _process.Output;
 
-    /// <summary>qemu-storage-daemon exporting a raw image, exactly as shared/PEERS.md.</summary>
+    /// <summary>qemu-storage-daemon (as Debian 12 ships it) exporting a raw image.</summary>
     public static Task<BackendProcess> StartStorageDaemonAsync(string image, string socket, int queues = 1, bool writable = true)
     {
         var exe = FindOnPath(StorageDaemon) ??

@@ -33,7 +33,7 @@ public sealed record GuestOptions
 
 /// <summary>
 /// qemu-system-x86_64 (TCG) booting the test kernel and initramfs with one vhost-user device,
-/// as shared/PEERS.md describes. The serial console is collected; the guest's /init prints
+/// as docs/serving-qemu.md describes. The serial console is collected; the guest's /init prints
 /// <c>VMMTEST key=value</c> marker lines and <c>VMMTEST done</c> before it powers off.
 /// Disposing kills QEMU.
 /// </summary>

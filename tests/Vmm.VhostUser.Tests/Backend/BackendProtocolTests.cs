@@ -80,7 +80,7 @@ public sealed class BackendProtocolTests
     [Test]
     public async Task SeaBIOS_then_Linux_stop_and_restart_on_the_same_connection()
     {
-        // PEERS.md: SeaBIOS starts the rings, stops them with GET_VRING_BASE, and Linux starts
+        // QEMU 7.2: SeaBIOS starts the rings, stops them with GET_VRING_BASE, and Linux starts
         // them again on the same connection with a new SET_FEATURES, NUM, BASE, ADDR, KICK.
         await using var backend = new BackendFixture();
         using ScriptedFrontend frontend = await backend.ConnectAsync();

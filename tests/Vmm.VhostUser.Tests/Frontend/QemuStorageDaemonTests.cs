@@ -13,7 +13,7 @@ using Vmm.TestKit;
 namespace Vmm.VhostUser.Tests.Frontend;
 
 /// <summary>
-/// Our front-end against qemu-storage-daemon's vhost-user-blk export (PEERS.md). Explicit: it
+/// Our front-end against qemu-storage-daemon's vhost-user-blk export. Explicit: it
 /// needs the qemu-system-common package; tests/Vmm.Interop.Tests holds the suite CI runs.
 /// </summary>
 [TestFixture]
