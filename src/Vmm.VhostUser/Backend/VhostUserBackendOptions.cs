@@ -13,6 +13,7 @@ public sealed record VhostUserBackendOptions
     public const VhostUserProtocolFeatures Implemented =
         VhostUserProtocolFeatures.MQ |
         VhostUserProtocolFeatures.REPLY_ACK |
+        VhostUserProtocolFeatures.BACKEND_REQ |
         VhostUserProtocolFeatures.CONFIG |
         VhostUserProtocolFeatures.RESET_DEVICE |
         VhostUserProtocolFeatures.CONFIGURE_MEM_SLOTS |

@@ -40,6 +40,7 @@ public sealed partial class VhostUserBackendSession : IDisposable
         }
 
         _device.Faulted += OnDeviceFaulted;
+        _device.ConfigChanged += OnDeviceConfigChanged;
     }
 
     /// <summary>The channel options a back-end uses: requests are checked by the codec before their payload is read.</summary>
@@ -96,6 +97,8 @@ public sealed partial class VhostUserBackendSession : IDisposable
 
         _disposed = true;
         _device.Faulted -= OnDeviceFaulted;
+        _device.ConfigChanged -= OnDeviceConfigChanged;
+        DisposeBackendChannel();
         StopAllRings();
         foreach (BackendVring vring in _vrings)
         {
@@ -247,6 +250,9 @@ public sealed partial class VhostUserBackendSession : IDisposable
                 return SetDeviceStateFd(message);
             case VhostUserRequest.CHECK_DEVICE_STATE:
                 return CheckDeviceState();
+            case VhostUserRequest.SET_BACKEND_REQ_FD:
+                SetBackendRequestFd(message);
+                return Reply.Ack;
             default:
                 throw new RequestRejectedException($"{request} is not implemented by this back-end");
         }

@@ -88,6 +88,12 @@ public sealed record SnapshotUpdated(DeviceSnapshot Snapshot);
 /// <summary>Connection actor → supervisor: the handshake (and any replay) completed.</summary>
 public sealed record ConnectionReady(DeviceInfo Info);
 
+/// <summary>
+/// Connection actor → supervisor: the back-end announced a config change (CONFIG_CHANGE_MSG) and
+/// the config was read again; <see cref="Config"/> is null when it could not be.
+/// </summary>
+public sealed record ConfigRefreshed(byte[]? Config);
+
 /// <summary>Query to a <see cref="VirtqueueActor"/>; answered with <see cref="QueueStatus"/>.</summary>
 public sealed class GetQueueStatus
 {

@@ -37,6 +37,7 @@ public sealed class VhostUserDevice : IVirtioDevice
             events.ConnectionLost += OnConnectionLost;
             events.ConnectionRestored += OnConnectionRestored;
             events.Failed += OnFailed;
+            events.ConfigChanged += OnConfigChanged;
         }
     }
 
@@ -66,15 +67,11 @@ public sealed class VhostUserDevice : IVirtioDevice
     public int ConfigSize => _info.Config?.Length ?? _options.EffectiveConfigSize;
 
     /// <summary>
-    /// A back-end announces config changes on the back-end channel (BACKEND_CONFIG_CHANGE_MSG,
-    /// which needs BACKEND_REQ); this front-end does not open that channel yet, so the event is
-    /// never raised.
+    /// The back-end announced a config change on the back-end channel (BACKEND_CONFIG_CHANGE_MSG,
+    /// with BACKEND_REQ negotiated); the cached config was read again (GET_CONFIG) before this is
+    /// raised, so <see cref="ReadConfig"/> returns the new bytes. Raised on an actor thread.
     /// </summary>
-    public event Action? ConfigChanged
-    {
-        add { }
-        remove { }
-    }
+    public event Action? ConfigChanged;
 
     /// <summary>
     /// The device cannot go on without a reset: a protocol violation, or a lost back-end with
@@ -215,6 +212,8 @@ public sealed class VhostUserDevice : IVirtioDevice
         Volatile.Write(ref _connected, 1);
         ConnectionRestored?.Invoke(attempt);
     }
+
+    private void OnConfigChanged() => ConfigChanged?.Invoke();
 
     private void OnFailed(string reason)
     {

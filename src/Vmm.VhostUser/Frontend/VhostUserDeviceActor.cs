@@ -99,6 +99,8 @@ public sealed partial class VhostUserDeviceActor : ReceiveActor, IWithUnboundedS
         Receive<WriteConfig>(HandleWriteConfig);
         Receive<MemoryChanged>(HandleMemoryChanged);
         Receive<CheckHangUp>(HandleCheckHangUp);
+        Receive<BackendConfigChange>(HandleBackendConfigChange);
+        Receive<BackendChannelNotice>(HandleBackendChannelNotice);
         DeviceStateCommands();
     }
 
@@ -107,6 +109,7 @@ public sealed partial class VhostUserDeviceActor : ReceiveActor, IWithUnboundedS
         Receive<CommandCompleted>(HandleCompleted);
         Receive<CommandFailed>(HandleCommandFailed);
         Receive<CheckHangUp>(_ => { });
+        Receive<BackendChannelNotice>(HandleBackendChannelNotice);
         ReceiveAny(_ => Stash.Stash());
     }
 
@@ -148,6 +151,11 @@ public sealed partial class VhostUserDeviceActor : ReceiveActor, IWithUnboundedS
         _connection = message.Connection;
         Become(Negotiating);
         VhostUserFrontendConnection connection = _connection;
+
+        // Subscribed before the handshake opens the back-end channel; the loop's thread only Tells.
+        IActorRef self = Self;
+        connection.BackendConfigChanged += () => self.Tell(BackendConfigChange.Instance, ActorRefs.Nobody);
+        connection.BackendChannelNotice += notice => self.Tell(new BackendChannelNotice(notice), ActorRefs.Nobody);
         connection.HandshakeAsync(_shutdown.Token)
             .PipeTo(Self, success: info => new Negotiated(info), failure: e => new OperationFailed(e));
     }
@@ -519,6 +527,30 @@ public sealed partial class VhostUserDeviceActor : ReceiveActor, IWithUnboundedS
         });
     }
 
+    /// <summary>
+    /// CONFIG_CHANGE_MSG from the back-end: read the config again (GET_CONFIG), then the supervisor
+    /// raises <see cref="VhostUserDevice.ConfigChanged"/> and the transport interrupts the guest.
+    /// </summary>
+    private void HandleBackendConfigChange(BackendConfigChange message)
+    {
+        VhostUserFrontendConnection connection = _connection!;
+        int size = _config?.Length ?? _options.EffectiveConfigSize;
+        if (!connection.HasProtocolFeature(VhostUserProtocolFeatures.CONFIG) || size <= 0)
+        {
+            Context.Parent.Tell(new ConfigRefreshed(null));
+            return;
+        }
+
+        RunCommand(message, async ct =>
+        {
+            byte[]? data = await connection.GetConfigAsync(0, size, ct).ConfigureAwait(false);
+            return new ConfigRefreshedResult(data);
+        });
+    }
+
+    private void HandleBackendChannelNotice(BackendChannelNotice message) =>
+        _log.Warning("vhost-user back-end channel: {0}", message.Text);
+
     private void HandleCheckHangUp(CheckHangUp message)
     {
         // Nothing else would notice a back-end that dies while the device is idle.
@@ -612,6 +644,16 @@ public sealed partial class VhostUserDeviceActor : ReceiveActor, IWithUnboundedS
                 reply = DeviceReset.Instance;
                 break;
 
+            case ConfigRefreshedResult refreshed:
+                if (refreshed.Config is not null)
+                {
+                    _config = refreshed.Config;
+                    _info = _info! with { Config = refreshed.Config.ToArray() };
+                }
+
+                Context.Parent.Tell(new ConfigRefreshed(refreshed.Config?.ToArray()));
+                break;
+
             case ConfigWrittenResult written:
                 PatchConfig(written.Write);
                 UpdateSnapshot(_snapshot with { ConfigWrites = _snapshot.ConfigWrites.Add(written.Write) });
@@ -648,7 +690,8 @@ public sealed partial class VhostUserDeviceActor : ReceiveActor, IWithUnboundedS
             return;
         }
 
-        if (VhostUserDeviceSupervisor.IsTransportLost(cause) && current is Envelope command && command.Message is not MemoryChanged)
+        if (VhostUserDeviceSupervisor.IsTransportLost(cause) && current is Envelope command &&
+            command.Message is not (MemoryChanged or BackendConfigChange))
         {
             // The back-end is gone, not wrong: the command is not failed but handed back, to be
             // served from the snapshot and replayed by the next connection.
@@ -786,7 +829,7 @@ public sealed partial class VhostUserDeviceActor : ReceiveActor, IWithUnboundedS
         bool requeue = VhostUserDeviceSupervisor.IsTransportLost(Unwrap(cause));
         foreach (Envelope envelope in Stash.ClearStash())
         {
-            if (envelope.Message is MemoryChanged or CheckHangUp)
+            if (envelope.Message is MemoryChanged or CheckHangUp or BackendConfigChange or BackendChannelNotice)
             {
                 continue;
             }
@@ -834,6 +877,19 @@ public sealed partial class VhostUserDeviceActor : ReceiveActor, IWithUnboundedS
     private sealed record ConfigWrittenResult(ConfigWrite Write);
 
     private sealed record MemoryUpdated;
+
+    private sealed record ConfigRefreshedResult(byte[]? Config);
+
+    private sealed record BackendChannelNotice(string Text);
+
+    private sealed class BackendConfigChange
+    {
+        public static readonly BackendConfigChange Instance = new();
+
+        private BackendConfigChange()
+        {
+        }
+    }
 
     private sealed class CheckHangUp
     {

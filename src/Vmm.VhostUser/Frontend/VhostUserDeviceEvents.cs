@@ -17,6 +17,11 @@ public sealed class VhostUserDeviceEvents
     /// <summary>The device gave up (protocol violation, reconnect off, reconnect-max exhausted): it needs a reset.</summary>
     public event Action<string>? Failed;
 
+    /// <summary>The back-end announced a configuration change and the cached config was read again.</summary>
+    public event Action? ConfigChanged;
+
+    internal void RaiseConfigChanged() => ConfigChanged?.Invoke();
+
     internal void RaiseConnectionLost(string reason) => ConnectionLost?.Invoke(reason);
 
     internal void RaiseConnectionRestored(int attempt) => ConnectionRestored?.Invoke(attempt);

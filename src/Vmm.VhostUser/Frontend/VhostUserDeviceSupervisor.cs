@@ -57,6 +57,7 @@ public sealed class VhostUserDeviceSupervisor : ReceiveActor, IWithTimers, IWith
         _events = events;
         Receive<SnapshotUpdated>(m => _snapshot = m.Snapshot);
         Receive<ConnectionReady>(HandleConnectionReady);
+        Receive<ConfigRefreshed>(HandleConfigRefreshed);
         Receive<CommandRequeued>(HandleRequeued);
         Receive<Terminated>(HandleTerminated);
         Receive<Reconnect>(HandleReconnect);
@@ -203,6 +204,22 @@ public sealed class VhostUserDeviceSupervisor : ReceiveActor, IWithTimers, IWith
         }
 
         Stash.UnstashAll();
+    }
+
+    private void HandleConfigRefreshed(ConfigRefreshed message)
+    {
+        if (!Sender.Equals(_connection))
+        {
+            return;
+        }
+
+        if (message.Config is not null)
+        {
+            _config = message.Config.ToArray();
+            _info = _info is null ? null : _info with { Config = message.Config.ToArray() };
+        }
+
+        _events?.RaiseConfigChanged();
     }
 
     private void HandleTerminated(Terminated message)

@@ -67,6 +67,13 @@ public sealed partial class VhostUserFrontendConnection
             config = await GetConfigAsync(0, _options.ConfigSize, cancellationToken).ConfigureAwait(false);
         }
 
+        // 7. SET_BACKEND_REQ_FD, only with BACKEND_REQ acked ("Back-end communication"): the
+        //    back-end's own requests (CONFIG_CHANGE_MSG) arrive on a socketpair of their own.
+        if (HasProtocolFeature(VhostUserProtocolFeatures.BACKEND_REQ))
+        {
+            await OpenBackendChannelAsync(cancellationToken).ConfigureAwait(false);
+        }
+
         Info = new VhostUserBackendInfo(features, OfferedProtocolFeatures, ProtocolFeatures, queueCount, maxMemSlots, config);
         return Info;
     }

@@ -115,6 +115,7 @@ public sealed partial class VhostUserFrontendConnection : IDisposable
     public const VhostUserProtocolFeatures SupportedProtocolFeatures =
         VhostUserProtocolFeatures.MQ |
         VhostUserProtocolFeatures.REPLY_ACK |
+        VhostUserProtocolFeatures.BACKEND_REQ |
         VhostUserProtocolFeatures.CONFIG |
         VhostUserProtocolFeatures.RESET_DEVICE |
         VhostUserProtocolFeatures.CONFIGURE_MEM_SLOTS |
@@ -434,6 +435,7 @@ public sealed partial class VhostUserFrontendConnection : IDisposable
     {
         Interlocked.CompareExchange(ref _deadReason, reason, null);
         _channel.Dispose();
+        DisposeBackendChannel();
     }
 
     private static byte[] U64(ulong value)
@@ -461,5 +463,6 @@ public sealed partial class VhostUserFrontendConnection : IDisposable
 
         Interlocked.CompareExchange(ref _deadReason, "the connection was closed", null);
         _channel.Dispose();
+        DisposeBackendChannel();
     }
 }
