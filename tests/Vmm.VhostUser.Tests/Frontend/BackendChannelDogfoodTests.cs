@@ -10,7 +10,6 @@ namespace Vmm.VhostUser.Tests.Frontend;
 
 /// <summary>Our front-end against our back-end on a Unix socket: a config change travels the back-end channel.</summary>
 [TestFixture]
-[Category("Frontend")]
 public sealed class BackendChannelDogfoodTests : AkkaTest
 {
     [Test]

@@ -55,16 +55,74 @@ public sealed class FrontendConnectionTests
                 await backend.ReplyAsync(VhostUserRequest.GET_CONFIG, reply);
             }
 
+            await backend.ExpectBackendReqFdAsync();
             VhostUserBackendInfo info = await handshake;
             Assert.That(backend.Log, Is.EqualTo(new[]
             {
                 VhostUserRequest.GET_FEATURES, VhostUserRequest.GET_PROTOCOL_FEATURES, VhostUserRequest.SET_PROTOCOL_FEATURES,
                 VhostUserRequest.SET_OWNER, VhostUserRequest.GET_QUEUE_NUM, VhostUserRequest.GET_MAX_MEM_SLOTS, VhostUserRequest.GET_CONFIG,
+                VhostUserRequest.SET_BACKEND_REQ_FD,
             }));
             Assert.That(info.QueueCount, Is.EqualTo(4));
             Assert.That(info.MaxMemSlots, Is.EqualTo(32));
             Assert.That(info.Config, Is.EqualTo(new byte[] { 1, 2, 3, 4, 5, 6, 7, 8 }));
         }
+    }
+
+    [Test]
+    public async Task Backend_channel_must_report_config_changes_ack_them_and_refuse_other_requests()
+    {
+        (VhostUserFrontendConnection frontend, ScriptedBackend backend) = ScriptedBackend.CreatePair();
+        using (frontend)
+        using (backend)
+        {
+            int changes = 0;
+            var notices = new List<string>();
+            frontend.BackendConfigChanged += () => Interlocked.Increment(ref changes);
+            frontend.BackendChannelNotice += notice =>
+            {
+                lock (notices)
+                {
+                    notices.Add(notice);
+                }
+            };
+            Task<VhostUserBackendInfo> handshake = frontend.HandshakeAsync();
+            await backend.ServeHandshakeAsync(
+                protocolFeatures: VhostUserProtocolFeatures.REPLY_ACK | VhostUserProtocolFeatures.BACKEND_REQ);
+            await handshake;
+            Assert.That(frontend.HasBackendChannel, Is.True);
+            VhostUserChannel channel = backend.BackendChannel!;
+
+            await channel.SendAsync(VhostUserCodec.BackendRequestHeader(VhostUserBackendRequest.CONFIG_CHANGE_MSG, 0, needReply: true), default);
+            Assert.That(await ReceiveAckAsync(channel, VhostUserBackendRequest.CONFIG_CHANGE_MSG), Is.Zero);
+            Assert.That(Volatile.Read(ref changes), Is.EqualTo(1));
+
+            // Without NEED_REPLY: no answer, still reported.
+            await channel.SendAsync(VhostUserCodec.BackendRequestHeader(VhostUserBackendRequest.CONFIG_CHANGE_MSG, 0), default);
+
+            byte[] state = new byte[VhostUserVringState.Size];
+            new VhostUserVringState(0, 0).Write(state);
+            await channel.SendAsync(VhostUserCodec.BackendRequestHeader(VhostUserBackendRequest.VRING_ERR, state.Length, needReply: true), state);
+            Assert.That(await ReceiveAckAsync(channel, VhostUserBackendRequest.VRING_ERR), Is.Not.Zero, "not handled: refused");
+            Assert.That(Volatile.Read(ref changes), Is.EqualTo(2));
+            lock (notices)
+            {
+                Assert.That(notices, Has.Some.Contains("VRING_ERR"));
+            }
+
+            // Disposing the connection ends the loop.
+            Task loop = frontend.BackendChannelCompletion!;
+            frontend.Dispose();
+            await loop.WaitAsync(TimeSpan.FromSeconds(5));
+        }
+    }
+
+    private static async Task<ulong> ReceiveAckAsync(VhostUserChannel channel, VhostUserBackendRequest request)
+    {
+        using var cts = new CancellationTokenSource(TimeSpan.FromSeconds(5));
+        using VhostUserMessage reply = await channel.ReceiveAsync(cts.Token);
+        VhostUserCodec.ValidateBackendReplyHeader(reply.Header, request);
+        return VhostUserCodec.ReadU64(reply.Payload.Span);
     }
 
     [Test]

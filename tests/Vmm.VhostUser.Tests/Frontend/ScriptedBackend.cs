@@ -1,4 +1,5 @@
 using Vmm.TestKit;
+using System.Net.Sockets;
 using System.Runtime.InteropServices;
 using NUnit.Framework;
 using Vmm.Core.Posix;
@@ -28,6 +29,21 @@ internal sealed class ScriptedBackend : IDisposable
     public VhostUserChannel Channel { get; }
 
     public List<VhostUserRequest> Log { get; } = [];
+
+    /// <summary>The back-end request channel the front-end passed with SET_BACKEND_REQ_FD, once it did.</summary>
+    public VhostUserChannel? BackendChannel { get; private set; }
+
+    /// <summary>Expects SET_BACKEND_REQ_FD, acks it and keeps its socket as <see cref="BackendChannel"/>.</summary>
+    public async Task<VhostUserChannel> ExpectBackendReqFdAsync()
+    {
+        using VhostUserMessage message = await ExpectAsync(VhostUserRequest.SET_BACKEND_REQ_FD).ConfigureAwait(false);
+        Assert.That(message.Fds, Has.Count.EqualTo(1), "SET_BACKEND_REQ_FD carries one fd");
+        using SafeFileDescriptor fd = message.TakeFd(0);
+        var handle = new SafeSocketHandle(fd.DangerousGetHandle(), ownsHandle: true);
+        fd.SetHandleAsInvalid();
+        BackendChannel = VhostUserChannel.FromSocket(new Socket(handle));
+        return BackendChannel;
+    }
 
     /// <summary>A front-end connection and a scripted back-end over socketpair(2).</summary>
     public static (VhostUserFrontendConnection Frontend, ScriptedBackend Backend) CreatePair(
@@ -119,9 +135,18 @@ internal sealed class ScriptedBackend : IDisposable
             VhostUserConfig.WritePayload(reply, parsed.Header.Offset, parsed.Header.Flags, data);
             await ReplyAsync(VhostUserRequest.GET_CONFIG, reply).ConfigureAwait(false);
         }
+
+        if ((acked & VhostUserProtocolFeatures.BACKEND_REQ) != 0)
+        {
+            await ExpectBackendReqFdAsync().ConfigureAwait(false);
+        }
     }
 
-    public void Dispose() => Channel.Dispose();
+    public void Dispose()
+    {
+        Channel.Dispose();
+        BackendChannel?.Dispose();
+    }
 
     /// <summary>
     /// One exchange over a throw-away pair, so the runtime's lazily created descriptors (the
