@@ -14,7 +14,6 @@ namespace Vmm.Virtio.Driver;
 public sealed class PackedDriverQueue : IDriverQueue
 {
     private readonly GuestMemory _memory;
-    private readonly GuestMemoryAllocator? _allocator;
     private readonly ulong _ring;
     private readonly ulong _driverEvent;
     private readonly ulong _deviceEvent;
@@ -23,8 +22,7 @@ public sealed class PackedDriverQueue : IDriverQueue
     private readonly ushort[] _freeIds;
     private readonly object?[] _tokens;
     private readonly ushort[] _slots;
-    private readonly ulong[] _indirectTable;
-    private readonly uint[] _indirectCapacity;
+    private readonly IndirectTables? _indirectTables;
 
     private int _freeIdCount;
     private int _numFree;
@@ -51,7 +49,6 @@ public sealed class PackedDriverQueue : IDriverQueue
             throw new ArgumentOutOfRangeException(nameof(parameters), Size, "A packed queue size is from 1 to 32768 (virtio 1.2, 2.8).");
         }
 
-        _allocator = allocator;
         _ring = parameters.DescriptorArea;
         _driverEvent = parameters.DriverArea;
         _deviceEvent = parameters.DeviceArea;
@@ -60,8 +57,7 @@ public sealed class PackedDriverQueue : IDriverQueue
         _freeIds = new ushort[Size];
         _tokens = new object?[Size];
         _slots = new ushort[Size];
-        _indirectTable = new ulong[Size];
-        _indirectCapacity = new uint[Size];
+        _indirectTables = _indirect ? new IndirectTables(allocator!, Size) : null;
         for (int i = 0; i < Size; i++)
         {
             _freeIds[i] = (ushort)(Size - 1 - i);
@@ -107,7 +103,7 @@ public sealed class PackedDriverQueue : IDriverQueue
         ushort headFlags;
         if (useIndirect)
         {
-            ulong table = EnsureIndirectTable(id, buffers.Length);
+            ulong table = _indirectTables!.Ensure(id, buffers.Length);
             for (int i = 0; i < buffers.Length; i++)
             {
                 // 2.8.7: table entries are consumed in order; only WRITE matters in them.
@@ -269,22 +265,4 @@ public sealed class PackedDriverQueue : IDriverQueue
     }
 
     private ulong DescriptorAddress(int position) => _ring + ((ulong)position * DescriptorSize);
-
-    private ulong EnsureIndirectTable(ushort id, int entries)
-    {
-        // One table per buffer id, kept and reused: no allocator call per request once warm.
-        if (_indirectCapacity[id] < entries)
-        {
-            if (_indirectCapacity[id] != 0)
-            {
-                _allocator!.Free(_indirectTable[id]);
-            }
-
-            int capacity = Math.Max(entries, 4);
-            _indirectTable[id] = _allocator!.Allocate((ulong)capacity * DescriptorSize, DescriptorSize);
-            _indirectCapacity[id] = (uint)capacity;
-        }
-
-        return _indirectTable[id];
-    }
 }

@@ -15,7 +15,6 @@ public sealed class SplitDriverQueue : IDriverQueue
     private const ushort NoDescriptor = ushort.MaxValue;
 
     private readonly GuestMemory _memory;
-    private readonly GuestMemoryAllocator? _allocator;
     private readonly ulong _desc;
     private readonly ulong _avail;
     private readonly ulong _used;
@@ -27,8 +26,7 @@ public sealed class SplitDriverQueue : IDriverQueue
     private readonly ushort[] _next;
     private readonly object?[] _tokens;
     private readonly ushort[] _chainDescriptors;
-    private readonly ulong[] _indirectTable;
-    private readonly uint[] _indirectCapacity;
+    private readonly IndirectTables? _indirectTables;
 
     private ushort _freeHead;
     private int _numFree;
@@ -53,7 +51,6 @@ public sealed class SplitDriverQueue : IDriverQueue
             throw new ArgumentOutOfRangeException(nameof(parameters), Size, "A split queue size is a power of two from 1 to 32768 (virtio 1.2, 2.7).");
         }
 
-        _allocator = allocator;
         _desc = parameters.DescriptorArea;
         _avail = parameters.DriverArea;
         _used = parameters.DeviceArea;
@@ -65,8 +62,7 @@ public sealed class SplitDriverQueue : IDriverQueue
         _next = new ushort[Size];
         _tokens = new object?[Size];
         _chainDescriptors = new ushort[Size];
-        _indirectTable = new ulong[Size];
-        _indirectCapacity = new uint[Size];
+        _indirectTables = _indirect ? new IndirectTables(allocator!, Size) : null;
         for (int i = 0; i < Size; i++)
         {
             _next[i] = i + 1 < Size ? (ushort)(i + 1) : NoDescriptor;
@@ -103,7 +99,7 @@ public sealed class SplitDriverQueue : IDriverQueue
         ushort head = _freeHead;
         if (useIndirect)
         {
-            ulong table = EnsureIndirectTable(head, buffers.Length);
+            ulong table = _indirectTables!.Ensure(head, buffers.Length);
             for (int i = 0; i < buffers.Length; i++)
             {
                 DriverBuffer b = buffers[i];
@@ -237,24 +233,6 @@ public sealed class SplitDriverQueue : IDriverQueue
     }
 
     private Span<byte> Descriptor(ushort index) => _memory.GetSpan(_desc + ((ulong)index * DescriptorSize), DescriptorSize);
-
-    private ulong EnsureIndirectTable(ushort head, int entries)
-    {
-        // One table per head slot, kept and reused: no allocator call per request once warm.
-        if (_indirectCapacity[head] < entries)
-        {
-            if (_indirectCapacity[head] != 0)
-            {
-                _allocator!.Free(_indirectTable[head]);
-            }
-
-            int capacity = Math.Max(entries, 4);
-            _indirectTable[head] = _allocator!.Allocate((ulong)capacity * DescriptorSize, DescriptorSize);
-            _indirectCapacity[head] = (uint)capacity;
-        }
-
-        return _indirectTable[head];
-    }
 
     private void FreeChain(ushort head)
     {
