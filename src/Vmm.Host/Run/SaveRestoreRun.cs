@@ -165,14 +165,7 @@ public static class SaveRestoreRun
             queue,
             depth,
             count - writesFrom,
-            (k, slot, state) =>
-            {
-                long i = writesFrom + k;
-                ulong offset = (ulong)i * (ulong)chunk;
-                uint length = Length(i);
-                VerifyPattern.Fill(memory.GetSpan(buffers[slot], (int)length), offset);
-                return queue.TrySubmitWrite(offset / VirtioBlk.SectorSize, buffers[slot], length, state);
-            },
+            (k, slot, state) => Workloads.SubmitPatternWrite(queue, memory, buffers[slot], (ulong)(writesFrom + k) * (ulong)chunk, Length(writesFrom + k), state),
             (k, _, request) =>
             {
                 if (!request.Succeeded)
@@ -188,20 +181,7 @@ public static class SaveRestoreRun
         }
 
         // A flush before the reads (again after a restore that paused in the reads: harmless).
-        if ((blk.Device.Driver.NegotiatedFeatures & VirtioBlkFeatures.FLUSH) != 0)
-        {
-            if (queue.TrySubmitFlush() is null)
-            {
-                throw new WorkloadFailedException("the queue had no room for the flush request.");
-            }
-
-            queue.Kick();
-            VirtioBlkRequest flush = queue.Complete(Workloads.RequestTimeout);
-            if (!flush.Succeeded)
-            {
-                throw new WorkloadFailedException($"the device failed the flush with status {flush.Status}.");
-            }
-        }
+        Workloads.FlushIfNegotiated(blk, queue);
 
         // Requests count .. 2 count - 1: the reads, each compared with the pattern.
         long readsFrom = Math.Max(0, resumeAt - count);
@@ -217,25 +197,7 @@ public static class SaveRestoreRun
                 memory.Clear(buffers[slot], length);
                 return queue.TrySubmitRead((ulong)i * (ulong)chunk / VirtioBlk.SectorSize, buffers[slot], length, state);
             },
-            (k, slot, request) =>
-            {
-                long i = readsFrom + k;
-                ulong offset = (ulong)i * (ulong)chunk;
-                if (!request.Succeeded)
-                {
-                    throw new WorkloadFailedException($"the device failed the read at byte {offset} with status {request.Status}.");
-                }
-
-                int length = (int)Length(i);
-                Span<byte> want = expected.AsSpan(0, length);
-                VerifyPattern.Fill(want, offset);
-                ReadOnlySpan<byte> got = memory.GetSpan(buffers[slot], length);
-                if (!got.SequenceEqual(want))
-                {
-                    int at = got.CommonPrefixLength(want);
-                    throw new WorkloadFailedException($"the data read back at byte {offset + (ulong)at} differs from what was written.");
-                }
-            },
+            (k, slot, request) => Workloads.CheckPatternRead(request, memory, buffers[slot], (ulong)(readsFrom + k) * (ulong)chunk, (int)Length(readsFrom + k), expected),
             PauseAt(count + readsFrom));
         Workloads.FreeBuffers(vm, buffers);
         if (readsFrom + read < count)

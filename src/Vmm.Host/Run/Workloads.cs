@@ -49,13 +49,7 @@ public static class Workloads
             queue,
             depth,
             count,
-            (i, slot, state) =>
-            {
-                ulong offset = (ulong)i * (ulong)chunk;
-                uint length = Length(i);
-                VerifyPattern.Fill(memory.GetSpan(buffers[slot], (int)length), offset);
-                return queue.TrySubmitWrite(offset / VirtioBlk.SectorSize, buffers[slot], length, state);
-            },
+            (i, slot, state) => SubmitPatternWrite(queue, memory, buffers[slot], (ulong)i * (ulong)chunk, Length(i), state),
             (i, _, request) =>
             {
                 if (!request.Succeeded)
@@ -66,20 +60,7 @@ public static class Workloads
                 }
             });
 
-        if ((blk.Device.Driver.NegotiatedFeatures & VirtioBlkFeatures.FLUSH) != 0)
-        {
-            if (queue.TrySubmitFlush() is null)
-            {
-                throw new WorkloadFailedException("the queue had no room for the flush request.");
-            }
-
-            queue.Kick();
-            VirtioBlkRequest flush = queue.Complete(RequestTimeout);
-            if (!flush.Succeeded)
-            {
-                throw new WorkloadFailedException($"the device failed the flush with status {flush.Status}.");
-            }
-        }
+        FlushIfNegotiated(blk, queue);
 
         byte[] expected = new byte[chunk];
         RunInOrder(
@@ -92,24 +73,7 @@ public static class Workloads
                 memory.Clear(buffers[slot], length);
                 return queue.TrySubmitRead((ulong)i * (ulong)chunk / VirtioBlk.SectorSize, buffers[slot], length, state);
             },
-            (i, slot, request) =>
-            {
-                ulong offset = (ulong)i * (ulong)chunk;
-                if (!request.Succeeded)
-                {
-                    throw new WorkloadFailedException($"the device failed the read at byte {offset} with status {request.Status}.");
-                }
-
-                int length = (int)Length(i);
-                Span<byte> want = expected.AsSpan(0, length);
-                VerifyPattern.Fill(want, offset);
-                ReadOnlySpan<byte> got = memory.GetSpan(buffers[slot], length);
-                if (!got.SequenceEqual(want))
-                {
-                    int at = got.CommonPrefixLength(want);
-                    throw new WorkloadFailedException($"the data read back at byte {offset + (ulong)at} differs from what was written.");
-                }
-            });
+            (i, slot, request) => CheckPatternRead(request, memory, buffers[slot], (ulong)i * (ulong)chunk, (int)Length(i), expected));
 
         FreeBuffers(vm, buffers);
         return string.Create(
@@ -258,6 +222,52 @@ public static class Workloads
         }
 
         return retired;
+    }
+
+    /// <summary>Fills <paramref name="buffer"/> with the verify pattern of <paramref name="offset"/> and submits it as a write there.</summary>
+    internal static VirtioBlkRequest? SubmitPatternWrite(BlkQueue queue, GuestMemory memory, ulong buffer, ulong offset, uint length, object? state)
+    {
+        VerifyPattern.Fill(memory.GetSpan(buffer, (int)length), offset);
+        return queue.TrySubmitWrite(offset / VirtioBlk.SectorSize, buffer, length, state);
+    }
+
+    /// <summary>Throws unless the read at <paramref name="offset"/> succeeded and brought back the verify pattern.</summary>
+    internal static void CheckPatternRead(VirtioBlkRequest request, GuestMemory memory, ulong buffer, ulong offset, int length, byte[] scratch)
+    {
+        if (!request.Succeeded)
+        {
+            throw new WorkloadFailedException($"the device failed the read at byte {offset} with status {request.Status}.");
+        }
+
+        Span<byte> want = scratch.AsSpan(0, length);
+        VerifyPattern.Fill(want, offset);
+        ReadOnlySpan<byte> got = memory.GetSpan(buffer, length);
+        if (!got.SequenceEqual(want))
+        {
+            int at = got.CommonPrefixLength(want);
+            throw new WorkloadFailedException($"the data read back at byte {offset + (ulong)at} differs from what was written.");
+        }
+    }
+
+    /// <summary>A FLUSH through <paramref name="queue"/> when the driver negotiated it; the device's answer must be OK.</summary>
+    internal static void FlushIfNegotiated(BlkGuest blk, BlkQueue queue)
+    {
+        if ((blk.Device.Driver.NegotiatedFeatures & VirtioBlkFeatures.FLUSH) == 0)
+        {
+            return;
+        }
+
+        if (queue.TrySubmitFlush() is null)
+        {
+            throw new WorkloadFailedException("the queue had no room for the flush request.");
+        }
+
+        queue.Kick();
+        VirtioBlkRequest flush = queue.Complete(RequestTimeout);
+        if (!flush.Succeeded)
+        {
+            throw new WorkloadFailedException($"the device failed the flush with status {flush.Status}.");
+        }
     }
 
     internal static ulong[] AllocateBuffers(GuestVm vm, int count, int size)
