@@ -8,8 +8,22 @@ namespace Vmm.Core.Interrupts;
 /// change interrupt). Either event-backed (it has an eventfd, which a vhost-user back-end can
 /// signal directly, as KVM's irqfd does) or function-backed (someone must proxy the raise).
 /// </summary>
+/// <remarks>
+/// A line can be masked by its owner (the MSI-X table entry's mask bit or the function mask,
+/// PCI 3.0 §6.8.2.9 and §6.8.3.4): while masked, <see cref="Raise"/> records the interrupt as
+/// pending instead of delivering it, and <see cref="Unmask"/> delivers exactly one if any was
+/// recorded. A writer that bypasses <see cref="Raise"/> (a back-end writing
+/// <see cref="EventFd"/> itself) is not stopped by the mask: whoever handed the eventfd out
+/// listens to <see cref="MaskChanged"/> and routes such writes through <see cref="Raise"/>
+/// while the line is masked (QEMU's masked notifier).
+/// </remarks>
 public abstract class InterruptLine
 {
+    private const int MaskedBit = 1;
+    private const int PendingBit = 2;
+
+    private int _state;
+
     protected InterruptLine(int vector)
     {
         Vector = vector;
@@ -21,8 +35,75 @@ public abstract class InterruptLine
     /// <summary>The eventfd that raises this line, when it has one; null for function-backed lines.</summary>
     public virtual EventFd? EventFd => null;
 
-    /// <summary>Raises the interrupt. Cheap and callable from any thread (the queue workers).</summary>
-    public abstract void Raise();
+    /// <summary>True while the owner has the line masked.</summary>
+    public bool IsMasked => (Volatile.Read(ref _state) & MaskedBit) != 0;
+
+    /// <summary>True when an interrupt was raised while masked and not yet delivered (the PBA bit).</summary>
+    public bool IsPending => (Volatile.Read(ref _state) & PendingBit) != 0;
+
+    /// <summary>
+    /// Raised after <see cref="Mask"/> or <see cref="Unmask"/> changed the mask, on the thread that
+    /// changed it (a vCPU's MMIO write to the MSI-X table), before that write completes; the
+    /// argument is the new mask state. Handlers re-route direct writers of <see cref="EventFd"/>.
+    /// </summary>
+    public event Action<InterruptLine, bool>? MaskChanged;
+
+    /// <summary>
+    /// Raises the interrupt, or records it as pending while the line is masked. Cheap and
+    /// callable from any thread (the queue workers).
+    /// </summary>
+    public void Raise()
+    {
+        while (true)
+        {
+            int state = Volatile.Read(ref _state);
+            if ((state & MaskedBit) == 0)
+            {
+                Deliver();
+                return;
+            }
+
+            if ((state & PendingBit) != 0 || Interlocked.CompareExchange(ref _state, state | PendingBit, state) == state)
+            {
+                return;
+            }
+        }
+    }
+
+    /// <summary>Masks the line: raises from now on only set the pending bit.</summary>
+    public void Mask()
+    {
+        if ((Interlocked.Or(ref _state, MaskedBit) & MaskedBit) == 0)
+        {
+            MaskChanged?.Invoke(this, true);
+        }
+    }
+
+    /// <summary>
+    /// Unmasks the line. The handlers of <see cref="MaskChanged"/> run first (so direct writers
+    /// are back on <see cref="EventFd"/>), then one interrupt is delivered if any was pending
+    /// (PCI 3.0 §6.8.2.9: a pending message is sent when its vector is unmasked).
+    /// </summary>
+    public void Unmask()
+    {
+        int old = Interlocked.And(ref _state, ~MaskedBit);
+        if ((old & MaskedBit) == 0)
+        {
+            return;
+        }
+
+        MaskChanged?.Invoke(this, false);
+        if ((Interlocked.And(ref _state, ~PendingBit) & PendingBit) != 0)
+        {
+            Deliver();
+        }
+    }
+
+    /// <summary>Clears a pending interrupt without delivering it (a reset of the function).</summary>
+    public void ClearPending() => Interlocked.And(ref _state, ~PendingBit);
+
+    /// <summary>Delivers one interrupt (the line is not masked). Cheap and callable from any thread.</summary>
+    protected abstract void Deliver();
 }
 
 /// <summary>A line raised by signalling an eventfd that the VMM (or an irqfd) waits on.</summary>
@@ -37,7 +118,7 @@ public sealed class EventBackedInterruptLine : InterruptLine
 
     public override EventFd EventFd => _eventFd;
 
-    public override void Raise() => _eventFd.Signal();
+    protected override void Deliver() => _eventFd.Signal();
 }
 
 /// <summary>A line raised by a call: here, a Tell to the VM's InterruptControllerActor.</summary>
@@ -54,5 +135,5 @@ public sealed class FunctionBackedInterruptLine : InterruptLine
     public static FunctionBackedInterruptLine ToController(int vector, IActorRef controller) =>
         new(vector, v => controller.Tell(new RaiseInterrupt(v)));
 
-    public override void Raise() => _raise(Vector);
+    protected override void Deliver() => _raise(Vector);
 }

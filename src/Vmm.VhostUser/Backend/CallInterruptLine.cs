@@ -21,5 +21,5 @@ internal sealed class CallInterruptLine : InterruptLine
     /// <summary>Installs <paramref name="call"/> (null: no fd, the front-end polls) and returns the previous one.</summary>
     public EventFd? Swap(EventFd? call) => Interlocked.Exchange(ref _call, call);
 
-    public override void Raise() => Volatile.Read(ref _call)?.Signal();
+    protected override void Deliver() => Volatile.Read(ref _call)?.Signal();
 }
