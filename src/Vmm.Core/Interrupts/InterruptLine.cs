@@ -14,8 +14,10 @@ namespace Vmm.Core.Interrupts;
 /// pending instead of delivering it, and <see cref="Unmask"/> delivers exactly one if any was
 /// recorded. A writer that bypasses <see cref="Raise"/> (a back-end writing
 /// <see cref="EventFd"/> itself) is not stopped by the mask: whoever handed the eventfd out
-/// listens to <see cref="MaskChanged"/> and routes such writes through <see cref="Raise"/>
-/// while the line is masked (QEMU's masked notifier).
+/// listens to <see cref="RoutingChanged"/> and routes such writes through <see cref="Raise"/>
+/// while the line is masked (QEMU's masked notifier). A line that forwards to another (a
+/// queue's line that follows the queue's current MSI-X vector) overrides the virtual members
+/// and raises <see cref="RoutingChanged"/> when its target changes.
 /// </remarks>
 public abstract class InterruptLine
 {
@@ -36,23 +38,24 @@ public abstract class InterruptLine
     public virtual EventFd? EventFd => null;
 
     /// <summary>True while the owner has the line masked.</summary>
-    public bool IsMasked => (Volatile.Read(ref _state) & MaskedBit) != 0;
+    public virtual bool IsMasked => (Volatile.Read(ref _state) & MaskedBit) != 0;
 
     /// <summary>True when an interrupt was raised while masked and not yet delivered (the PBA bit).</summary>
-    public bool IsPending => (Volatile.Read(ref _state) & PendingBit) != 0;
+    public virtual bool IsPending => (Volatile.Read(ref _state) & PendingBit) != 0;
 
     /// <summary>
-    /// Raised after <see cref="Mask"/> or <see cref="Unmask"/> changed the mask, on the thread that
-    /// changed it (a vCPU's MMIO write to the MSI-X table), before that write completes; the
-    /// argument is the new mask state. Handlers re-route direct writers of <see cref="EventFd"/>.
+    /// Raised when <see cref="IsMasked"/> or <see cref="EventFd"/> changed, on the thread that
+    /// changed it (a vCPU's MMIO write to the MSI-X table or to queue_msix_vector), before that
+    /// write completes. Whoever gave <see cref="EventFd"/> to a direct writer re-routes it: to
+    /// <see cref="EventFd"/> while unmasked, through <see cref="Raise"/> while masked.
     /// </summary>
-    public event Action<InterruptLine, bool>? MaskChanged;
+    public event Action<InterruptLine>? RoutingChanged;
 
     /// <summary>
     /// Raises the interrupt, or records it as pending while the line is masked. Cheap and
     /// callable from any thread (the queue workers).
     /// </summary>
-    public void Raise()
+    public virtual void Raise()
     {
         while (true)
         {
@@ -75,12 +78,12 @@ public abstract class InterruptLine
     {
         if ((Interlocked.Or(ref _state, MaskedBit) & MaskedBit) == 0)
         {
-            MaskChanged?.Invoke(this, true);
+            OnRoutingChanged();
         }
     }
 
     /// <summary>
-    /// Unmasks the line. The handlers of <see cref="MaskChanged"/> run first (so direct writers
+    /// Unmasks the line. The handlers of <see cref="RoutingChanged"/> run first (so direct writers
     /// are back on <see cref="EventFd"/>), then one interrupt is delivered if any was pending
     /// (PCI 3.0 §6.8.2.9: a pending message is sent when its vector is unmasked).
     /// </summary>
@@ -92,7 +95,7 @@ public abstract class InterruptLine
             return;
         }
 
-        MaskChanged?.Invoke(this, false);
+        OnRoutingChanged();
         if ((Interlocked.And(ref _state, ~PendingBit) & PendingBit) != 0)
         {
             Deliver();
@@ -101,6 +104,9 @@ public abstract class InterruptLine
 
     /// <summary>Clears a pending interrupt without delivering it (a reset of the function).</summary>
     public void ClearPending() => Interlocked.And(ref _state, ~PendingBit);
+
+    /// <summary>Tells the <see cref="RoutingChanged"/> listeners that the mask or the eventfd changed.</summary>
+    protected void OnRoutingChanged() => RoutingChanged?.Invoke(this);
 
     /// <summary>Delivers one interrupt (the line is not masked). Cheap and callable from any thread.</summary>
     protected abstract void Deliver();
