@@ -5,13 +5,17 @@ namespace Vmm.Core.Events;
 /// <summary>
 /// An eventfd(2) counter: the kick and call notifications of virtio queues, shareable with
 /// another process. <see cref="Wait()"/> blocks a dedicated thread (the fastest wake-up
-/// measured on these machines, STACK.md section 4); <see cref="Dispose"/> wakes it.
+/// measured on these machines: a blocked thread woken by the kernel); <see cref="Dispose"/> wakes it.
 /// </summary>
 /// <remarks>
-/// A peer may set O_NONBLOCK on the shared open file (qemu-storage-daemon does),
-/// so every read tolerates EAGAIN and then waits with poll(2).
+/// Every EventFd is non-blocking (O_NONBLOCK), our own and a peer's alike, so that no thread
+/// here ever blocks on a counter a peer controls: a peer can saturate a counter
+/// (0xfffffffffffffffe) so that a blocking write would wait for a read that never comes, or read
+/// a shared counter between our poll and our read. A write to a saturated counter is dropped:
+/// the reader is already due a wake-up. Waits poll first, then read, and poll again on EAGAIN.
+/// The system calls themselves live in Vmm.Core.Posix.
 /// </remarks>
-public sealed unsafe partial class EventFd : IDisposable
+public sealed partial class EventFd : IDisposable
 {
     private readonly SafeFileDescriptor _fd;
     private volatile bool _disposed;
@@ -19,22 +23,35 @@ public sealed unsafe partial class EventFd : IDisposable
 
     public EventFd()
     {
-        int fd = Interop.Libc.EventFd(0, Interop.Libc.EFD_CLOEXEC);
-        if (fd < 0)
-        {
-            throw PosixException.FromLastError("eventfd");
-        }
-
-        _fd = new SafeFileDescriptor(fd);
+        _fd = EventCounter.Create();
     }
 
-    /// <summary>Wraps an eventfd received from a peer (takes ownership).</summary>
+    /// <summary>
+    /// Wraps an eventfd received from a peer and takes ownership of it, also when it throws.
+    /// The descriptor must be an eventfd (a pipe, a file or a socket is an
+    /// <see cref="ArgumentException"/> that names what it is); it is made non-blocking.
+    /// </summary>
     public EventFd(SafeFileDescriptor fd)
     {
         ArgumentNullException.ThrowIfNull(fd);
-        if (fd.IsInvalid)
+        try
         {
-            throw new ArgumentException("Invalid file descriptor.", nameof(fd));
+            if (fd.IsInvalid)
+            {
+                throw new ArgumentException("Invalid file descriptor.", nameof(fd));
+            }
+
+            if (FileDescriptors.GetKind(fd) != FileKind.EventFd)
+            {
+                throw new ArgumentException($"The descriptor is {FileDescriptors.Describe(fd)}, not an eventfd.", nameof(fd));
+            }
+
+            FileDescriptors.SetNonBlocking(fd);
+        }
+        catch
+        {
+            fd.Dispose();
+            throw;
         }
 
         _fd = fd;
@@ -45,30 +62,39 @@ public sealed unsafe partial class EventFd : IDisposable
 
     public bool IsDisposed => _disposed;
 
-    /// <summary>Adds one to the counter, waking a waiter. Does nothing once disposed.</summary>
+    /// <summary>
+    /// Adds one to the counter, waking a waiter. Does nothing once disposed, nor when the counter
+    /// is saturated (a wake-up is already pending). Never blocks.
+    /// </summary>
+    /// <exception cref="PosixException">The write failed for another reason.</exception>
     public void Signal()
     {
+        if (!TrySignal(out int errno))
+        {
+            throw new PosixException("write(eventfd)", errno);
+        }
+    }
+
+    /// <summary>
+    /// <see cref="Signal"/> without the exception: false, with the errno, when the write failed
+    /// for a reason other than a saturated counter. Never blocks.
+    /// </summary>
+    public bool TrySignal(out int errno)
+    {
+        errno = 0;
         if (_disposed)
         {
-            return;
+            return true;
         }
 
-        bool added = false;
         try
         {
-            _fd.DangerousAddRef(ref added);
-            WriteCounter(_fd.DangerousFd, 1);
+            return EventCounter.Add(_fd, 1, out errno) != EventCounterAdd.Failed;
         }
         catch (ObjectDisposedException)
         {
-            // Disposed between the check and the add-ref: a signal to a closed queue is moot.
-        }
-        finally
-        {
-            if (added)
-            {
-                _fd.DangerousRelease();
-            }
+            // Disposed between the check and the write: a signal to a closed queue is moot.
+            return true;
         }
     }
 
@@ -81,25 +107,17 @@ public sealed unsafe partial class EventFd : IDisposable
     /// </summary>
     public bool Wait(int timeoutMilliseconds)
     {
-        bool added = false;
         Interlocked.Increment(ref _waiters);
         try
         {
-            _fd.DangerousAddRef(ref added);
-            int fd = _fd.DangerousFd;
             while (!_disposed)
             {
-                if (!PollReadable(fd, timeoutMilliseconds))
+                if (!EventCounter.WaitReadable(_fd, timeoutMilliseconds) || _disposed)
                 {
                     return false;
                 }
 
-                if (_disposed)
-                {
-                    return false;
-                }
-
-                if (TryReadCounter(fd, out _))
+                if (EventCounter.TryRead(_fd, out _))
                 {
                     return true;
                 }
@@ -114,10 +132,6 @@ public sealed unsafe partial class EventFd : IDisposable
         finally
         {
             Interlocked.Decrement(ref _waiters);
-            if (added)
-            {
-                _fd.DangerousRelease();
-            }
         }
     }
 
@@ -128,23 +142,13 @@ public sealed unsafe partial class EventFd : IDisposable
     public bool TryConsume(out ulong count)
     {
         count = 0;
-        bool added = false;
         try
         {
-            _fd.DangerousAddRef(ref added);
-            int fd = _fd.DangerousFd;
-            return PollReadable(fd, 0) && TryReadCounter(fd, out count);
+            return EventCounter.TryRead(_fd, out count);
         }
         catch (ObjectDisposedException)
         {
             return false;
-        }
-        finally
-        {
-            if (added)
-            {
-                _fd.DangerousRelease();
-            }
         }
     }
 
@@ -161,107 +165,22 @@ public sealed unsafe partial class EventFd : IDisposable
             return;
         }
 
-        bool added = false;
-        try
+        _disposed = true;
+
+        // Full fence: the flag must be visible before the waiter count is read, or a waiter
+        // that just counted itself in and read the old flag would poll and never be woken.
+        Interlocked.MemoryBarrier();
+        if (Volatile.Read(ref _waiters) > 0)
         {
-            _fd.DangerousAddRef(ref added);
-            _disposed = true;
-            if (Volatile.Read(ref _waiters) > 0)
+            try
             {
-                WriteCounter(_fd.DangerousFd, 1);
+                EventCounter.Add(_fd, 1, out _);
             }
-        }
-        catch (ObjectDisposedException)
-        {
-            _disposed = true;
-        }
-        finally
-        {
-            if (added)
+            catch (ObjectDisposedException)
             {
-                _fd.DangerousRelease();
             }
         }
 
         _fd.Dispose();
-    }
-
-    private static bool PollReadable(int fd, int timeoutMilliseconds)
-    {
-        var pfd = new Interop.Libc.PollFd { Fd = fd, Events = Interop.Libc.POLLIN };
-        while (true)
-        {
-            int n = Interop.Libc.Poll(&pfd, 1, timeoutMilliseconds);
-            if (n > 0)
-            {
-                return true;
-            }
-
-            if (n == 0)
-            {
-                return false;
-            }
-
-            int errno = Interop.LastErrno;
-            if (errno != Interop.Errno.EINTR)
-            {
-                throw new PosixException("poll", errno);
-            }
-        }
-    }
-
-    private static bool TryReadCounter(int fd, out ulong value)
-    {
-        ulong v = 0;
-        while (true)
-        {
-            nint n = Interop.Libc.Read(fd, &v, sizeof(ulong));
-            if (n == sizeof(ulong))
-            {
-                value = v;
-                return true;
-            }
-
-            int errno = Interop.LastErrno;
-            if (n < 0 && errno == Interop.Errno.EINTR)
-            {
-                continue;
-            }
-
-            value = 0;
-            if (n < 0 && errno == Interop.Errno.EAGAIN)
-            {
-                // Another reader took it first, or the counter was already drained.
-                return false;
-            }
-
-            throw new PosixException("read(eventfd)", n < 0 ? errno : Interop.Errno.EINVAL);
-        }
-    }
-
-    private static void WriteCounter(int fd, ulong value)
-    {
-        while (true)
-        {
-            nint n = Interop.Libc.Write(fd, &value, sizeof(ulong));
-            if (n == sizeof(ulong))
-            {
-                return;
-            }
-
-            int errno = Interop.LastErrno;
-            if (n < 0 && errno == Interop.Errno.EINTR)
-            {
-                continue;
-            }
-
-            if (n < 0 && errno == Interop.Errno.EAGAIN)
-            {
-                // The counter is at its maximum (0xfffffffffffffffe): the reader is already due a wake-up.
-                return;
-            }
-
-            throw new PosixException("write(eventfd)", n < 0 ? errno : Interop.Errno.EINVAL);
-        }
     }
 }

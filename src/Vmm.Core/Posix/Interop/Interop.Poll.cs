@@ -7,6 +7,9 @@ internal static partial class Interop
     internal static partial class Libc
     {
         internal const short POLLIN = 0x001;
+        internal const short POLLOUT = 0x004;
+        internal const short POLLERR = 0x008;
+        internal const short POLLHUP = 0x010;
 
         [StructLayout(LayoutKind.Sequential)]
         internal struct PollFd
