@@ -15,6 +15,9 @@ namespace Vmm.Core.Memory;
 /// to the caller, who disposes (unmaps) it once no queue can still be using it: the back-end
 /// stops its rings before it replaces the table (vhost-user.rst, "REM_MEM_REG").
 /// Ring fields are little-endian (virtio 1.2, 2.6 "Split Virtqueues": le16/le32/le64).
+/// Memory created here is a memfd sealed against shrinking and growing, so a peer that maps it
+/// cannot pull pages from under us. A region received from a peer is sealed against shrinking
+/// when its file allows; when it does not, <see cref="UnsealedRegions"/> decides.
 /// </remarks>
 public sealed unsafe class GuestMemory : IDisposable
 {
@@ -30,6 +33,16 @@ public sealed unsafe class GuestMemory : IDisposable
 
     /// <summary>Raised after a region was added or removed (the front-end mirrors it to its back-end).</summary>
     public event Action<GuestMemoryChange>? Changed;
+
+    /// <summary>
+    /// Raised, on the SIGBUS guard's thread, when a page of a guarded (unsealed) region was found
+    /// gone: the peer truncated the file. The page now reads as zeroes here and is no longer
+    /// shared; whatever uses the region should be stopped and the peer dropped.
+    /// </summary>
+    public event Action<GuestMemoryRegion>? Truncated;
+
+    /// <summary>What <see cref="AddRegion(ulong, ulong, ulong, SafeFileDescriptor, ulong)"/> does with a file that can still shrink.</summary>
+    public UnsealedMemoryPolicy UnsealedRegions { get; init; } = UnsealedMemoryPolicy.Guard;
 
     /// <summary>The current regions, ordered by guest-physical address.</summary>
     public IReadOnlyList<GuestMemoryRegion> Regions => _regions;
@@ -89,7 +102,7 @@ public sealed unsafe class GuestMemory : IDisposable
             throw;
         }
 
-        var region = new GuestMemoryRegion(range.GuestPhysicalAddress, range.Size, (ulong)mapping.Address, fd, 0, mapping);
+        var region = new GuestMemoryRegion(range.GuestPhysicalAddress, range.Size, (ulong)mapping.Address, fd, 0, mapping, isSealed: true);
         Insert(region);
         return region;
     }
@@ -99,7 +112,8 @@ public sealed unsafe class GuestMemory : IDisposable
     /// starting at <paramref name="fileOffset"/>, at <paramref name="guestPhysicalAddress"/>, known to
     /// the front-end as <paramref name="userAddress"/>. Takes ownership of <paramref name="fd"/>,
     /// also when it throws. Rejects a zero size, overflowing ranges, overlap with an existing region
-    /// (by GPA or by user address) and a range beyond the end of the file.
+    /// (by GPA or by user address) and a range beyond the end of the file. The file is sealed
+    /// against shrinking where it can be; where it cannot, <see cref="UnsealedRegions"/> decides.
     /// </summary>
     public GuestMemoryRegion AddRegion(ulong guestPhysicalAddress, ulong size, ulong userAddress, SafeFileDescriptor fd, ulong fileOffset)
     {
@@ -118,6 +132,8 @@ public sealed unsafe class GuestMemory : IDisposable
                 throw new GuestMemoryException($"Region file offset 0x{fileOffset:x} + size 0x{size:x} overflows.");
             }
 
+            // Sealed first, measured second: once F_SEAL_SHRINK holds, the size read is final.
+            bool sealedFile = MemFd.TrySealAgainstShrinking(fd);
             ulong fileSize = MemFd.GetFileSize(fd);
             if (fileOffset > fileSize || size > fileSize - fileOffset)
             {
@@ -125,8 +141,29 @@ public sealed unsafe class GuestMemory : IDisposable
                     $"Region [offset 0x{fileOffset:x}, size 0x{size:x}] lies beyond the end of its file (0x{fileSize:x} bytes).");
             }
 
-            mapping = SharedMapping.Map(fd, fileOffset, size);
-            var region = new GuestMemoryRegion(guestPhysicalAddress, size, userAddress, fd, fileOffset, mapping);
+            GuestMemoryRegion? region = null;
+            if (sealedFile)
+            {
+                mapping = SharedMapping.Map(fd, fileOffset, size);
+            }
+            else if (UnsealedRegions == UnsealedMemoryPolicy.Refuse)
+            {
+                throw new GuestMemoryException(
+                    $"Region at 0x{guestPhysicalAddress:x} is backed by {FileDescriptors.Describe(fd)}, which is not sealed against shrinking " +
+                    "and cannot be sealed now, and unsealed memory is refused (a memfd with F_SEAL_SHRINK is needed).");
+            }
+            else if (SigbusGuard.UnavailableReason is { } reason)
+            {
+                throw new GuestMemoryException(
+                    $"Region at 0x{guestPhysicalAddress:x} is backed by {FileDescriptors.Describe(fd)}, which is not sealed against shrinking, " +
+                    $"and it cannot be guarded: {reason}.");
+            }
+            else
+            {
+                mapping = SharedMapping.MapGuarded(fd, fileOffset, size, () => OnTruncated(region));
+            }
+
+            region = new GuestMemoryRegion(guestPhysicalAddress, size, userAddress, fd, fileOffset, mapping, sealedFile);
             Insert(region);
             return region;
         }
@@ -186,6 +223,48 @@ public sealed unsafe class GuestMemory : IDisposable
         return removed;
     }
 
+    /// <summary>
+    /// True when every byte of [address, address + length) is guest RAM, possibly across regions
+    /// that follow each other without a gap: a driver may hand over a buffer that straddles two
+    /// memory slots (QEMU and qemu-storage-daemon serve such buffers), and copies and scatter/gather
+    /// I/O take it piece by piece. Ring areas, which are accessed in place, use <see cref="IsValidRange"/>.
+    /// </summary>
+    public bool IsMappedRange(ulong address, ulong length)
+    {
+        if (length == 0)
+        {
+            return FindRegion(address, 1) is not null;
+        }
+
+        if (address + (length - 1) < address)
+        {
+            return false;
+        }
+
+        GuestMemoryRegion[] regions = _regions;
+        int index = IndexOf(regions, address);
+        while (index >= 0)
+        {
+            GuestMemoryRegion region = regions[index];
+            ulong available = region.LastAddress - address + 1;
+            if (available == 0 || length <= available)
+            {
+                // available == 0: the region reaches the end of the address space.
+                return true;
+            }
+
+            length -= available;
+            address = region.LastAddress + 1;
+            index++;
+            if (index == regions.Length || regions[index].GuestPhysicalAddress != address)
+            {
+                return false;
+            }
+        }
+
+        return false;
+    }
+
     /// <summary>True when [address, address + length) lies inside one region.</summary>
     public bool IsValidRange(ulong address, ulong length) => length == 0 ? FindRegion(address, 1) is not null : FindRegion(address, length) is not null;
 
@@ -193,6 +272,13 @@ public sealed unsafe class GuestMemory : IDisposable
     public GuestMemoryRegion? FindRegion(ulong address, ulong length)
     {
         GuestMemoryRegion[] regions = _regions;
+        int index = IndexOf(regions, address);
+        return index >= 0 && regions[index].ContainsGpa(address, length) ? regions[index] : null;
+    }
+
+    /// <summary>The index of the region holding <paramref name="address"/>, or -1.</summary>
+    private static int IndexOf(GuestMemoryRegion[] regions, ulong address)
+    {
         int lo = 0;
         int hi = regions.Length - 1;
         while (lo <= hi)
@@ -209,11 +295,11 @@ public sealed unsafe class GuestMemory : IDisposable
             }
             else
             {
-                return r.ContainsGpa(address, length) ? r : null;
+                return mid;
             }
         }
 
-        return null;
+        return -1;
     }
 
     /// <summary>
@@ -358,6 +444,14 @@ public sealed unsafe class GuestMemory : IDisposable
         if (address + (size - 1) < address)
         {
             throw new GuestMemoryException($"Region at 0x{address:x} of size 0x{size:x} overflows the address space.");
+        }
+    }
+
+    private void OnTruncated(GuestMemoryRegion? region)
+    {
+        if (region is not null)
+        {
+            Truncated?.Invoke(region);
         }
     }
 

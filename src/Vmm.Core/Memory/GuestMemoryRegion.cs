@@ -12,8 +12,9 @@ public sealed unsafe class GuestMemoryRegion : IDisposable
 {
     private readonly SharedMapping _mapping;
 
-    internal GuestMemoryRegion(ulong guestPhysicalAddress, ulong size, ulong userAddress, SafeFileDescriptor fd, ulong fileOffset, SharedMapping mapping)
+    internal GuestMemoryRegion(ulong guestPhysicalAddress, ulong size, ulong userAddress, SafeFileDescriptor fd, ulong fileOffset, SharedMapping mapping, bool isSealed)
     {
+        IsSealed = isSealed;
         GuestPhysicalAddress = guestPhysicalAddress;
         Size = size;
         UserAddress = userAddress;
@@ -36,6 +37,12 @@ public sealed unsafe class GuestMemoryRegion : IDisposable
     public SafeFileDescriptor Fd { get; }
 
     public ulong FileOffset { get; }
+
+    /// <summary>True when the file cannot shrink (F_SEAL_SHRINK): no page of the region can vanish.</summary>
+    public bool IsSealed { get; }
+
+    /// <summary>True when the file can shrink and the mapping is under the SIGBUS guard instead.</summary>
+    public bool IsGuarded => _mapping.IsGuarded;
 
     internal byte* HostAddress { get; }
 

@@ -9,10 +9,15 @@ namespace Vmm.Core.Posix;
 /// <see cref="Address"/> points at <c>offset</c> itself, because vhost-user's mmap_offset
 /// (vhost-user.rst, "Memory region description") carries no alignment promise.
 /// </summary>
+/// <remarks>
+/// A mapping of a file that a peer may still shrink can be put under the <see cref="SigbusGuard"/>
+/// (<see cref="MapGuarded"/>): a page that vanishes then reads as zeroes instead of killing
+/// the process, and the owner is told. The registration is dropped before the range is unmapped.
+/// </remarks>
 public sealed unsafe class SharedMapping : SafeHandle
 {
-    private static readonly ulong s_pageSize = (ulong)Environment.SystemPageSize;
     private readonly ulong _mappedLength;
+    private IDisposable? _guard;
 
     private SharedMapping(IntPtr mappedBase, ulong mappedLength, ulong skew, ulong length)
         : base(IntPtr.Zero, ownsHandle: true)
@@ -30,12 +35,49 @@ public sealed unsafe class SharedMapping : SafeHandle
 
     public ulong Length { get; }
 
-    public static SharedMapping Map(SafeFileDescriptor fd, ulong offset, ulong length)
+    /// <summary>True when a SIGBUS in this mapping is repaired rather than fatal.</summary>
+    public bool IsGuarded => _guard is not null;
+
+    public static SharedMapping Map(SafeFileDescriptor fd, ulong offset, ulong length) => Map(fd, offset, length, out _);
+
+    /// <summary>
+    /// Maps like <see cref="Map(SafeFileDescriptor, ulong, ulong)"/> and guards the mapping:
+    /// <paramref name="onTruncated"/> is called (on the guard's thread) after a page of it was
+    /// found gone and replaced by zeroes. Throws <see cref="InvalidOperationException"/> when the
+    /// guard is not available here (<see cref="SigbusGuard.UnavailableReason"/>).
+    /// </summary>
+    public static SharedMapping MapGuarded(SafeFileDescriptor fd, ulong offset, ulong length, Action onTruncated)
     {
+        ArgumentNullException.ThrowIfNull(onTruncated);
+        if (SigbusGuard.UnavailableReason is { } reason)
+        {
+            throw new InvalidOperationException(reason);
+        }
+
+        // hugetlbfs maps whole huge pages: the guard must replace one at a time.
+        SharedMapping mapping = Map(fd, offset, length, out ulong granule);
+        try
+        {
+            mapping._guard = SigbusGuard.Register(mapping.handle, mapping._mappedLength, granule, onTruncated);
+            return mapping;
+        }
+        catch
+        {
+            mapping.Dispose();
+            throw;
+        }
+    }
+
+    private static SharedMapping Map(SafeFileDescriptor fd, ulong offset, ulong length, out ulong pageSize)
+    {
+        ArgumentNullException.ThrowIfNull(fd);
         ArgumentOutOfRangeException.ThrowIfZero(length);
-        ulong skew = offset % s_pageSize;
+
+        // A hugetlbfs file is mapped in whole huge pages, from an offset that is a multiple of one.
+        pageSize = MemFd.GetMappingPageSize(fd);
+        ulong skew = offset % pageSize;
         ulong alignedOffset = offset - skew;
-        ulong mappedLength = checked(length + skew);
+        ulong mappedLength = checked(length + skew + (pageSize - 1)) & ~(pageSize - 1);
         if (alignedOffset > long.MaxValue || mappedLength > long.MaxValue)
         {
             throw new ArgumentOutOfRangeException(nameof(length), "Mapping range does not fit in off_t.");
@@ -57,5 +99,10 @@ public sealed unsafe class SharedMapping : SafeHandle
         return new SharedMapping(address, mappedLength, skew, length);
     }
 
-    protected override bool ReleaseHandle() => Syscall.munmap(handle, _mappedLength) == 0;
+    protected override bool ReleaseHandle()
+    {
+        // Unregistered first: once unmapped, the range may be mapped again for someone else.
+        _guard?.Dispose();
+        return Syscall.munmap(handle, _mappedLength) == 0;
+    }
 }
