@@ -65,17 +65,7 @@ public sealed class UnixListener : IDisposable
             // bind(2) created the file with 0777 & ~umask, and fchmod does not apply to sockets.
             // Narrow it before listen(2): until then every connect(2) is refused (ECONNREFUSED),
             // so nobody else can get in through the wider mode.
-            if (Syscall.chmod(path, SocketMode) != 0)
-            {
-                int errno = Marshal.GetLastPInvokeError();
-                throw new IOException($"chmod 0600 on socket {path} failed: {PosixErrors.Describe(errno)}");
-            }
-
-            if (Syscall.lstat(path, out Stat stat) != 0)
-            {
-                int errno = Marshal.GetLastPInvokeError();
-                throw new IOException($"lstat on socket {path} failed: {PosixErrors.Describe(errno)}");
-            }
+            Stat stat = RestrictToOwner(path);
 
             if (Syscall.listen(fd, backlog) != 0)
             {
@@ -120,6 +110,44 @@ public sealed class UnixListener : IDisposable
         {
             Syscall.unlink(Path);
         }
+    }
+
+    /// <summary>
+    /// chmod 0600 of the socket file at <paramref name="path"/>, without following a symbolic
+    /// link: whoever can write the directory could replace the file by a link between bind(2)
+    /// and here, and chmod(2) would then change the mode of whatever the link names. The path
+    /// is opened with O_PATH | O_NOFOLLOW (a link opens as the link itself), checked to be a
+    /// socket, and changed through its /proc/self/fd entry, which names exactly that inode.
+    /// Returns the socket file's stat, by which <see cref="Dispose"/> recognises it.
+    /// </summary>
+    internal static Stat RestrictToOwner(string path)
+    {
+        int fd = Interop.Libc.Open(path, Interop.Libc.O_PATH | Interop.Libc.O_NOFOLLOW | Interop.Libc.O_CLOEXEC);
+        if (fd < 0)
+        {
+            int errno = Marshal.GetLastPInvokeError();
+            throw new IOException($"Cannot open socket {path} to restrict its mode: {PosixErrors.Describe(errno)}");
+        }
+
+        using var handle = new SafeFileDescriptor(fd);
+        if (Syscall.fstat(fd, out Stat stat) != 0)
+        {
+            int errno = Marshal.GetLastPInvokeError();
+            throw new IOException($"fstat of socket {path} failed: {PosixErrors.Describe(errno)}");
+        }
+
+        if ((stat.st_mode & FilePermissions.S_IFMT) != FilePermissions.S_IFSOCK)
+        {
+            throw new IOException($"{path} was replaced by something other than a socket before its mode could be set; refusing to listen on it.");
+        }
+
+        if (Syscall.chmod($"/proc/self/fd/{fd}", SocketMode) != 0)
+        {
+            int errno = Marshal.GetLastPInvokeError();
+            throw new IOException($"chmod 0600 on socket {path} failed: {PosixErrors.Describe(errno)}");
+        }
+
+        return stat;
     }
 
     private static void RemoveStaleSocket(string path)
