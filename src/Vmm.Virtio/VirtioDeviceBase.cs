@@ -84,12 +84,13 @@ public abstract class VirtioDeviceBase : IVirtioDevice
 
             IDeviceQueue queue = DeviceQueue.Create(resources, features, initialState, resources.Inflight ?? CreateInflightTracker(index));
             GuestMemory memory = resources.Memory;
-            var worker = new VirtqueueWorker(
+            VirtqueueWorker? worker = null;
+            worker = new VirtqueueWorker(
                 QueueThreadName(index),
                 queue,
                 resources.PollWithoutKick ? null : resources.Kick,
                 chain => ProcessRequest(index, chain, memory),
-                ex => ReportFault(index, ex));
+                ex => ReportFault(index, worker!, ex));
             NegotiatedFeatures = features;
             slot.Worker = worker;
             slot.StoppedState = null;
@@ -181,15 +182,38 @@ public abstract class VirtioDeviceBase : IVirtioDevice
 
     /// <summary>
     /// Raises <see cref="Faulted"/> off the worker thread: a subscriber that stops or resets the
-    /// device must not block on a control call that is itself joining this worker.
+    /// device must not block on a control call that is itself joining this worker. A fault of a
+    /// worker the queue no longer runs (stopped or reset meanwhile, maybe for the next front-end)
+    /// is not reported: it belongs to a session that is over. Nothing a subscriber throws
+    /// escapes onto the pool thread, where it would end the process.
     /// </summary>
-    private void ReportFault(int index, Exception ex) =>
-        ThreadPool.QueueUserWorkItem(_ => RaiseFaulted(new DeviceFault(index, ex.Message, ex)));
+    private void ReportFault(int index, VirtqueueWorker worker, Exception ex) =>
+        ThreadPool.QueueUserWorkItem(_ =>
+        {
+            lock (_control)
+            {
+                if (_disposed || !ReferenceEquals(_queues[index].Worker, worker))
+                {
+                    return;
+                }
+            }
+
+            try
+            {
+                RaiseFaulted(new DeviceFault(index, ex.Message, ex));
+            }
+            catch (Exception observerFailure)
+            {
+                System.Diagnostics.Trace.TraceError($"A Faulted subscriber of queue {index} failed: {observerFailure}");
+            }
+        });
 
     private static void StopSlot(QueueSlot slot)
     {
         if (slot.Worker is { } worker)
         {
+            // Throws TimeoutException when the worker is stuck: the slot keeps it, so nothing
+            // treats the queue as stopped (and its memory as free) while the thread may run.
             slot.StoppedState = worker.Stop();
             slot.Worker = null;
         }

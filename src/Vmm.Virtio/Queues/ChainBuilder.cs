@@ -37,7 +37,9 @@ internal sealed class ChainBuilder
             ThrowHelper.ThrowChainTooLong(_maxSegments);
         }
 
-        if (!_memory.IsValidRange(address, length))
+        // A buffer may straddle adjacent memory regions (GuestMemory.IsMappedRange); devices
+        // copy or scatter/gather it region by region.
+        if (!_memory.IsMappedRange(address, length))
         {
             ThrowHelper.ThrowBufferOutsideMemory(address, length);
         }

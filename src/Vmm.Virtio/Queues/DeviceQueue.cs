@@ -7,6 +7,20 @@ namespace Vmm.Virtio.Queues;
 public static class DeviceQueue
 {
     /// <summary>
+    /// The most entries an indirect table may have, whatever the queue size. virtio 1.2,
+    /// 2.7.5.3.1 says a driver MUST NOT create a table longer than the queue size, but Linux's
+    /// virtio_blk sizes its tables from seg_max alone (seg_max + 2 entries, so a queue smaller
+    /// than the seg_max a device advertises gets longer tables); QEMU and libvhost-user bound
+    /// a chain by VIRTQUEUE_MAX_SIZE (1024) instead of the queue size, and so does this layer:
+    /// the bound is what keeps a chain walk finite and its segment list small, which the
+    /// queue size would only do less generously.
+    /// </summary>
+    public const int MaxIndirectDescriptors = 1024;
+
+    /// <summary>The most segments one chain can have: a direct chain is bounded by the queue size, and one indirect table may follow.</summary>
+    internal static int MaxChainSegments(ushort queueSize, bool indirect) => indirect ? queueSize + MaxIndirectDescriptors : queueSize;
+
+    /// <summary>
     /// A packed queue when VIRTIO_F_RING_PACKED was negotiated (2.8), a split one otherwise (2.7).
     /// Validates size, alignment and that every ring area lies inside guest memory.
     /// </summary>

@@ -58,7 +58,7 @@ public sealed class PackedDeviceQueue : IDeviceQueue
         _indirect = (negotiatedFeatures & VirtioFeatures.RING_INDIRECT_DESC) != 0;
         _interrupt = resources.Interrupt;
         _tracker = tracker;
-        _builder = new ChainBuilder(Memory, Size);
+        _builder = new ChainBuilder(Memory, DeviceQueue.MaxChainSegments(Size, _indirect));
         _packedTracker = tracker as IPackedInflightTracker;
         _raw = _packedTracker is null ? null : new PackedRingDescriptor[Size];
         if (resources.ResubmitPacked is { Count: > 0 } resubmit)
@@ -347,9 +347,10 @@ public sealed class PackedDeviceQueue : IDeviceQueue
         }
 
         uint entries = len / DescriptorSize;
-        if (entries > Size)
+        // Bounded by a fixed limit, not by the queue size: see DeviceQueue.MaxIndirectDescriptors.
+        if (entries > DeviceQueue.MaxIndirectDescriptors)
         {
-            throw new VirtqueueException($"Indirect table of {entries} entries exceeds the queue size {Size}.");
+            throw new VirtqueueException($"Indirect table of {entries} entries exceeds the limit of {DeviceQueue.MaxIndirectDescriptors}.");
         }
 
         if (!Memory.IsValidRange(addr, len))

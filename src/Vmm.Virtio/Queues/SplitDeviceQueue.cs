@@ -58,7 +58,7 @@ public sealed class SplitDeviceQueue : IDeviceQueue
         _indirect = (negotiatedFeatures & VirtioFeatures.RING_INDIRECT_DESC) != 0;
         _interrupt = resources.Interrupt;
         _tracker = tracker;
-        _builder = new ChainBuilder(Memory, Size);
+        _builder = new ChainBuilder(Memory, DeviceQueue.MaxChainSegments(Size, _indirect));
         if (resources.Resubmit is { Count: > 0 } resubmit)
         {
             foreach (ushort head in resubmit)
@@ -279,9 +279,10 @@ public sealed class SplitDeviceQueue : IDeviceQueue
             throw new VirtqueueException($"Indirect table length {len} is not a non-zero multiple of {DescriptorSize}.");
         }
 
-        if (len / DescriptorSize > Size)
+        // Bounded by a fixed limit, not by the queue size: see DeviceQueue.MaxIndirectDescriptors.
+        if (len / DescriptorSize > DeviceQueue.MaxIndirectDescriptors)
         {
-            throw new VirtqueueException($"Indirect table of {len / DescriptorSize} entries exceeds the queue size {Size} (virtio 1.2, 2.7.5.3.1).");
+            throw new VirtqueueException($"Indirect table of {len / DescriptorSize} entries exceeds the limit of {DeviceQueue.MaxIndirectDescriptors}.");
         }
 
         if (!Memory.IsValidRange(addr, len))

@@ -10,7 +10,7 @@ internal static class ThrowHelper
 {
     [DoesNotReturn]
     public static void ThrowChainTooLong(int size) =>
-        throw new VirtqueueException($"Descriptor chain is longer than the queue size {size} (virtio 1.2, 2.7.5.3.1).");
+        throw new VirtqueueException($"Descriptor chain is longer than {size} descriptors (the queue size, plus one indirect table of at most {DeviceQueue.MaxIndirectDescriptors}).");
 
     [DoesNotReturn]
     public static void ThrowBufferOutsideMemory(ulong address, ulong length) =>

@@ -22,6 +22,13 @@ public sealed class VirtqueueWorker : IDisposable
     /// <summary>Poll interval when there is no kick fd.</summary>
     public const int DefaultPollIntervalMilliseconds = 1;
 
+    /// <summary>
+    /// How long <see cref="Stop"/> waits for the thread. The chain in hand completes first, which
+    /// takes as long as the device's handler; a handler that takes longer is stuck, and the
+    /// caller must not wait on it forever (its control lock would be held all that time).
+    /// </summary>
+    public static readonly TimeSpan StopTimeout = TimeSpan.FromSeconds(10);
+
     private readonly IDeviceQueue _queue;
     private readonly EventFd? _kick;
     private readonly VirtqueueHandler _handler;
@@ -84,6 +91,10 @@ public sealed class VirtqueueWorker : IDisposable
     /// Stops the thread (the chain in hand completes first) and returns the queue's state, read
     /// after the thread ended. Idempotent: later calls return the same state.
     /// </summary>
+    /// <exception cref="TimeoutException">
+    /// The thread did not end within <see cref="StopTimeout"/>: it is stuck in the handler. It may
+    /// still touch the queue's memory, which must then stay mapped; a later call tries again.
+    /// </exception>
     public VirtqueueState Stop()
     {
         lock (_control)
@@ -97,9 +108,9 @@ public sealed class VirtqueueWorker : IDisposable
             if (_started)
             {
                 _stop.Signal();
-                if (Thread.CurrentThread != _thread)
+                if (Thread.CurrentThread != _thread && !_thread.Join(StopTimeout))
                 {
-                    _thread.Join();
+                    throw new TimeoutException($"The queue worker {_thread.Name} did not stop within {StopTimeout.TotalSeconds:0} s.");
                 }
             }
 

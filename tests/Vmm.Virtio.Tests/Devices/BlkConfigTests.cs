@@ -90,6 +90,17 @@ public sealed class BlkConfigTests
         });
     }
 
+    [TestCase((ushort)64, 62u)]
+    [TestCase((ushort)128, 126u)]
+    [TestCase((ushort)1024, 126u)]
+    public void Seg_max_fits_a_ring_of_128_or_the_largest_ring_when_smaller(ushort maxQueueSize, uint segMax)
+    {
+        // QEMU's vhost-user-blk-pci rings are 128 by default; Linux sends seg_max + 2 descriptors.
+        using var bed = new BlkTestBed(1024 * 1024);
+        using var device = new VirtioBlkDevice(new VirtioBlkOptions(bed.Path, QueueSize: maxQueueSize));
+        Assert.That(device.Config.SegMax, Is.EqualTo(segMax));
+    }
+
     [Test]
     public void Device_config_reports_capacity_queues_and_limits()
     {
@@ -104,7 +115,7 @@ public sealed class BlkConfigTests
             Assert.That(device.QueueCount, Is.EqualTo(3));
             Assert.That(device.CapacitySectors, Is.EqualTo(131072ul));
             Assert.That(BinaryPrimitives.ReadUInt64LittleEndian(bytes.AsSpan(0)), Is.EqualTo(131072ul));
-            Assert.That(BinaryPrimitives.ReadUInt32LittleEndian(bytes.AsSpan(12)), Is.EqualTo(254u), "seg_max = queue size - 2");
+            Assert.That(BinaryPrimitives.ReadUInt32LittleEndian(bytes.AsSpan(12)), Is.EqualTo(126u), "seg_max = 128 - 2, whatever the largest queue size (256 here)");
             Assert.That(BinaryPrimitives.ReadUInt32LittleEndian(bytes.AsSpan(20)), Is.EqualTo(512u));
             Assert.That(bytes[32], Is.EqualTo(1), "writeback by default");
             Assert.That(BinaryPrimitives.ReadUInt16LittleEndian(bytes.AsSpan(34)), Is.EqualTo(3));

@@ -61,8 +61,10 @@ public sealed class MalformedRingTests
     }
 
     [Test]
-    public void Split_indirect_chain_longer_than_queue_size()
+    public void Split_indirect_table_longer_than_the_queue_size_is_served()
     {
+        // Linux's virtio_blk sizes indirect tables from seg_max, not from the queue size
+        // (DeviceQueue.MaxIndirectDescriptors): a table of 5 on a ring of 4 is read whole.
         var ring = new RawSplitRing(_memory, 4);
         const ulong table = 0x6000;
         for (ushort i = 0; i < 5; i++)
@@ -71,6 +73,23 @@ public sealed class MalformedRingTests
         }
 
         ring.Desc(0, table, 5 * 16, VIRTQ_DESC_F_INDIRECT);
+        ring.Offer(0);
+        Assert.That(Split(ring, Indirect).TryPop(out DescriptorChain chain), Is.True);
+        Assert.That(chain.Segments, Has.Count.EqualTo(5));
+    }
+
+    [Test]
+    public void Split_indirect_table_beyond_the_fixed_bound()
+    {
+        var ring = new RawSplitRing(_memory, 4);
+        const ulong table = 0x10000;
+        const int entries = DeviceQueue.MaxIndirectDescriptors + 1;
+        for (ushort i = 0; i < entries; i++)
+        {
+            ring.WriteDesc(table + (i * 16UL), Buf, 16, i < entries - 1 ? VIRTQ_DESC_F_NEXT : (ushort)0, (ushort)(i + 1));
+        }
+
+        ring.Desc(0, table, entries * 16, VIRTQ_DESC_F_INDIRECT);
         ring.Offer(0);
         ExpectPopFails(Split(ring, Indirect));
     }
@@ -307,7 +326,7 @@ public sealed class MalformedRingTests
 
     [TestCase(0u)]
     [TestCase(24u)]
-    [TestCase(9u * 16)]
+    [TestCase((DeviceQueue.MaxIndirectDescriptors + 1u) * 16)]
     public void Packed_indirect_table_length_invalid(uint length)
     {
         var ring = new RawPackedRing(_memory, 8);

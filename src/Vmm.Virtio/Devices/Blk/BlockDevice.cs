@@ -105,8 +105,21 @@ public sealed class VirtioBlkDevice : VirtioDeviceBase
 
     public bool ReadOnly => _readOnly;
 
-    /// <summary>Largest number of data segments in an IN / OUT request: the queue size less header and status (as QEMU).</summary>
-    public uint SegMax => (uint)(_queueSize - 2);
+    /// <summary>
+    /// The queue size every QEMU front-end satisfies: vhost-user-blk-pci's default queue-size
+    /// (and virtio-blk's smallest common one) is 128.
+    /// </summary>
+    public const ushort SegMaxQueueSize = 128;
+
+    /// <summary>
+    /// Largest number of data segments in an IN / OUT request (seg_max): a chain is header, data
+    /// and status, and a driver without indirect descriptors must fit it in the ring (virtio 1.2,
+    /// 2.7.5.3.1), so seg_max is the queue size less two. The device cannot know the size the
+    /// driver will choose, so it assumes the smallest that QEMU front-ends use,
+    /// <see cref="SegMaxQueueSize"/> (seg_max 126, as qemu-storage-daemon): Linux's virtio_blk
+    /// builds indirect tables of seg_max + 2 entries, which the queue size then also bounds.
+    /// </summary>
+    public uint SegMax => (uint)(Math.Min(_queueSize, SegMaxQueueSize) - 2);
 
     public override int ConfigSize => VirtioBlkConfig.Size;
 
