@@ -1,6 +1,7 @@
 using System.CommandLine;
 using System.Runtime.InteropServices;
 using Microsoft.Extensions.Logging;
+using Vmm.Core.Memory;
 using Vmm.Host.Cli;
 using Vmm.Virtio;
 using Vmm.Virtio.Devices.Blk;
@@ -23,8 +24,9 @@ public static class ServeCommand
         var queues = new Option<int>("--queues") { Description = "Number of request queues (1 to 64).", DefaultValueFactory = _ => 1 };
         var queueSize = new Option<int>("--queue-size") { Description = "Largest queue size offered (2 to 32768).", DefaultValueFactory = _ => 256 };
         var verbose = new Option<bool>("--verbose", "-v") { Description = "Log every ring start and stop." };
+        Option<UnsealedMemoryPolicy> memory = MemoryOption();
 
-        var blk = new Command("blk", "Serve a virtio-blk device backed by a disk image.") { socket, disk, readOnly, queues, queueSize, verbose };
+        var blk = new Command("blk", "Serve a virtio-blk device backed by a disk image.") { socket, disk, readOnly, queues, queueSize, verbose, memory };
         blk.SetAction((result, ct) =>
         {
             string path = result.GetValue(disk)!;
@@ -49,21 +51,45 @@ public static class ServeCommand
                 () => new VirtioBlkDevice(new VirtioBlkOptions(path, result.GetValue(readOnly), queueCount, (ushort)size)),
                 result.GetValue(socket)!,
                 result.GetValue(verbose),
+                result.GetValue(memory),
                 ct);
         });
 
         var rngSocket = new Option<string>("--socket") { Description = "Path of the vhost-user socket to listen on.", Required = true };
         var rngVerbose = new Option<bool>("--verbose", "-v") { Description = "Log every ring start and stop." };
-        var rng = new Command("rng", "Serve a virtio-rng (entropy) device.") { rngSocket, rngVerbose };
-        rng.SetAction((result, ct) => ServeAsync(() => new VirtioRngDevice(), result.GetValue(rngSocket)!, result.GetValue(rngVerbose), ct));
+        Option<UnsealedMemoryPolicy> rngMemory = MemoryOption();
+        var rng = new Command("rng", "Serve a virtio-rng (entropy) device.") { rngSocket, rngVerbose, rngMemory };
+        rng.SetAction((result, ct) => ServeAsync(() => new VirtioRngDevice(), result.GetValue(rngSocket)!, result.GetValue(rngVerbose), result.GetValue(rngMemory), ct));
 
         return new Command("serve", "Serve a virtio device as a vhost-user back-end.") { blk, rng };
     }
 
-    private static async Task<int> ServeAsync(Func<IVirtioDevice> createDevice, string socketPath, bool verbose, CancellationToken cancellationToken)
+    /// <summary><c>--memory guard|strict</c>: what to do with front-end memory that is not sealed against shrinking.</summary>
+    private static Option<UnsealedMemoryPolicy> MemoryOption() => new("--memory")
+    {
+        Description = "Front-end memory that can still shrink (memory-backend-file on /dev/shm or hugetlbfs): " +
+            "'guard' maps it under a SIGBUS guard (a truncation costs only that front-end's connection), " +
+            "'strict' refuses it (only sealed memfds are mapped).",
+        DefaultValueFactory = _ => UnsealedMemoryPolicy.Guard,
+        CustomParser = result => result.Tokens.Single().Value switch
+        {
+            "guard" => UnsealedMemoryPolicy.Guard,
+            "strict" => UnsealedMemoryPolicy.Refuse,
+            string other => Invalid(result, other),
+        },
+    };
+
+    private static UnsealedMemoryPolicy Invalid(System.CommandLine.Parsing.ArgumentResult result, string value)
+    {
+        result.AddError($"--memory must be 'guard' or 'strict', not '{value}'.");
+        return default;
+    }
+
+    private static async Task<int> ServeAsync(Func<IVirtioDevice> createDevice, string socketPath, bool verbose, UnsealedMemoryPolicy memory, CancellationToken cancellationToken)
     {
         using ILoggerFactory loggers = StderrLogging.Create(verbose ? LogLevel.Debug : LogLevel.Information);
         ILogger logger = loggers.CreateLogger("vmm.serve");
+        using var lastChance = new LastChanceHandlers(logger);
         IVirtioDevice device;
         try
         {
@@ -74,17 +100,23 @@ public static class ServeCommand
             throw new UsageException($"Cannot open the device: {e.Message}", e);
         }
 
-        // Signals are caught before the socket exists: a SIGTERM that arrives as soon as the
-        // socket appears must still stop the server cleanly and remove the file.
-        using var stop = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken);
-        using PosixSignalRegistration term = PosixSignalRegistration.Create(PosixSignal.SIGTERM, context => { context.Cancel = true; stop.Cancel(); });
-        using PosixSignalRegistration interrupt = PosixSignalRegistration.Create(PosixSignal.SIGINT, context => { context.Cancel = true; stop.Cancel(); });
+        // Signals (ours, and System.CommandLine's through the token) only record that a stop was
+        // asked for; the stop itself, cancelling the server with whatever callbacks that runs,
+        // happens below on this flow. A signal handler that cancelled by itself could meet a
+        // source already disposed by a stop under way, or a callback's exception, on the
+        // runtime's signal thread, where either ends the process. Signals are caught before the
+        // socket exists: a SIGTERM that arrives as soon as the socket appears must still stop
+        // the server cleanly and remove the file.
+        var stopRequested = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        using CancellationTokenRegistration external = cancellationToken.Register(() => stopRequested.TrySetResult());
+        using PosixSignalRegistration term = PosixSignalRegistration.Create(PosixSignal.SIGTERM, context => { context.Cancel = true; stopRequested.TrySetResult(); });
+        using PosixSignalRegistration interrupt = PosixSignalRegistration.Create(PosixSignal.SIGINT, context => { context.Cancel = true; stopRequested.TrySetResult(); });
         using (device)
         {
             VhostUserBackendServer server;
             try
             {
-                server = VhostUserBackendServer.Bind(device, socketPath, logger);
+                server = VhostUserBackendServer.Bind(device, socketPath, logger, new VhostUserBackendOptions { UnsealedMemory = memory });
             }
             catch (IOException e)
             {
@@ -92,9 +124,21 @@ public static class ServeCommand
             }
 
             using (server)
+            using (var stop = new CancellationTokenSource())
             {
                 logger.LogInformation("Serving {Device} on {Socket}", device.DeviceId, server.SocketPath);
-                await server.RunAsync(stop.Token).ConfigureAwait(false);
+                Task serving = server.RunAsync(stop.Token);
+                await Task.WhenAny(serving, stopRequested.Task).ConfigureAwait(false);
+                try
+                {
+                    await stop.CancelAsync().ConfigureAwait(false);
+                }
+                catch (AggregateException e)
+                {
+                    logger.LogWarning("Stopping the server raised {Reason}", e.InnerException?.Message ?? e.Message);
+                }
+
+                await serving.ConfigureAwait(false);
                 logger.LogInformation("Stopped; removing {Socket}", server.SocketPath);
             }
         }

@@ -1,4 +1,6 @@
+using Microsoft.Extensions.Logging;
 using Vmm.Core.Events;
+using Vmm.Core.Posix;
 using Vmm.Virtio.Queues;
 
 namespace Vmm.VhostUser.Backend;
@@ -10,6 +12,7 @@ namespace Vmm.VhostUser.Backend;
 internal sealed class BackendVring : IDisposable
 {
     private EventFd? _privateKick;
+    private int _errorSignalFailed;
 
     public BackendVring(int index)
     {
@@ -83,6 +86,22 @@ internal sealed class BackendVring : IDisposable
     {
         Error?.Dispose();
         Error = error;
+        _errorSignalFailed = 0;
+    }
+
+    /// <summary>
+    /// Signals the error eventfd, if any. Never blocks (a saturated counter already tells the
+    /// front-end); a failed write is logged the first time for each fd and ignored after.
+    /// </summary>
+    public void SignalError(ILogger logger)
+    {
+        EventFd? error = Error;
+        if (error is null || error.TrySignal(out int errno) || Interlocked.Exchange(ref _errorSignalFailed, 1) != 0)
+        {
+            return;
+        }
+
+        logger.LogWarning("Ring {Index}: the error eventfd cannot be signalled: {Reason}", Index, new PosixException("write(eventfd)", errno).Message);
     }
 
     /// <summary>Back to the state of a new connection (the fds are closed).</summary>

@@ -3,7 +3,7 @@ using Vmm.VhostUser.Protocol;
 
 namespace Vmm.VhostUser.Backend;
 
-/// <summary>What a back-end offers its front-ends.</summary>
+/// <summary>What a back-end offers its front-ends, and the limits it holds them to.</summary>
 public sealed record VhostUserBackendOptions
 {
     /// <summary>
@@ -28,4 +28,38 @@ public sealed record VhostUserBackendOptions
 
     /// <summary>The GET_MAX_MEM_SLOTS answer: how many regions ADD_MEM_REG may install.</summary>
     public int MaxMemorySlots { get; init; } = GuestMemory.MaxRegions;
+
+    /// <summary>
+    /// What to do with guest memory (and inflight regions) whose file the front-end can still
+    /// shrink (<see cref="UnsealedMemoryPolicy"/>): guard it (the default: QEMU's
+    /// memory-backend-file on /dev/shm or hugetlbfs keeps working) or refuse it
+    /// (<c>vmm serve --memory strict</c>).
+    /// </summary>
+    public UnsealedMemoryPolicy UnsealedMemory { get; init; } = UnsealedMemoryPolicy.Guard;
+
+    /// <summary>
+    /// The most bytes of front-end memory mapped at once (memory table and inflight region):
+    /// 16 TiB, an eighth of the x86-64 user address space, by default. Sizes are checked before
+    /// anything is mapped.
+    /// </summary>
+    public ulong MaxMappedBytes { get; init; } = 16UL << 40;
+
+    /// <summary>
+    /// How long a new connection may stay silent before its first whole message. Front-ends
+    /// speak at once (QEMU sends GET_FEATURES as soon as it connects); a client that does not
+    /// is dropped, since connections are served one at a time and it would block the next.
+    /// </summary>
+    public TimeSpan FirstMessageTimeout { get; init; } = TimeSpan.FromSeconds(5);
+
+    /// <summary>
+    /// How long a message may take to arrive whole once its first byte came. Between messages a
+    /// front-end may be silent for as long as it likes (a running VM sends nothing for hours).
+    /// </summary>
+    public TimeSpan MessageTimeout { get; init; } = TimeSpan.FromSeconds(5);
+
+    /// <summary>How long a SET_DEVICE_STATE_FD transfer may take before it is abandoned.</summary>
+    public TimeSpan DeviceStateTimeout { get; init; } = TimeSpan.FromSeconds(10);
+
+    /// <summary>How long the front-end may take to ack a back-end request before the back-end channel is closed.</summary>
+    public TimeSpan BackendReplyTimeout { get; init; } = TimeSpan.FromSeconds(5);
 }

@@ -1,3 +1,4 @@
+using System.Net.Sockets;
 using Microsoft.Extensions.Logging;
 using Vmm.Virtio;
 using Vmm.VhostUser.Channel;
@@ -15,6 +16,8 @@ public sealed class VhostUserBackendServer : IDisposable
     private readonly ILogger _logger;
     private readonly VhostUserBackendOptions _options;
     private readonly VhostUserListener _listener;
+
+    private static readonly TimeSpan s_acceptRetryDelay = TimeSpan.FromMilliseconds(100);
 
     private VhostUserBackendServer(IVirtioDevice device, VhostUserListener listener, ILogger logger, VhostUserBackendOptions options)
     {
@@ -49,23 +52,37 @@ public sealed class VhostUserBackendServer : IDisposable
             {
                 return;
             }
+            catch (SocketException e)
+            {
+                // EMFILE, ENOBUFS, a connection reset before it was accepted: this connection is
+                // lost, the next may succeed. The pause keeps a persistent error from spinning.
+                _logger.LogWarning("Accepting a front-end failed: {Reason}", e.Message);
+                await Task.Delay(s_acceptRetryDelay, CancellationToken.None).ConfigureAwait(false);
+                continue;
+            }
 
             _logger.LogInformation("Front-end connected on {Socket}", _listener.Path);
             await ServeAsync(_device, channel, _logger, _options, cancellationToken).ConfigureAwait(false);
         }
     }
 
-    /// <summary>Serves one connection (a socketpair end, say) until it ends; the device is reset afterwards.</summary>
+    /// <summary>
+    /// Serves one connection (a socketpair end, say) until it ends; the device is reset afterwards.
+    /// Never throws but for cancellation: whatever a front-end does, the server process lives on
+    /// and takes the next one.
+    /// </summary>
     public static async Task ServeAsync(IVirtioDevice device, VhostUserChannel channel, ILogger logger, VhostUserBackendOptions? options = null, CancellationToken cancellationToken = default)
     {
-        using var session = new VhostUserBackendSession(device, channel, logger, options);
         try
         {
+            using var session = new VhostUserBackendSession(device, channel, logger, options);
             await session.RunAsync(cancellationToken).ConfigureAwait(false);
         }
-        catch (Exception e) when (e is not OperationCanceledException)
+        catch (OperationCanceledException) when (cancellationToken.IsCancellationRequested)
         {
-            // Whatever a front-end does, the server process lives on and takes the next one.
+        }
+        catch (Exception e)
+        {
             logger.LogError(e, "Front-end session ended by an unexpected error");
         }
     }

@@ -11,14 +11,23 @@ namespace Vmm.VhostUser.Backend;
 /// hands over a connected socket on which this back-end sends its own requests. The only one sent
 /// is CONFIG_CHANGE_MSG, when the device reports a configuration change.
 /// </summary>
+/// <remarks>
+/// Requests go out one at a time from a sender task the session owns, never from the device's
+/// thread. Changes that come while one is being sent are coalesced into one more request (the
+/// front-end re-reads the whole config space anyway). An ack that does not come within
+/// <see cref="VhostUserBackendOptions.BackendReplyTimeout"/> closes the channel: an answer that
+/// arrived later would otherwise be read as the answer to the next request. The session's end
+/// cancels the sender and waits for it.
+/// </remarks>
 public sealed partial class VhostUserBackendSession
 {
-    /// <summary>How long the front-end may take to ack a back-end request before the wait is given up.</summary>
-    private static readonly TimeSpan BackendReplyTimeout = TimeSpan.FromSeconds(5);
+    /// <summary>How long <see cref="StopBackendRequests"/> waits for the sender once it was cancelled.</summary>
+    private static readonly TimeSpan s_senderStopWait = TimeSpan.FromSeconds(5);
 
-    private readonly object _backendChannelLock = new();
-    private readonly SemaphoreSlim _backendRequestLock = new(1, 1);
+    private readonly Lock _backendChannelLock = new();
     private VhostUserChannel? _backendChannel;
+    private bool _configChangePending;
+    private Task? _configChangeSender;
 
     private void SetBackendRequestFd(VhostUserMessage message)
     {
@@ -70,73 +79,134 @@ public sealed partial class VhostUserBackendSession
         Log.BackendChannelSet(_logger);
     }
 
-    /// <summary>Raised on the device's thread: the request goes out on a task of its own.</summary>
+    /// <summary>Raised on the device's thread: the request goes out from the session's sender task.</summary>
     private void OnDeviceConfigChanged()
     {
-        VhostUserChannel? channel;
         lock (_backendChannelLock)
         {
-            channel = _backendChannel;
-        }
+            if (_backendChannel is null || _end.IsCancellationRequested)
+            {
+                Log.ConfigChangeNotSent(_logger);
+                return;
+            }
 
-        if (channel is null)
-        {
-            Log.ConfigChangeNotSent(_logger);
-            return;
-        }
+            _configChangePending = true;
+            if (_configChangeSender is { IsCompleted: false })
+            {
+                // The running sender sees the flag before it stops.
+                return;
+            }
 
-        bool needReply = Has(VhostUserProtocolFeatures.REPLY_ACK);
-        _ = Task.Run(() => SendConfigChangeAsync(channel, needReply));
+            _configChangeSender = Task.Run(SendConfigChangesAsync);
+        }
     }
 
-    private async Task SendConfigChangeAsync(VhostUserChannel channel, bool needReply)
+    private async Task SendConfigChangesAsync()
     {
-        using var timeout = new CancellationTokenSource(BackendReplyTimeout);
-        try
+        while (true)
         {
-            // One request at a time: each waits for its own ack before the next goes out.
-            await _backendRequestLock.WaitAsync(timeout.Token).ConfigureAwait(false);
-            try
+            VhostUserChannel? channel;
+            lock (_backendChannelLock)
             {
-                VhostUserHeader header = VhostUserCodec.BackendRequestHeader(VhostUserBackendRequest.CONFIG_CHANGE_MSG, 0, needReply);
-                await channel.SendAsync(header, ReadOnlyMemory<byte>.Empty, null, timeout.Token).ConfigureAwait(false);
-                if (!needReply)
+                if (!_configChangePending || _end.IsCancellationRequested)
                 {
                     return;
                 }
 
-                using VhostUserMessage reply = await channel.ReceiveAsync(timeout.Token).ConfigureAwait(false);
-                ulong status = VhostUserCodec.ReadU64(reply.Payload.Span);
-                if (status != 0)
-                {
-                    Log.BackendRequestFailed(_logger, "CONFIG_CHANGE_MSG", $"the front-end answered {status}");
-                }
+                _configChangePending = false;
+                channel = _backendChannel;
             }
-            finally
+
+            if (channel is null)
             {
-                _backendRequestLock.Release();
+                Log.ConfigChangeNotSent(_logger);
+                continue;
             }
-        }
-        catch (OperationCanceledException)
-        {
-            Log.BackendRequestFailed(_logger, "CONFIG_CHANGE_MSG", $"no answer within {BackendReplyTimeout.TotalSeconds:0} s");
-        }
-        catch (Exception e) when (e is VhostUserConnectionLostException or VhostUserProtocolException or ObjectDisposedException or IOException)
-        {
-            Log.BackendRequestFailed(_logger, "CONFIG_CHANGE_MSG", e.Message);
+
+            try
+            {
+                await SendConfigChangeAsync(channel).ConfigureAwait(false);
+            }
+            catch (Exception e)
+            {
+                // Nothing a front-end does on this channel may end the process: the request
+                // failed, and that is all.
+                Log.BackendRequestFailed(_logger, "CONFIG_CHANGE_MSG", e.Message);
+            }
         }
     }
 
-    private void DisposeBackendChannel()
+    private async Task SendConfigChangeAsync(VhostUserChannel channel)
+    {
+        bool needReply = Has(VhostUserProtocolFeatures.REPLY_ACK);
+        using var timeout = CancellationTokenSource.CreateLinkedTokenSource(_end.Token);
+        timeout.CancelAfter(_options.BackendReplyTimeout);
+        try
+        {
+            VhostUserHeader header = VhostUserCodec.BackendRequestHeader(VhostUserBackendRequest.CONFIG_CHANGE_MSG, 0, needReply);
+            await channel.SendAsync(header, ReadOnlyMemory<byte>.Empty, null, timeout.Token).ConfigureAwait(false);
+            if (!needReply)
+            {
+                return;
+            }
+
+            using VhostUserMessage reply = await channel.ReceiveAsync(timeout.Token).ConfigureAwait(false);
+            ulong status = VhostUserCodec.ReadU64(reply.Payload.Span);
+            if (status != 0)
+            {
+                Log.BackendRequestFailed(_logger, "CONFIG_CHANGE_MSG", $"the front-end answered {status}");
+            }
+        }
+        catch (OperationCanceledException) when (!_end.IsCancellationRequested)
+        {
+            // No answer in time. A late one must not be taken for the next request's: the
+            // channel is out of step, so it is closed (the front-end sees its end hang up).
+            CloseBackendChannel(channel);
+            Log.BackendRequestFailed(
+                _logger, "CONFIG_CHANGE_MSG",
+                $"no answer within {_options.BackendReplyTimeout.TotalSeconds:0.###} s; the back-end channel is closed so that a late answer cannot be read as the next one's");
+        }
+        catch (Exception e) when (e is VhostUserConnectionLostException or VhostUserProtocolException)
+        {
+            CloseBackendChannel(channel);
+            Log.BackendRequestFailed(_logger, "CONFIG_CHANGE_MSG", $"{e.Message}; the back-end channel is closed");
+        }
+    }
+
+    private void CloseBackendChannel(VhostUserChannel channel)
+    {
+        lock (_backendChannelLock)
+        {
+            if (ReferenceEquals(_backendChannel, channel))
+            {
+                _backendChannel = null;
+            }
+        }
+
+        channel.Dispose();
+    }
+
+    /// <summary>Ends the sender (the session's token is cancelled first) and closes the channel.</summary>
+    private void StopBackendRequests()
     {
         VhostUserChannel? channel;
+        Task? sender;
         lock (_backendChannelLock)
         {
             channel = _backendChannel;
             _backendChannel = null;
+            sender = _configChangeSender;
         }
 
         channel?.Dispose();
+        try
+        {
+            sender?.Wait(s_senderStopWait);
+        }
+        catch (AggregateException)
+        {
+            // The sender catches its own failures; nothing is left to report.
+        }
     }
 
     private static partial class Log

@@ -8,17 +8,16 @@ namespace Vmm.VhostUser.Backend;
 /// SET_DEVICE_STATE_FD and CHECK_DEVICE_STATE (vhost-user.rst, "Migrating back-end state"): the
 /// wrapped device's <see cref="Vmm.Virtio.IVirtioDevice.SaveState"/> bytes, framed by
 /// <see cref="DeviceStateFrame"/>, move through the pipe the front-end sends. The back-end
-/// always uses the front-end's channel (reply bit 8 set). Both directions run on a pool thread
-/// so a state bigger than the pipe's buffer cannot block the session; CHECK_DEVICE_STATE waits
-/// for that transfer and, for a load, restores the device on the session's thread.
+/// always uses the front-end's channel (reply bit 8 set). The transfer runs on a thread of its
+/// own (<see cref="DeviceStateTransfer"/>), with a size limit and a deadline; a new request
+/// replaces (cancels) the one before, and the session's end cancels it, so a front-end that
+/// floods requests or never closes its end costs one thread for a bounded time.
+/// CHECK_DEVICE_STATE waits for the transfer and, for a load, restores the device on the
+/// session's thread.
 /// </summary>
 public sealed partial class VhostUserBackendSession
 {
-    /// <summary>How long CHECK_DEVICE_STATE waits for the transfer to end (the front-end closes its end first).</summary>
-    private static readonly TimeSpan s_transferTimeout = TimeSpan.FromSeconds(10);
-
-    private Task<byte[]?>? _stateTransfer;
-    private VhostUserTransferDirection _stateDirection;
+    private DeviceStateTransfer? _stateTransfer;
 
     /// <summary>Reply error codes of SET_DEVICE_STATE_FD and CHECK_DEVICE_STATE (any non-zero value is failure).</summary>
     private enum DeviceStateError : byte
@@ -29,10 +28,14 @@ public sealed partial class VhostUserBackendSession
         RingsRunning = 3,
         NoTransfer = 4,
         TransferFailed = 5,
+        NotAPipe = 6,
     }
 
     private Reply SetDeviceStateFd(VhostUserMessage message)
     {
+        // Whatever comes next, the previous transfer is over: a front-end starts a new one only
+        // after it gave up on the old (or it is flooding).
+        EndDeviceStateTransfer();
         SafeFileDescriptor fd = message.TakeFd(0);
         var parameters = VhostUserDeviceStateTransfer.Read(message.Payload.Span);
         DeviceStateError error = DeviceStateError.None;
@@ -44,84 +47,72 @@ public sealed partial class VhostUserBackendSession
         {
             error = DeviceStateError.InvalidParameters;
         }
-        else if (Array.Exists(_vrings, v => v.Running))
+        else if (AnyRingRunning)
         {
             // Only a suspended device (all rings stopped) may move its state (vhost-user.rst,
             // "Migrating back-end state": the STOPPED phase).
             error = DeviceStateError.RingsRunning;
         }
+        else if (FileDescriptors.GetKind(fd) is not (FileKind.Pipe or FileKind.Socket))
+        {
+            // The spec's channel is a pipe (a socket behaves alike); a file or a device (/dev/zero
+            // reads for ever, /dev/full fails every write) is not a state channel.
+            error = DeviceStateError.NotAPipe;
+        }
 
         if (error != DeviceStateError.None)
         {
             fd.Dispose();
-            _stateTransfer = null;
             Log.RequestRejected(_logger, nameof(VhostUserRequest.SET_DEVICE_STATE_FD), error.ToString());
             return ReplyU64(VhostUserDeviceStateTransfer.EncodeReply((byte)error, returnsFd: false));
         }
 
-        _stateDirection = parameters.TransferDirection;
-        if (parameters.TransferDirection == VhostUserTransferDirection.SAVE)
-        {
-            byte[] frame = DeviceStateFrame.Encode((ushort)_device.DeviceId, _device.SaveState());
-            _stateTransfer = Task.Run(() =>
-            {
-                using (fd)
-                {
-                    Pipe.WriteAll(fd, frame);
-                }
-
-                return (byte[]?)null;
-            });
-        }
-        else
-        {
-            _stateTransfer = Task.Run(() =>
-            {
-                using (fd)
-                {
-                    return (byte[]?)Pipe.ReadToEnd(fd, DeviceStateFrame.HeaderSize + DeviceStateFrame.MaxStateSize);
-                }
-            });
-        }
-
+        _stateTransfer = parameters.TransferDirection == VhostUserTransferDirection.SAVE
+            ? DeviceStateTransfer.StartSave(fd, DeviceStateFrame.Encode((ushort)_device.DeviceId, _device.SaveState()), _options.DeviceStateTimeout, _end.Token)
+            : DeviceStateTransfer.StartLoad(fd, _options.DeviceStateTimeout, _end.Token);
         return ReplyU64(VhostUserDeviceStateTransfer.EncodeReply(0, returnsFd: false));
     }
 
     private Reply CheckDeviceState()
     {
-        Task<byte[]?>? transfer = _stateTransfer;
+        DeviceStateTransfer? transfer = _stateTransfer;
         _stateTransfer = null;
         if (!Has(VhostUserProtocolFeatures.DEVICE_STATE) || transfer is null)
         {
+            transfer?.Dispose();
             Log.RequestRejected(_logger, nameof(VhostUserRequest.CHECK_DEVICE_STATE), "no transfer to check");
             return ReplyU64((ulong)DeviceStateError.NoTransfer);
         }
 
-        try
+        using (transfer)
         {
-            // Bounded: the front-end has closed its end before it asks (spec), so the transfer ends.
-            if (!transfer.Wait(s_transferTimeout))
+            try
             {
-                throw new TimeoutException($"the state transfer did not end within {s_transferTimeout.TotalSeconds:0} s");
-            }
-
-            if (_stateDirection == VhostUserTransferDirection.LOAD)
-            {
-                if (Array.Exists(_vrings, v => v.Running))
+                byte[] frame = transfer.Result();
+                if (transfer.Direction == VhostUserTransferDirection.LOAD)
                 {
-                    throw new InvalidOperationException("a ring started before the loaded state was checked");
+                    if (AnyRingRunning)
+                    {
+                        throw new InvalidOperationException("a ring started before the loaded state was checked");
+                    }
+
+                    _device.RestoreState(DeviceStateFrame.Decode(frame, (ushort)_device.DeviceId));
                 }
 
-                byte[] frame = transfer.Result!;
-                _device.RestoreState(DeviceStateFrame.Decode(frame, (ushort)_device.DeviceId));
+                return ReplyU64((ulong)DeviceStateError.None);
             }
+            catch (Exception e)
+            {
+                // Whatever the transfer or the device's restore failed with is this request's failure.
+                Log.RequestRejected(_logger, nameof(VhostUserRequest.CHECK_DEVICE_STATE), e.Message);
+                return ReplyU64((ulong)DeviceStateError.TransferFailed);
+            }
+        }
+    }
 
-            return ReplyU64((ulong)DeviceStateError.None);
-        }
-        catch (Exception e) when (e is AggregateException or InvalidDataException or TimeoutException or InvalidOperationException or ArgumentException or IOException)
-        {
-            Log.RequestRejected(_logger, nameof(VhostUserRequest.CHECK_DEVICE_STATE), (e as AggregateException)?.InnerException?.Message ?? e.Message);
-            return ReplyU64((ulong)DeviceStateError.TransferFailed);
-        }
+    private void EndDeviceStateTransfer()
+    {
+        _stateTransfer?.Dispose();
+        _stateTransfer = null;
     }
 }

@@ -1,3 +1,4 @@
+using Vmm.Core.Posix;
 using Vmm.VhostUser.Channel;
 using Vmm.VhostUser.Inflight;
 using Vmm.VhostUser.Protocol;
@@ -11,14 +12,36 @@ public sealed partial class VhostUserBackendSession
     /// <summary>
     /// GET_INFLIGHT_FD: a new region for the queues the front-end names. Its fd goes back with the
     /// reply; the front-end keeps it and returns it with SET_INFLIGHT_FD after a reconnect.
-    /// Without INFLIGHT_SHMFD the reply has a zero mmap_size, which front-ends read as "none".
+    /// The answer "no region" is a zero mmap_size and no fd, which front-ends read as "none"
+    /// (the spec gives this reply no failure code): without INFLIGHT_SHMFD, for a request that
+    /// does not fit the device, and while a ring runs. A running ring's worker writes into the
+    /// current region; the spec has the front-end fetch a new region at a VM reset ("QEMU should
+    /// retrieve a new one when vm reset"), after the rings were stopped, so a request while one
+    /// runs is refused rather than answered by unmapping the region under the worker.
     /// </summary>
     private Reply GetInflightFd(ReadOnlySpan<byte> payload)
     {
         VhostUserInflight request = VhostUserInflight.Read(payload);
-        if (!Has(VhostUserProtocolFeatures.INFLIGHT_SHMFD) || !request.IsValid || request.NumQueues > _vrings.Length)
+        string? refusal = !Has(VhostUserProtocolFeatures.INFLIGHT_SHMFD) ? "INFLIGHT_SHMFD was not negotiated"
+            : !request.IsValid || request.NumQueues > _vrings.Length ? $"{request.NumQueues} queues of {request.QueueSize} do not fit this device"
+            : AnyRingRunning ? "a ring is running on the current region"
+            : null;
+        ulong size = request.IsValid ? InflightRegion.QueueRegionSize(request.QueueSize) * request.NumQueues : 0;
+        if (refusal is null)
         {
-            Log.RequestRejected(_logger, nameof(VhostUserRequest.GET_INFLIGHT_FD), $"{request.NumQueues} queues of {request.QueueSize} (INFLIGHT_SHMFD {(Has(VhostUserProtocolFeatures.INFLIGHT_SHMFD) ? "negotiated" : "not negotiated")})");
+            try
+            {
+                CheckMappedTotal(_memory.TotalSize, size, "the inflight region");
+            }
+            catch (RequestRejectedException e)
+            {
+                refusal = e.Message;
+            }
+        }
+
+        if (refusal is not null)
+        {
+            Log.RequestRejected(_logger, nameof(VhostUserRequest.GET_INFLIGHT_FD), refusal);
             new VhostUserInflight(0, 0, 0, 0).Write(_replyBuffer);
             return Reply.Payload(VhostUserInflight.Size);
         }
@@ -29,25 +52,43 @@ public sealed partial class VhostUserBackendSession
         return Reply.Payload(VhostUserInflight.Size, [region.Fd]);
     }
 
+    /// <summary>
+    /// SET_INFLIGHT_FD: the region to resubmit from, which the rings read when they start (spec:
+    /// "so that the back-end could get inflight I/O after a crash or restart"). While a ring runs
+    /// it is refused (NACK, the current region kept): the running worker writes into the current
+    /// region, and swapping it would unmap memory under the worker.
+    /// </summary>
     private void SetInflightFd(VhostUserMessage message)
     {
         RequireProtocolFeature(VhostUserProtocolFeatures.INFLIGHT_SHMFD, VhostUserRequest.SET_INFLIGHT_FD);
         VhostUserInflight inflight = VhostUserInflight.Read(message.Payload.Span);
         if (!inflight.IsValid || inflight.NumQueues > _vrings.Length)
         {
-            message.TakeFd(0).Dispose();
             throw new RequestRejectedException($"inflight region for {inflight.NumQueues} queues of {inflight.QueueSize} does not fit this device");
         }
 
+        if (AnyRingRunning)
+        {
+            throw new RequestRejectedException("a ring is running on the current inflight region; stop the rings first (GET_VRING_BASE)");
+        }
+
+        ulong needed = InflightRegion.QueueRegionSize(inflight.QueueSize) * inflight.NumQueues;
+        CheckMappedTotal(_memory.TotalSize, needed, "the inflight region");
         try
         {
-            ReplaceInflight(InflightRegion.Open(message.TakeFd(0), inflight.MmapSize, inflight.MmapOffset, inflight.NumQueues, inflight.QueueSize));
+            ReplaceInflight(InflightRegion.Open(
+                message.TakeFd(0), inflight.MmapSize, inflight.MmapOffset, inflight.NumQueues, inflight.QueueSize,
+                _options.UnsealedMemory, OnInflightTruncated));
         }
-        catch (Exception e) when (e is ArgumentException or Vmm.Core.Posix.PosixException)
+        catch (Exception e) when (e is ArgumentException or PosixException)
         {
             throw new RequestRejectedException(e.Message, e);
         }
     }
+
+    /// <summary>Raised on the SIGBUS guard's thread: the front-end truncated the inflight region it handed over.</summary>
+    private void OnInflightTruncated() =>
+        EndSession("the front-end truncated the file behind the inflight region under a running ring");
 
     private void ReplaceInflight(InflightRegion region)
     {

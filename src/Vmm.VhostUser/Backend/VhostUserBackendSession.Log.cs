@@ -35,5 +35,20 @@ public sealed partial class VhostUserBackendSession
 
         [LoggerMessage(10, LogLevel.Information, "Ring {Index} (size {QueueSize}) tracks inflight I/O; {Resubmitted} requests resubmitted")]
         public static partial void InflightInstalled(ILogger logger, int index, int queueSize, int resubmitted);
+
+        [LoggerMessage(14, LogLevel.Warning, "Dropping the front-end: {Reason}")]
+        public static partial void FrontendTooSlow(ILogger logger, string reason);
+
+        [LoggerMessage(15, LogLevel.Warning, "Closing the front-end's connection: {Reason}")]
+        public static partial void SessionEnded(ILogger logger, string reason);
+
+        [LoggerMessage(16, LogLevel.Error, "Ring {Index} is stuck in the device: {Reason}")]
+        public static partial void RingStuck(ILogger logger, int index, string reason);
+
+        [LoggerMessage(17, LogLevel.Error, "A ring was stuck in the device: the session's guest memory and inflight region stay mapped for the life of the process")]
+        public static partial void MemoryKeptForStuckRing(ILogger logger);
+
+        [LoggerMessage(18, LogLevel.Error, "Reporting the fault of queue {Queue} failed: {Reason}")]
+        public static partial void FaultReportFailed(ILogger logger, int queue, string reason);
     }
 }

@@ -1,4 +1,5 @@
 using Vmm.Core.Memory;
+using Vmm.Core.Posix;
 using Vmm.VhostUser.Channel;
 using Vmm.VhostUser.Protocol;
 
@@ -9,12 +10,22 @@ public sealed partial class VhostUserBackendSession
     /// <summary>
     /// SET_MEM_TABLE replaces the whole table. The new table is built aside and swapped in only
     /// when every region mapped, so a bad table leaves the old one (and the rings) as they were.
-    /// Running rings are stopped and restarted over the new table with their state.
+    /// Running rings are stopped, moved to the new table with their state and started again
+    /// (vhost-user.rst, "Ring states": the back-end must support configuration changes while it
+    /// processes the rings; QEMU sends SET_MEM_TABLE on memory hot-plug). The old table is
+    /// unmapped only once no worker can touch it.
     /// </summary>
     private void SetMemoryTable(VhostUserMessage message)
     {
         VhostUserMemoryRegion[] regions = VhostUserMemoryTable.ReadRegions(message.Payload.Span);
-        var table = new GuestMemory();
+        ulong total = 0;
+        foreach (VhostUserMemoryRegion region in regions)
+        {
+            total = SaturatingAdd(total, region.MemorySize);
+        }
+
+        CheckMappedTotal(total, _inflight?.MappedSize ?? 0, "the memory table");
+        GuestMemory table = NewMemoryTable();
         try
         {
             for (int i = 0; i < regions.Length; i++)
@@ -29,8 +40,17 @@ public sealed partial class VhostUserBackendSession
         }
 
         List<BackendVring> paused = PauseRunningRings();
+        if (_wedged)
+        {
+            // A ring that would not stop may still read the old table: it stays mapped, and the
+            // session ends (StopRing).
+            table.Dispose();
+            throw new RequestRejectedException("a ring did not stop, so the memory table cannot be replaced");
+        }
+
         GuestMemory old = _memory;
         _memory = table;
+        old.Truncated -= OnMemoryTruncated;
         old.Dispose();
         Log.MemoryTableSet(_logger, regions.Length, table.TotalSize);
         ResumeRings(paused);
@@ -44,6 +64,8 @@ public sealed partial class VhostUserBackendSession
             throw new RequestRejectedException($"all {_options.MaxMemorySlots} memory slots are in use");
         }
 
+        CheckMappedTotal(SaturatingAdd(_memory.TotalSize, single.Region.MemorySize), _inflight?.MappedSize ?? 0, "the memory table with the new region");
+
         // The region table is copy-on-write, so running rings keep going while a region is added.
         AddRegion(_memory, single.Region, message.TakeFd(0));
     }
@@ -56,6 +78,11 @@ public sealed partial class VhostUserBackendSession
         // size. The mmap offset is ignored." (vhost-user.rst, REM_MEM_REG). Rings may be reading
         // it: stop them first, unmap, then let them go on.
         List<BackendVring> paused = PauseRunningRings();
+        if (_wedged)
+        {
+            throw new RequestRejectedException("a ring did not stop, so no region can be removed");
+        }
+
         try
         {
             GuestMemoryRegion? removed = _memory.RemoveRegion(region.GuestPhysAddr, region.MemorySize, region.UserspaceAddr)
@@ -68,7 +95,24 @@ public sealed partial class VhostUserBackendSession
         }
     }
 
-    private static void AddRegion(GuestMemory table, in VhostUserMemoryRegion region, Vmm.Core.Posix.SafeFileDescriptor fd)
+    /// <summary>
+    /// Refuses a mapping that would take the front-end's memory past
+    /// <see cref="VhostUserBackendOptions.MaxMappedBytes"/>, before anything is mapped (the
+    /// message's fds are closed with it).
+    /// </summary>
+    private void CheckMappedTotal(ulong memoryBytes, ulong inflightBytes, string what)
+    {
+        ulong total = SaturatingAdd(memoryBytes, inflightBytes);
+        if (total > _options.MaxMappedBytes)
+        {
+            throw new RequestRejectedException(
+                $"{what} would map {total} bytes of front-end memory, more than the limit of {_options.MaxMappedBytes}");
+        }
+    }
+
+    private static ulong SaturatingAdd(ulong a, ulong b) => a + b < a ? ulong.MaxValue : a + b;
+
+    private static void AddRegion(GuestMemory table, in VhostUserMemoryRegion region, SafeFileDescriptor fd)
     {
         string? invalid = region.Validate();
         if (invalid is not null)
@@ -85,7 +129,7 @@ public sealed partial class VhostUserBackendSession
         {
             throw new RequestRejectedException($"memory region {region}: {e.Message}", e);
         }
-        catch (Vmm.Core.Posix.PosixException e)
+        catch (PosixException e)
         {
             throw new RequestRejectedException($"memory region {region} cannot be mapped: {e.Message}", e);
         }

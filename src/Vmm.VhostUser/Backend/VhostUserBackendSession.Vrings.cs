@@ -22,6 +22,13 @@ public sealed partial class VhostUserBackendSession
         return _vrings[index];
     }
 
+    /// <summary>
+    /// SET_VRING_NUM: 1 to the device's maximum, and for a split ring a power of two (virtio 1.2,
+    /// 2.7: packed rings allow any size). Checked here rather than only when the ring starts, so
+    /// the front-end hears of it from the request that was wrong. The ring layout is known from
+    /// SET_FEATURES, which QEMU and other front-ends send before the rings are set up; a
+    /// front-end that set a packed ring's odd size before acking RING_PACKED is refused.
+    /// </summary>
     private void SetVringNum(VhostUserVringState state)
     {
         BackendVring vring = Vring(state.Index);
@@ -29,6 +36,11 @@ public sealed partial class VhostUserBackendSession
         if (state.Num == 0 || state.Num > max)
         {
             throw new RequestRejectedException($"ring {state.Index}: size {state.Num} is outside 1..{max}");
+        }
+
+        if (!PackedRings && !uint.IsPow2(state.Num))
+        {
+            throw new RequestRejectedException($"ring {state.Index}: size {state.Num} is not a power of two, which a split ring needs (virtio 1.2, 2.7)");
         }
 
         vring.Size = (ushort)state.Num;
@@ -96,7 +108,7 @@ public sealed partial class VhostUserBackendSession
         BackendVring vring = Vring(file.Index);
 
         // NOFD: no eventfd, the ring is polled (vhost-user.rst, SET_VRING_KICK).
-        EventFd? kick = file.NoFd ? null : new EventFd(message.TakeFd(0));
+        EventFd? kick = file.NoFd ? null : TakeEventFd(message, vring, "kick");
         bool wasRunning = vring.Running;
         VirtqueueState? state = wasRunning ? StopRing(vring) : null;
         vring.SetKick(kick);
@@ -114,13 +126,35 @@ public sealed partial class VhostUserBackendSession
         BackendVring vring = Vring(file.Index);
 
         // Takes effect on a running ring at once: the queue's interrupt line swaps its eventfd.
-        vring.SetCall(file.NoFd ? null : new EventFd(message.TakeFd(0)));
+        vring.SetCall(file.NoFd ? null : TakeEventFd(message, vring, "call"));
     }
 
     private void SetVringError(VhostUserMessage message)
     {
         VhostUserVringFile file = VhostUserVringFile.Parse(VhostUserCodec.ReadU64(message.Payload.Span));
-        Vring(file.Index).SetError(file.NoFd ? null : new EventFd(message.TakeFd(0)));
+        BackendVring vring = Vring(file.Index);
+        vring.SetError(file.NoFd ? null : TakeEventFd(message, vring, "error"));
+    }
+
+    /// <summary>
+    /// The message's fd as a notifier. It must be an eventfd: the spec allows pipes only where
+    /// eventfd does not exist (vhost-user.rst, "Support for platforms other than Linux"), and
+    /// this back-end runs on Linux, where QEMU, crosvm, cloud-hypervisor and DPDK pass eventfds.
+    /// Anything else (a pipe's read end, /dev/full, a socket) would fail or block the writes
+    /// made to it, so it is refused here, at the request that brings it. It is made
+    /// non-blocking: a write to a counter the front-end saturated then drops the signal (a
+    /// wake-up is pending anyway) instead of blocking the ring's worker.
+    /// </summary>
+    private static EventFd TakeEventFd(VhostUserMessage message, BackendVring vring, string role)
+    {
+        try
+        {
+            return new EventFd(message.TakeFd(0));
+        }
+        catch (ArgumentException e)
+        {
+            throw new RequestRejectedException($"ring {vring.Index}: the {role} fd is refused: {e.Message}", e);
+        }
     }
 
     private void SetVringEnable(VhostUserVringState state)
@@ -286,6 +320,11 @@ public sealed partial class VhostUserBackendSession
         return available | (used << 16);
     }
 
+    /// <summary>
+    /// Stops the ring on the device and returns where it stood. A worker that does not stop in
+    /// time (stuck in the device) leaves the ring marked running and the session marked wedged:
+    /// the memory it may touch is then never unmapped, and the session ends.
+    /// </summary>
     private VirtqueueState? StopRing(BackendVring vring)
     {
         if (!vring.Running)
@@ -293,7 +332,19 @@ public sealed partial class VhostUserBackendSession
             return null;
         }
 
-        VirtqueueState? state = _device.StopQueue(vring.Index);
+        VirtqueueState? state;
+        try
+        {
+            state = _device.StopQueue(vring.Index);
+        }
+        catch (TimeoutException e)
+        {
+            _wedged = true;
+            Log.RingStuck(_logger, vring.Index, e.Message);
+            EndSession($"ring {vring.Index} did not stop: {e.Message}");
+            return null;
+        }
+
         vring.Running = false;
         Log.RingStopped(_logger, vring.Index, state?.AvailableIndex ?? 0, state?.UsedIndex ?? 0);
         return state;
@@ -329,4 +380,7 @@ public sealed partial class VhostUserBackendSession
             StopRing(vring);
         }
     }
+
+    /// <summary>True while any ring runs on the device (its worker may be touching guest memory and the inflight region).</summary>
+    private bool AnyRingRunning => Array.Exists(_vrings, v => v.Running);
 }

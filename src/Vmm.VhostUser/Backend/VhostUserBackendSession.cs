@@ -9,8 +9,10 @@ namespace Vmm.VhostUser.Backend;
 
 /// <summary>
 /// One front-end connection to a back-end: reads requests in order, applies them to the wrapped
-/// device and answers. Ends when the front-end hangs up or breaks the protocol; the device is then
-/// stopped and reset so the next front-end finds it as new.
+/// device and answers. Ends when the front-end hangs up, breaks the protocol, stays silent past
+/// its limits or truncates the memory it shared; the device is then stopped and reset so the next
+/// front-end finds it as new. Nothing the session started outlives it: transfers and back-end
+/// requests are cancelled and waited for, every fd it received is closed.
 /// </summary>
 public sealed partial class VhostUserBackendSession : IDisposable
 {
@@ -21,7 +23,18 @@ public sealed partial class VhostUserBackendSession : IDisposable
     private readonly BackendVring[] _vrings;
     private readonly byte[] _replyBuffer = new byte[VhostUserMessageWriter.MaxMessageSize];
 
-    private GuestMemory _memory = new();
+    /// <summary>Cancelled when the session must end from outside the request loop (truncated memory, a stuck ring) or is disposed.</summary>
+    private readonly CancellationTokenSource _end = new();
+    private string? _endReason;
+
+    /// <summary>
+    /// True once a ring's worker did not stop in time: it may still touch guest memory and the
+    /// inflight region, so neither is unmapped for the rest of the process (a deliberate leak,
+    /// logged, instead of a use after unmap).
+    /// </summary>
+    private bool _wedged;
+
+    private GuestMemory _memory;
     private ulong _ackedFeatures;
     private VhostUserProtocolFeatures _ackedProtocolFeatures;
     private byte _status;
@@ -39,6 +52,7 @@ public sealed partial class VhostUserBackendSession : IDisposable
             _vrings[i] = new BackendVring(i);
         }
 
+        _memory = NewMemoryTable();
         _device.Faulted += OnDeviceFaulted;
         _device.ConfigChanged += OnDeviceConfigChanged;
     }
@@ -57,17 +71,20 @@ public sealed partial class VhostUserBackendSession : IDisposable
     private bool Has(VhostUserProtocolFeatures feature) => (_ackedProtocolFeatures & feature) == feature;
 
     /// <summary>
-    /// Serves requests until the front-end disconnects (returns normally), breaks the protocol
-    /// (logs and returns) or <paramref name="cancellationToken"/> fires.
+    /// Serves requests until the front-end disconnects (returns normally), breaks the protocol or
+    /// a limit (logs and returns), or <paramref name="cancellationToken"/> fires.
     /// </summary>
     public async Task RunAsync(CancellationToken cancellationToken = default)
     {
+        using var session = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken, _end.Token);
         try
         {
+            bool first = true;
             while (true)
             {
-                using VhostUserMessage message = await _channel.ReceiveAsync(cancellationToken).ConfigureAwait(false);
-                await HandleAsync(message, cancellationToken).ConfigureAwait(false);
+                using VhostUserMessage message = await ReceiveAsync(first, session.Token).ConfigureAwait(false);
+                first = false;
+                await HandleAsync(message, session.Token).ConfigureAwait(false);
             }
         }
         catch (VhostUserConnectionLostException e)
@@ -78,8 +95,16 @@ public sealed partial class VhostUserBackendSession : IDisposable
         {
             Log.ProtocolViolation(_logger, e.Message);
         }
+        catch (FrontendTooSlowException e)
+        {
+            Log.FrontendTooSlow(_logger, e.Message);
+        }
         catch (OperationCanceledException) when (cancellationToken.IsCancellationRequested)
         {
+        }
+        catch (OperationCanceledException) when (_end.IsCancellationRequested)
+        {
+            Log.SessionEnded(_logger, _endReason ?? "the session was closed");
         }
         finally
         {
@@ -98,16 +123,79 @@ public sealed partial class VhostUserBackendSession : IDisposable
         _disposed = true;
         _device.Faulted -= OnDeviceFaulted;
         _device.ConfigChanged -= OnDeviceConfigChanged;
-        DisposeBackendChannel();
+        _end.Cancel();
+
+        // Work the session started off its own thread ends with it.
+        StopBackendRequests();
+        EndDeviceStateTransfer();
         StopAllRings();
         foreach (BackendVring vring in _vrings)
         {
             vring.Dispose();
         }
 
-        DisposeInflight();
-        _memory.Dispose();
+        if (_wedged)
+        {
+            Log.MemoryKeptForStuckRing(_logger);
+        }
+        else
+        {
+            DisposeInflight();
+            _memory.Dispose();
+        }
+
         _channel.Dispose();
+        _end.Dispose();
+    }
+
+    /// <summary>
+    /// Ends the session from any thread: the request loop stops at once, stops the rings and
+    /// resets the device. Safe to call after the session ended.
+    /// </summary>
+    private void EndSession(string reason)
+    {
+        if (Interlocked.CompareExchange(ref _endReason, reason, null) is not null)
+        {
+            return;
+        }
+
+        try
+        {
+            _end.Cancel();
+        }
+        catch (ObjectDisposedException)
+        {
+            // Ended already.
+        }
+    }
+
+    /// <summary>
+    /// The next message, within the session's limits: the first must arrive whole within
+    /// <see cref="VhostUserBackendOptions.FirstMessageTimeout"/> of the connection; later ones
+    /// may be awaited for ever, but once a message has started it must arrive whole within
+    /// <see cref="VhostUserBackendOptions.MessageTimeout"/>. A client that misses either is
+    /// dropped: connections are served one at a time, and it would block the next front-end.
+    /// </summary>
+    private async ValueTask<VhostUserMessage> ReceiveAsync(bool first, CancellationToken cancellationToken)
+    {
+        TimeSpan limit = first ? _options.FirstMessageTimeout : _options.MessageTimeout;
+        if (!first)
+        {
+            await _channel.WaitForDataAsync(cancellationToken).ConfigureAwait(false);
+        }
+
+        using var deadline = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken);
+        deadline.CancelAfter(limit);
+        try
+        {
+            return await _channel.ReceiveAsync(deadline.Token).ConfigureAwait(false);
+        }
+        catch (OperationCanceledException) when (!cancellationToken.IsCancellationRequested)
+        {
+            throw new FrontendTooSlowException(first
+                ? $"the front-end sent no whole message within {limit.TotalSeconds:0.###} s of connecting"
+                : $"a message from the front-end did not arrive whole within {limit.TotalSeconds:0.###} s of its first byte");
+        }
     }
 
     private async ValueTask HandleAsync(VhostUserMessage message, CancellationToken cancellationToken)
@@ -142,6 +230,13 @@ public sealed partial class VhostUserBackendSession : IDisposable
         {
             Log.RequestRejected(_logger, name, e.Message);
             reply = Reply.Failure;
+        }
+
+        if (_end.IsCancellationRequested)
+        {
+            // The request ended the session (a ring that would not stop): no answer is sent on a
+            // connection about to close.
+            throw new OperationCanceledException(_end.Token);
         }
 
         switch (reply.Kind)
@@ -319,7 +414,18 @@ public sealed partial class VhostUserBackendSession : IDisposable
 
     private void ResetDevice()
     {
-        _device.Reset();
+        try
+        {
+            _device.Reset();
+        }
+        catch (TimeoutException e)
+        {
+            // A ring's worker is stuck in the device: the reset cannot complete, the device is
+            // left as it is, and memory stays mapped (see _wedged).
+            _wedged = true;
+            Log.RingStuck(_logger, -1, e.Message);
+        }
+
         foreach (BackendVring vring in _vrings)
         {
             vring.Clear();
@@ -329,13 +435,25 @@ public sealed partial class VhostUserBackendSession : IDisposable
         _status = 0;
     }
 
+    /// <summary>
+    /// Raised on a pool thread when a ring's worker stopped on an error (a malformed ring, a call
+    /// fd whose write failed): tells the front-end through the ring's error eventfd
+    /// (SET_VRING_ERR). Nothing escapes: an error fd that cannot be written is logged, once per
+    /// fd.
+    /// </summary>
     private void OnDeviceFaulted(DeviceFault fault)
     {
-        Log.DeviceFaulted(_logger, fault.QueueIndex, fault.Reason);
-        if ((uint)fault.QueueIndex < (uint)_vrings.Length)
+        try
         {
-            // SET_VRING_ERR's eventfd tells the front-end the ring is broken (vhost-user.rst).
-            _vrings[fault.QueueIndex].Error?.Signal();
+            Log.DeviceFaulted(_logger, fault.QueueIndex, fault.Reason);
+            if ((uint)fault.QueueIndex < (uint)_vrings.Length)
+            {
+                _vrings[fault.QueueIndex].SignalError(_logger);
+            }
+        }
+        catch (Exception e)
+        {
+            Log.FaultReportFailed(_logger, fault.QueueIndex, e.Message);
         }
     }
 
@@ -344,6 +462,18 @@ public sealed partial class VhostUserBackendSession : IDisposable
         BitConverter.TryWriteBytes(_replyBuffer.AsSpan(0, 8), value);
         return Reply.Payload(8);
     }
+
+    /// <summary>A new, empty memory table under this back-end's policy for unsealed regions.</summary>
+    private GuestMemory NewMemoryTable()
+    {
+        var memory = new GuestMemory { UnsealedRegions = _options.UnsealedMemory };
+        memory.Truncated += OnMemoryTruncated;
+        return memory;
+    }
+
+    /// <summary>Raised on the SIGBUS guard's thread: the front-end truncated memory it shared.</summary>
+    private void OnMemoryTruncated(GuestMemoryRegion region) =>
+        EndSession($"the front-end truncated the file behind guest memory region {region} under a running ring; its pages read as zeroes here now");
 
     private enum ReplyKind
     {

@@ -360,6 +360,18 @@ public sealed class VhostUserChannel : IDisposable
     }
 
     /// <summary>
+    /// Completes when the peer has sent something (or hung up), without receiving it: the next
+    /// <see cref="ReceiveAsync"/> then has its first byte at hand. A caller that may wait for ever
+    /// between messages, but not in the middle of one, waits here first and then receives with
+    /// a deadline.
+    /// </summary>
+    public ValueTask WaitForDataAsync(CancellationToken cancellationToken = default)
+    {
+        ObjectDisposedException.ThrowIf(Volatile.Read(ref _disposed) != 0, this);
+        return WaitReadableAsync(cancellationToken);
+    }
+
+    /// <summary>
     /// Waits until the socket has data (or EOF) through the BCL's epoll machinery: a 1-byte
     /// MSG_PEEK receive consumes nothing, so the fds stay queued for the recvmsg that follows.
     /// </summary>

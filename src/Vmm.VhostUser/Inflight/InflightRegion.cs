@@ -1,3 +1,4 @@
+using Vmm.Core.Memory;
 using Vmm.Core.Posix;
 
 namespace Vmm.VhostUser.Inflight;
@@ -46,18 +47,27 @@ public sealed unsafe class InflightRegion : IDisposable
         QueueSize = queueSize;
         _queues = new SplitInflightQueue[queueCount];
         _packedQueues = new PackedInflightQueue[queueCount];
-        int regionSize = (int)QueueRegionSize(queueSize);
+        // In nuint: a queue's part is up to a few MiB and there may be thousands of queues, so
+        // the offset of the last one need not fit an int.
+        nuint regionSize = (nuint)QueueRegionSize(queueSize);
         for (int i = 0; i < queueCount; i++)
         {
-            _queues[i] = new SplitInflightQueue(mapping.Address + (i * regionSize), queueSize);
-            _packedQueues[i] = new PackedInflightQueue(mapping.Address + (i * regionSize), queueSize);
+            byte* queueBase = mapping.Address + ((nuint)i * regionSize);
+            _queues[i] = new SplitInflightQueue(queueBase, queueSize);
+            _packedQueues[i] = new PackedInflightQueue(queueBase, queueSize);
         }
     }
 
     /// <summary>The memfd behind the region (owned by it).</summary>
     public SafeFileDescriptor Fd { get; }
 
+    /// <summary>True when the file cannot shrink: ours always (<see cref="MemFd.Create"/> seals it), a front-end's when it was sealable.</summary>
+    public bool IsSealed => !_mapping.IsGuarded;
+
     public ulong MmapSize { get; }
+
+    /// <summary>The bytes mapped here: what the queues use, never more than the front-end's mmap_size.</summary>
+    public ulong MappedSize => _mapping.Length;
 
     public ulong MmapOffset { get; }
 
@@ -91,10 +101,17 @@ public sealed unsafe class InflightRegion : IDisposable
     /// <summary>
     /// Maps a region a front-end handed back (SET_INFLIGHT_FD). Takes ownership of
     /// <paramref name="fd"/>, also when it throws. The content is checked queue by queue when
-    /// each ring starts, not trusted blindly.
+    /// each ring starts, not trusted blindly. The file is sealed against shrinking where it can
+    /// be (the memfd GET_INFLIGHT_FD handed out already is); where it cannot,
+    /// <paramref name="unsealed"/> decides, and under the SIGBUS guard <paramref name="onTruncated"/>
+    /// is called when the front-end truncated it.
     /// </summary>
-    public static InflightRegion Open(SafeFileDescriptor fd, ulong mmapSize, ulong mmapOffset, ushort queueCount, ushort queueSize)
+    public static InflightRegion Open(
+        SafeFileDescriptor fd, ulong mmapSize, ulong mmapOffset, ushort queueCount, ushort queueSize,
+        UnsealedMemoryPolicy unsealed, Action onTruncated)
     {
+        ArgumentNullException.ThrowIfNull(fd);
+        ArgumentNullException.ThrowIfNull(onTruncated);
         try
         {
             Validate(queueCount, queueSize);
@@ -104,13 +121,32 @@ public sealed unsafe class InflightRegion : IDisposable
                 throw new ArgumentException($"An inflight region of {mmapSize} bytes is too small for {queueCount} queues of {queueSize} ({needed} bytes needed).");
             }
 
+            bool sealedFile = MemFd.TrySealAgainstShrinking(fd);
             ulong fileSize = MemFd.GetFileSize(fd);
             if (mmapOffset > fileSize || mmapSize > fileSize - mmapOffset)
             {
                 throw new ArgumentException($"The inflight region [{mmapOffset}, +{mmapSize}) lies beyond the end of its file ({fileSize} bytes).");
             }
 
-            return new InflightRegion(fd, SharedMapping.Map(fd, mmapOffset, mmapSize), mmapSize, mmapOffset, queueCount, queueSize);
+            // Only the bytes the queues use are mapped: mmap_size is the front-end's to choose,
+            // and a huge one must not cost address space here.
+            SharedMapping mapping;
+            if (sealedFile)
+            {
+                mapping = SharedMapping.Map(fd, mmapOffset, needed);
+            }
+            else if (unsealed == UnsealedMemoryPolicy.Refuse || SigbusGuard.UnavailableReason is not null)
+            {
+                throw new ArgumentException(
+                    $"The inflight region is backed by {FileDescriptors.Describe(fd)}, which is not sealed against shrinking and cannot be sealed now" +
+                    (unsealed == UnsealedMemoryPolicy.Refuse ? ", and unsealed memory is refused." : $", and it cannot be guarded: {SigbusGuard.UnavailableReason}."));
+            }
+            else
+            {
+                mapping = SharedMapping.MapGuarded(fd, mmapOffset, needed, onTruncated);
+            }
+
+            return new InflightRegion(fd, mapping, mmapSize, mmapOffset, queueCount, queueSize);
         }
         catch
         {

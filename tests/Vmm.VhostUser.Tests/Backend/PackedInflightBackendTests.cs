@@ -53,7 +53,7 @@ public sealed class PackedInflightBackendTests
                 }
 
                 var dup = new SafeFileDescriptor(Mono.Unix.Native.Syscall.dup((int)regionFd.DangerousGetHandle()));
-                using (InflightRegion dead = InflightRegion.Open(dup, shape.MmapSize, shape.MmapOffset, shape.NumQueues, shape.QueueSize))
+                using (InflightRegion dead = InflightRegion.Open(dup, shape.MmapSize, shape.MmapOffset, shape.NumQueues, shape.QueueSize, Vmm.Core.Memory.UnsealedMemoryPolicy.Refuse, () => { }))
                 {
                     PackedInflightQueue tracker = dead.PackedQueue(0);
                     tracker.Recover(frontend.Memory, queue.Driver.Params.DescriptorArea, new VirtqueueState(0, 0, true, true));

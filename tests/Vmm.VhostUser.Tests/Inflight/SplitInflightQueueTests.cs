@@ -100,7 +100,7 @@ public sealed class SplitInflightQueueTests
         using InflightRegion real = InflightRegion.Create(1, QueueSize);
         var dup = new Vmm.Core.Posix.SafeFileDescriptor(Mono.Unix.Native.Syscall.dup((int)real.Fd.DangerousGetHandle()));
 
-        Assert.That(() => InflightRegion.Open(dup, real.MmapSize, 0, 4, QueueSize), Throws.ArgumentException);
+        Assert.That(() => InflightRegion.Open(dup, real.MmapSize, 0, 4, QueueSize, Vmm.Core.Memory.UnsealedMemoryPolicy.Refuse, () => { }), Throws.ArgumentException);
         Assert.That(dup.IsClosed, Is.True);
     }
 }
