@@ -15,13 +15,15 @@ public enum GuestDevice
 /// <summary>What the guest runs and which vhost-user device QEMU gives it.</summary>
 public sealed record GuestOptions
 {
-    /// <summary>The /init scenario: blk-rw, blk-ro, blk-mq, blk-loop or rng.</summary>
+    /// <summary>The /init scenario: blk-rw, blk-ro, blk-mq, blk-loop, blk-big or rng.</summary>
     public required string Scenario { get; init; }
     /// <summary>The back-end's vhost-user socket (QEMU connects to it); unused for <see cref="GuestDevice.BuiltinRng"/>.</summary>
     public string Socket { get; init; } = "";
     public GuestDevice Device { get; init; } = GuestDevice.Blk;
     /// <summary>vhost-user-blk-pci num-queues.</summary>
     public int Queues { get; init; } = 1;
+    /// <summary>vhost-user-blk-pci queue-size; null leaves QEMU's default (128 in QEMU 7.2).</summary>
+    public int? QueueSize { get; init; }
     public int Cpus { get; init; } = 1;
     /// <summary>Offset of the area the guest writes, in MiB.</summary>
     public int OffsetMiB { get; init; } = 1;
@@ -85,7 +87,8 @@ public sealed partial class QemuGuest : IDisposable
         var append = $"console=ttyS0 panic=-1 vmmtest={o.Scenario} vmmtest.off={o.OffsetMiB} vmmtest.mib={o.SizeMiB} vmmtest.seed={o.Seed}";
         string[] device = o.Device switch
         {
-            GuestDevice.Blk => ["-chardev", $"socket,id=c0,path={o.Socket}", "-device", $"vhost-user-blk-pci,chardev=c0,num-queues={o.Queues}"],
+            GuestDevice.Blk => ["-chardev", $"socket,id=c0,path={o.Socket}", "-device",
+                $"vhost-user-blk-pci,chardev=c0,num-queues={o.Queues}" + (o.QueueSize is { } q ? $",queue-size={q}" : "")],
             GuestDevice.Rng => ["-chardev", $"socket,id=c0,path={o.Socket}", "-device", "vhost-user-rng-pci,chardev=c0"],
             GuestDevice.BuiltinRng => ["-device", "virtio-rng-pci"],
             _ => throw new ArgumentOutOfRangeException(nameof(o)),

@@ -15,7 +15,7 @@
 # Needs: apt-get (download only), dpkg-deb, cpio, gzip, xz (only for .ko.xz modules).
 #
 # Guest kernel command line (QEMU -append):
-#   vmmtest=SCENARIO   blk-rw | blk-ro | blk-mq | blk-loop | rng
+#   vmmtest=SCENARIO   blk-rw | blk-ro | blk-mq | blk-loop | blk-big | rng
 #   vmmtest.off=N      offset of the written area, in MiB (default 1)
 #   vmmtest.mib=N      size of the written area, in MiB (default 4)
 #   vmmtest.seed=S     pattern seed, [A-Za-z0-9_-] (default 0)
@@ -26,6 +26,8 @@
 #   size=<sectors>  ro=<0|1>  before=<md5>  pattern=<md5>  md5=<md5>  write=ok|fail
 #   queues=<n>  cpus=<n>  md5.cpu<N>=<md5>  pattern.cpu<N>=<md5>  run.hctx<N>=<times run>
 #   writing=<n>
+#   blk-big: write.direct=ok|fail  md5.direct=<md5>  md5.buffered=<md5>  write.buffered=ok|fail
+#            pattern.b=<md5>  md5.b=<md5>  scattered=<free pages made single>
 #   rng=<hex of 64 bytes>  rng2=<hex>  rng_current=<name>  error=<text>  done
 set -euo pipefail
 
@@ -250,6 +252,38 @@ case "$scenario" in
       if [ $((i % 2)) -eq 0 ]; then f=/tmp/pa; else f=/tmp/pb; fi
       dd if=$f of=/dev/vda bs=64k seek=$((off * 16)) oflag=direct conv=fsync 2>/dev/null || { mark "write=fail"; break; }
     done
+    ;;
+  blk-big)
+    # 1 MiB requests over scattered guest pages, direct and through the page cache: Linux
+    # then builds requests of as many segments as the device's seg_max allows, each one
+    # an indirect table (virtio_blk). Guest memory is fragmented first, so that dd's
+    # buffer and the page cache get single pages, not contiguous runs the block layer
+    # would merge into few segments.
+    blk_common
+    mkdir /tmp/frag
+    awk 'BEGIN { for (i = 0; i < 16384; i++) { f = "/tmp/frag/" i; printf "%4096s", "" > f; close(f) } }'
+    rm -f /tmp/frag/*[02468]
+    mark "scattered=$(ls /tmp/frag | wc -l)"
+    pattern "$seed" "$mib" >/tmp/pa
+    mark "pattern=$(md5sum /tmp/pa | cut -d' ' -f1)"
+    if dd if=/tmp/pa of=/dev/vda bs=1M seek="$off" oflag=direct conv=fsync 2>/tmp/dd.err; then
+      mark "write.direct=ok"
+    else
+      mark "write.direct=fail"
+      sed 's/^/dd: /' /tmp/dd.err
+    fi
+    mark "md5.direct=$(md5_of $off $mib)"
+    echo 3 >/proc/sys/vm/drop_caches
+    mark "md5.buffered=$(dd if=/dev/vda bs=1M skip=$off count=$mib 2>/dev/null | md5sum | cut -d' ' -f1)"
+    pattern "$seed-b" "$mib" >/tmp/pb
+    mark "pattern.b=$(md5sum /tmp/pb | cut -d' ' -f1)"
+    if dd if=/tmp/pb of=/dev/vda bs=1M seek=$((off + mib)) conv=fsync 2>/tmp/dd.err; then
+      mark "write.buffered=ok"
+    else
+      mark "write.buffered=fail"
+      sed 's/^/dd: /' /tmp/dd.err
+    fi
+    mark "md5.b=$(md5_of $((off + mib)) $mib)"
     ;;
   rng)
     wait_for /dev/hwrng || finish
