@@ -1,4 +1,6 @@
 using Vmm.Core.Events;
+using Vmm.Core.Posix;
+using Vmm.Core.Tests.Support;
 
 namespace Vmm.Core.Tests.Events;
 
@@ -92,5 +94,51 @@ public sealed class EventFdTests
 
         peer.Signal();
         Assert.That(e.Wait(1000), Is.True);
+    }
+
+    [Test]
+    public void Our_eventfds_are_non_blocking()
+    {
+        using var e = new EventFd();
+
+        Assert.That(FileDescriptors.IsNonBlocking(e.Handle), Is.True);
+    }
+
+    [Test]
+    public void A_peer_eventfd_is_made_non_blocking()
+    {
+        int raw = Interop.Libc.EventFd(0, Interop.Libc.EFD_CLOEXEC);
+        using var peer = new EventFd(new SafeFileDescriptor(raw));
+
+        Assert.That(FileDescriptors.IsNonBlocking(peer.Handle), Is.True);
+    }
+
+    [Test]
+    public void A_saturated_counter_drops_the_signal_instead_of_blocking()
+    {
+        // A peer can push the counter to its maximum, 0xfffffffffffffffe (eventfd(2)): a blocking
+        // write of 1 would then wait for a read that never comes.
+        using var e = new EventFd();
+        Assert.That(EventCounter.Add(e.Handle, 0xffff_ffff_ffff_fffe, out _), Is.EqualTo(EventCounterAdd.Added));
+
+        Assert.That(e.TrySignal(out int errno), Is.True);
+        Assert.That(errno, Is.EqualTo(11), "EAGAIN, dropped");
+        Assert.That(() => e.Signal(), Throws.Nothing);
+        Assert.That(e.TryConsume(out ulong count), Is.True);
+        Assert.That(count, Is.EqualTo(0xffff_ffff_ffff_fffeUL), "the pending wake-up is still there");
+    }
+
+    [Test]
+    public void A_descriptor_that_is_not_an_eventfd_is_refused_and_closed()
+    {
+        (SafeFileDescriptor read, SafeFileDescriptor write) = Pipe.Create();
+        SafeFileDescriptor full = TestFiles.Open("/dev/full");
+        SafeFileDescriptor memfd = MemFd.Create("not-an-eventfd", 4096);
+
+        Assert.That(() => new EventFd(read), Throws.ArgumentException.With.Message.Contains("a pipe"));
+        Assert.That(() => new EventFd(full), Throws.ArgumentException.With.Message.Contains("/dev/full"));
+        Assert.That(() => new EventFd(memfd), Throws.ArgumentException.With.Message.Contains("not an eventfd"));
+        Assert.That(read.IsClosed && full.IsClosed && memfd.IsClosed, Is.True, "ownership was taken, also on refusal");
+        write.Dispose();
     }
 }

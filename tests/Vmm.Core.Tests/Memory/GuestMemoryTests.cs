@@ -1,5 +1,6 @@
 using Vmm.Core.Memory;
 using Vmm.Core.Posix;
+using Vmm.Core.Tests.Support;
 
 namespace Vmm.Core.Tests.Memory;
 
@@ -209,5 +210,87 @@ public sealed class GuestMemoryTests
         int copy = Mono.Unix.Native.Syscall.dup((int)fd.DangerousGetHandle());
         Assert.That(copy, Is.GreaterThanOrEqualTo(0));
         return new SafeFileDescriptor(copy);
+    }
+
+    [Test]
+    public void Created_regions_are_sealed()
+    {
+        using var memory = GuestMemory.Create(4 * Page);
+
+        Assert.That(memory.Regions[0].IsSealed, Is.True);
+        Assert.That(memory.Regions[0].IsGuarded, Is.False);
+        Assert.That(TestFiles.TryResize(memory.Regions[0].Fd, Page), Is.EqualTo(1), "EPERM: nobody can shrink our guest RAM");
+    }
+
+    [Test]
+    public void A_received_sealable_region_is_sealed_against_shrinking()
+    {
+        using var memory = new GuestMemory();
+        SafeFileDescriptor fd = TestFiles.SealableMemfd(4 * Page);
+
+        GuestMemoryRegion region = memory.AddRegion(0, 4 * Page, 0x7000_0000, fd, 0);
+
+        Assert.That(region.IsSealed, Is.True);
+        Assert.That(region.IsGuarded, Is.False);
+        Assert.That(TestFiles.TryResize(fd, Page), Is.EqualTo(1), "EPERM");
+    }
+
+    [Test]
+    public void An_unsealable_region_is_refused_when_unsealed_memory_is_refused()
+    {
+        using var memory = new GuestMemory { UnsealedRegions = UnsealedMemoryPolicy.Refuse };
+        SafeFileDescriptor fd = TestFiles.UnsealableMemfd(4 * Page);
+
+        Assert.That(() => memory.AddRegion(0, 4 * Page, 0x7000_0000, fd, 0),
+            Throws.InstanceOf<GuestMemoryException>().With.Message.Contains("not sealed against shrinking"));
+        Assert.That(fd.IsClosed, Is.True, "the region's fd was taken and closed");
+        Assert.That(memory.Regions, Is.Empty);
+    }
+
+    [Test]
+    public async Task An_unsealable_region_is_guarded_and_a_truncation_is_reported()
+    {
+        using var memory = new GuestMemory();
+        SafeFileDescriptor fd = TestFiles.UnsealableMemfd(8 * Page);
+        var truncated = new TaskCompletionSource<GuestMemoryRegion>(TaskCreationOptions.RunContinuationsAsynchronously);
+        memory.Truncated += r => truncated.TrySetResult(r);
+        GuestMemoryRegion region = memory.AddRegion(0x10000, 8 * Page, 0x7000_0000, fd, 0);
+        memory.WriteUInt32(0x10000 + (6 * Page), 0xdeadbeef);
+        Assert.That(region.IsGuarded, Is.True);
+        Assert.That(region.IsSealed, Is.False);
+
+        TestFiles.Resize(fd, Page);
+
+        Assert.That(memory.ReadUInt32(0x10000 + (6 * Page)), Is.Zero, "the vanished page reads as zeroes, and the process lives");
+        Assert.That(await truncated.Task.WaitAsync(TimeSpan.FromSeconds(30)), Is.SameAs(region));
+    }
+
+    [Test]
+    public void A_buffer_may_span_adjacent_regions_but_not_a_gap()
+    {
+        using var memory = new GuestMemory();
+        SafeFileDescriptor fd = MemFd.Create("adjacent", 4 * Page);
+        int copy = Mono.Unix.Native.Syscall.dup((int)fd.DangerousGetHandle());
+        int copy2 = Mono.Unix.Native.Syscall.dup((int)fd.DangerousGetHandle());
+        memory.AddRegion(0, Page, 0x7000_0000, fd, 0);
+        memory.AddRegion(Page, Page, 0x7100_0000, new SafeFileDescriptor(copy), Page);
+        memory.AddRegion(3 * Page, Page, 0x7200_0000, new SafeFileDescriptor(copy2), 2 * Page);
+
+        Assert.Multiple(() =>
+        {
+            Assert.That(memory.IsMappedRange(Page - 8, 16), Is.True, "across two adjacent regions");
+            Assert.That(memory.IsMappedRange(0, 2 * Page), Is.True);
+            Assert.That(memory.IsValidRange(Page - 8, 16), Is.False, "a ring area must lie in one region");
+            Assert.That(memory.IsMappedRange(Page, Page + 1), Is.False, "into the gap");
+            Assert.That(memory.IsMappedRange(2 * Page, 8), Is.False, "inside the gap");
+            Assert.That(memory.IsMappedRange(3 * Page, Page), Is.True);
+            Assert.That(memory.IsMappedRange(3 * Page, Page + 1), Is.False, "past the end");
+            Assert.That(memory.IsMappedRange(ulong.MaxValue, 2), Is.False, "wrapping");
+        });
+
+        memory.Write(Page - 4, [1, 2, 3, 4, 5, 6, 7, 8]);
+        byte[] back = new byte[8];
+        memory.Read(Page - 4, back);
+        Assert.That(back, Is.EqualTo(new byte[] { 1, 2, 3, 4, 5, 6, 7, 8 }));
     }
 }

@@ -54,6 +54,66 @@ public sealed class PipeTests
     }
 
     [Test]
+    public void A_write_to_a_reader_that_never_reads_ends_at_its_deadline()
+    {
+        (SafeFileDescriptor read, SafeFileDescriptor write) = Pipe.Create();
+        using (read)
+        using (write)
+        {
+            // More than the pipe holds (64 KiB): the writer must wait for a reader that never comes.
+            Assert.That(
+                () => Pipe.WriteAll(write, new byte[1 << 20], TimeSpan.FromMilliseconds(200), CancellationToken.None),
+                Throws.InstanceOf<TimeoutException>());
+            Assert.That(FileDescriptors.IsNonBlocking(write), Is.True);
+        }
+    }
+
+    [Test]
+    public void A_read_from_a_writer_that_never_closes_ends_at_its_deadline()
+    {
+        (SafeFileDescriptor read, SafeFileDescriptor write) = Pipe.Create();
+        using (read)
+        using (write)
+        {
+            Pipe.WriteAll(write, new byte[10]);
+            Assert.That(
+                () => Pipe.ReadToEnd(read, 1000, TimeSpan.FromMilliseconds(200), CancellationToken.None),
+                Throws.InstanceOf<TimeoutException>());
+        }
+    }
+
+    [Test]
+    public async Task Cancellation_ends_a_blocked_transfer()
+    {
+        (SafeFileDescriptor read, SafeFileDescriptor write) = Pipe.Create();
+        using (read)
+        using (write)
+        using (var cancel = new CancellationTokenSource())
+        {
+            Task reader = Task.Factory.StartNew(
+                () => Pipe.ReadToEnd(read, 1000, Timeout.InfiniteTimeSpan, cancel.Token), TaskCreationOptions.LongRunning);
+            await Task.Delay(50);
+            Assert.That(reader.IsCompleted, Is.False);
+
+            await cancel.CancelAsync();
+
+            Assert.That(async () => await reader.WaitAsync(TimeSpan.FromSeconds(30)), Throws.InstanceOf<OperationCanceledException>());
+        }
+    }
+
+    [Test]
+    public void A_write_to_a_closed_reader_fails_with_EPIPE()
+    {
+        (SafeFileDescriptor read, SafeFileDescriptor write) = Pipe.Create();
+        read.Dispose();
+        using (write)
+        {
+            PosixException e = Assert.Throws<PosixException>(() => Pipe.WriteAll(write, new byte[10], TimeSpan.FromSeconds(10), CancellationToken.None))!;
+            Assert.That(e.Errno, Is.EqualTo(32), "EPIPE");
+        }
+    }
+
+    [Test]
     public void Both_ends_are_descriptors_that_are_released()
     {
         int before = OpenFds();

@@ -204,4 +204,19 @@ public sealed class UnixSocketsTests
             return Encoding.ASCII.GetString(buffer, 0, (int)n);
         }
     }
+
+    [Test]
+    public void Restricting_the_socket_mode_does_not_follow_a_symlink_swapped_in_after_bind()
+    {
+        // Someone who can write the directory replaces the bound socket by a link to a file of
+        // ours between bind(2) and chmod(2); the file's mode must not change.
+        string target = Path.Combine(_directory, "precious");
+        File.WriteAllText(target, "x");
+        File.SetUnixFileMode(target, UnixFileMode.UserRead | UnixFileMode.UserWrite | UnixFileMode.GroupRead | UnixFileMode.OtherRead);
+        string path = Path.Combine(_directory, "s.sock");
+        File.CreateSymbolicLink(path, target);
+
+        Assert.That(() => UnixListener.RestrictToOwner(path), Throws.InstanceOf<IOException>().With.Message.Contains("replaced"));
+        Assert.That(File.GetUnixFileMode(target), Is.EqualTo(UnixFileMode.UserRead | UnixFileMode.UserWrite | UnixFileMode.GroupRead | UnixFileMode.OtherRead));
+    }
 }
