@@ -96,6 +96,27 @@ public sealed class BackendChannelTests
         Assert.That(await session.Frontend.GetU64Async(VhostUserRequest.GET_QUEUE_NUM), Is.EqualTo(1UL));
     }
 
+    [Test]
+    public async Task An_ack_later_than_the_timeout_closes_the_backend_channel_so_it_is_never_read_as_the_next_answer()
+    {
+        using var session = new SessionOverSocketPair(new VhostUserBackendOptions { BackendReplyTimeout = TimeSpan.FromMilliseconds(300) });
+        await session.Frontend.HandshakeAsync(
+            VhostUserProtocolFeatures.REPLY_ACK | VhostUserProtocolFeatures.BACKEND_REQ | VhostUserProtocolFeatures.CONFIG);
+        using VhostUserChannel backendChannel = await session.SetBackendChannelAsync();
+
+        session.Device.ChangeConfig([4, 4, 4, 4, 4, 4, 4, 4]);
+        using (VhostUserMessage request = await backendChannel.ReceiveAsync().AsTask().WaitAsync(s_timeout))
+        {
+            Assert.That(request.Header.Request, Is.EqualTo((uint)VhostUserBackendRequest.CONFIG_CHANGE_MSG));
+        }
+
+        // No ack: the back-end gives up and hangs up its end rather than keep a stream that is
+        // out of step (the ack, if it came now, would be taken for the next request's).
+        Assert.That(async () => await backendChannel.ReceiveAsync().AsTask().WaitAsync(s_timeout), Throws.InstanceOf<VhostUserConnectionLostException>());
+        session.Device.ChangeConfig([5, 5, 5, 5, 5, 5, 5, 5]);
+        Assert.That(await session.Frontend.GetU64Async(VhostUserRequest.GET_QUEUE_NUM), Is.EqualTo(1UL), "the front-end channel is unaffected");
+    }
+
     private static VhostUserChannel BackendRequestChannel(Socket socket) => VhostUserChannel.FromSocket(socket, new VhostUserChannelOptions
     {
         HeaderValidator = static header => VhostUserCodec.ValidateBackendRequestHeader(header),
@@ -107,12 +128,12 @@ public sealed class BackendChannelTests
         private readonly CancellationTokenSource _stop = new();
         private readonly Task _serving;
 
-        public SessionOverSocketPair()
+        public SessionOverSocketPair(VhostUserBackendOptions? options = null)
         {
             (Socket frontend, Socket backend) = UnixSocketPair.Create();
             Frontend = Over(VhostUserChannel.FromSocket(frontend));
             Session = new VhostUserBackendSession(
-                Device, VhostUserChannel.FromSocket(backend, VhostUserBackendSession.ChannelOptions), NullLogger.Instance);
+                Device, VhostUserChannel.FromSocket(backend, VhostUserBackendSession.ChannelOptions), NullLogger.Instance, options);
             _serving = Task.Run(() => Session.RunAsync(_stop.Token));
         }
 

@@ -39,7 +39,8 @@ internal sealed class BackendFixture : IAsyncDisposable
     /// <summary>The server task: it must still be running after whatever a test did.</summary>
     public Task Serving => _serving;
 
-    public Task<ScriptedFrontend> ConnectAsync() => ScriptedFrontend.ConnectAsync(SocketPath);
+    public Task<ScriptedFrontend> ConnectAsync(ScriptedFrontend.FrontendMemory memory = ScriptedFrontend.FrontendMemory.Sealed) =>
+        ScriptedFrontend.ConnectAsync(SocketPath, memory);
 
     /// <summary>
     /// A well-behaved front-end: handshake, memory table, one queue, a write and a read-back.

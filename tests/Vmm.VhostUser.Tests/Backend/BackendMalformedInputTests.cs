@@ -4,6 +4,7 @@ using System.Runtime.InteropServices;
 using Vmm.Core.Events;
 using Vmm.Core.Posix;
 using Vmm.Virtio.Spec;
+using Vmm.VhostUser.Backend;
 using Vmm.VhostUser.Channel;
 using Vmm.VhostUser.Protocol;
 using static Vmm.VhostUser.Tests.Backend.ScriptedFrontend;
@@ -11,13 +12,14 @@ using static Vmm.VhostUser.Tests.Backend.ScriptedFrontend;
 namespace Vmm.VhostUser.Tests.Backend;
 
 /// <summary>
-/// Malformed and out-of-order messages from a front-end. Each case must end in a NACK (the
-/// connection kept and still answering) or a clean disconnect, and the server must then serve
-/// the next, well-behaved front-end correctly.
+/// Malformed, out-of-order and hostile messages from a front-end. Each case must end in a NACK
+/// (the connection kept and still answering), a clean disconnect, or service as usual; the server
+/// must then serve the next, well-behaved front-end on a fresh connection, and every descriptor
+/// and thread the case made the back-end open must be gone again.
 /// </summary>
 [TestFixture]
 [Category("Backend")]
-public sealed class BackendMalformedInputTests
+public sealed partial class BackendMalformedInputTests
 {
     private const ulong Base = VirtioFeatures.VERSION_1 | VhostUserVirtioFeatures.PROTOCOL_FEATURES;
 
@@ -34,9 +36,15 @@ public sealed class BackendMalformedInputTests
 
         /// <summary>A GET_CONFIG reply with no payload: the spec's error answer.</summary>
         EmptyConfigReply,
+
+        /// <summary>The case checked the back-end's answers itself; the connection stays up.</summary>
+        Served,
     }
 
-    public sealed record Case(string Name, Outcome Expected, Func<ScriptedFrontend, Task> Act)
+    /// <summary>One misbehaviour: what the front-end does, what must follow, the back-end's options and how the front-end's memory is backed.</summary>
+    public sealed record Case(
+        string Name, Outcome Expected, Func<ScriptedFrontend, Task> Act,
+        VhostUserBackendOptions? Options = null, FrontendMemory Memory = FrontendMemory.Sealed)
     {
         public override string ToString() => Name;
     }
@@ -125,15 +133,23 @@ public sealed class BackendMalformedInputTests
         }),
     ];
 
-    public static IEnumerable<TestCaseData> Cases() => s_cases.Select(c => new TestCaseData(c).SetName($"Malformed_input_{c.Name.Replace(' ', '_')}_gets_{c.Expected}_and_the_next_frontend_is_served"));
+    public static IEnumerable<TestCaseData> Cases() => s_cases.Concat(s_hostileCases)
+        .Select(c => new TestCaseData(c).SetName($"Malformed_input_{TestName(c.Name)}_gets_{c.Expected}_and_the_next_frontend_is_served"));
 
     [Test]
     public void The_list_keeps_at_least_forty_cases() => Assert.That(s_cases, Has.Length.GreaterThanOrEqualTo(40));
 
+    [Test]
+    public void The_hostile_list_keeps_at_least_thirty_cases() => Assert.That(s_hostileCases, Has.Length.GreaterThanOrEqualTo(30));
+
+    private static string TestName(string name) => new(name.Select(c => char.IsAsciiLetterOrDigit(c) ? c : '_').ToArray());
+
     [OneTimeSetUp]
     public async Task WarmUp()
     {
-        // The runtime opens its socket engine's descriptors on first use; open them before counting.
+        // The runtime opens its socket engine's descriptors on first use, and the SIGBUS guard
+        // its eventfd (for the life of the process): open them before counting.
+        Assert.That(SigbusGuard.IsAvailable, Is.True, SigbusGuard.UnavailableReason);
         await using var backend = new BackendFixture();
         await backend.AssertServesWellBehavedFrontendAsync();
     }
@@ -143,9 +159,10 @@ public sealed class BackendMalformedInputTests
     {
         int fdsBefore = OpenDescriptors.Count();
         string[] before = OpenDescriptors.Describe();
-        var backend = new BackendFixture();
+        int threadsBefore = OpenThreads.Count();
+        var backend = new BackendFixture(options: testCase.Options);
 
-        using (ScriptedFrontend frontend = await backend.ConnectAsync())
+        using (ScriptedFrontend frontend = await backend.ConnectAsync(testCase.Memory))
         {
             await testCase.Act(frontend);
             switch (testCase.Expected)
@@ -160,6 +177,7 @@ public sealed class BackendMalformedInputTests
                     Assert.That(await frontend.GetU64Async(VhostUserRequest.GET_FEATURES), Is.Not.Zero, "the connection is kept");
                     break;
                 case Outcome.Ignored:
+                case Outcome.Served:
                     Assert.That(await frontend.GetU64Async(VhostUserRequest.GET_FEATURES), Is.Not.Zero, "the connection is kept");
                     break;
                 case Outcome.EmptyConfigReply:
@@ -181,14 +199,14 @@ public sealed class BackendMalformedInputTests
 
         // Sessions end asynchronously after their front-end goes; give them a moment.
         DateTime deadline = DateTime.UtcNow.AddSeconds(10);
-        while (OpenDescriptors.Count() > fdsBefore && DateTime.UtcNow < deadline)
+        while ((OpenDescriptors.Count() > fdsBefore || OpenThreads.Count() > threadsBefore) && DateTime.UtcNow < deadline)
         {
             await Task.Delay(20);
         }
 
         Assert.That(OpenDescriptors.Count(), Is.LessThanOrEqualTo(fdsBefore), () => "every descriptor received or created is closed; new: " + string.Join(", ", OpenDescriptors.Describe().Except(before)));
+        Assert.That(OpenThreads.Count(), Is.LessThanOrEqualTo(threadsBefore), () => "every ring worker and transfer thread ended; left: " + string.Join(", ", OpenThreads.Describe()));
     }
-
 
     private static byte[] Header(uint request, uint flags, uint size)
     {

@@ -1,4 +1,6 @@
 using System.Runtime.InteropServices;
+using Vmm.Core.Posix;
+using Vmm.VhostUser.Tests.Channel;
 using Vmm.Core.Events;
 using Vmm.Core.Memory;
 using Vmm.Virtio.Driver;
@@ -20,11 +22,32 @@ public sealed class ScriptedFrontend : IDisposable
     private static readonly TimeSpan s_timeout = TimeSpan.FromSeconds(10);
     private readonly List<IDisposable> _owned = [];
 
-    private ScriptedFrontend(VhostUserChannel channel)
+    private ScriptedFrontend(VhostUserChannel channel, FrontendMemory memory)
     {
         Channel = channel;
-        Memory = GuestMemory.Create(MemorySize);
+        Memory = memory switch
+        {
+            FrontendMemory.Sealed => GuestMemory.Create(MemorySize),
+            FrontendMemory.TwoAdjacentRegions => GuestMemory.Create([new GuestMemoryRange(0, MemorySize / 2), new GuestMemoryRange(MemorySize / 2, MemorySize / 2)]),
+            _ => PeerMemory(memory),
+        };
         Allocator = new GuestMemoryAllocator(0x1000, MemorySize - 0x1000);
+    }
+
+    /// <summary>How the front-end's guest RAM is backed, which decides what the back-end can do with it.</summary>
+    public enum FrontendMemory
+    {
+        /// <summary>A memfd sealed against shrinking and growing (what our VMM and QEMU's memory-backend-memfd make).</summary>
+        Sealed,
+
+        /// <summary>A memfd that allows sealing but is not sealed: the back-end seals it.</summary>
+        Sealable,
+
+        /// <summary>A memfd that can never be sealed, as a file on /dev/shm or hugetlbfs: the front-end can truncate it under the back-end.</summary>
+        Unsealable,
+
+        /// <summary>Two sealed memfds whose guest-physical ranges follow each other (two memory slots): a buffer may straddle them.</summary>
+        TwoAdjacentRegions,
     }
 
     public VhostUserChannel Channel { get; }
@@ -33,10 +56,29 @@ public sealed class ScriptedFrontend : IDisposable
 
     public GuestMemoryAllocator Allocator { get; }
 
-    public static async Task<ScriptedFrontend> ConnectAsync(string socketPath) =>
-        new(await VhostUserChannel.ConnectAsync(socketPath).WaitAsync(s_timeout));
+    public static async Task<ScriptedFrontend> ConnectAsync(string socketPath, FrontendMemory memory = FrontendMemory.Sealed) =>
+        new(await VhostUserChannel.ConnectAsync(socketPath).WaitAsync(s_timeout), memory);
 
-    public static ScriptedFrontend Over(VhostUserChannel channel) => new(channel);
+    public static ScriptedFrontend Over(VhostUserChannel channel) => new(channel, FrontendMemory.Sealed);
+
+    /// <summary>The file behind guest RAM, for a front-end that misbehaves with it (truncates it).</summary>
+    public SafeFileDescriptor MemoryFile => Memory.Regions[0].Fd;
+
+    /// <summary>
+    /// Guest RAM as a memfd made here without seals. It is mapped like a region received from a
+    /// peer: the front-end's own mapping is then also under the SIGBUS guard, so this process
+    /// survives its own truncation as the back-end does.
+    /// </summary>
+    private static GuestMemory PeerMemory(FrontendMemory kind)
+    {
+        SafeFileDescriptor fd = TestMemfd.Create("scripted-guest-ram", (long)MemorySize, sealable: kind == FrontendMemory.Sealable);
+        var memory = new GuestMemory();
+        memory.AddRegion(0, MemorySize, PeerUserAddress, fd, 0);
+        return memory;
+    }
+
+    /// <summary>The user address the front-end announces for <see cref="PeerMemory"/> (any value works: the back-end only translates it).</summary>
+    private const ulong PeerUserAddress = 0x7e00_0000_0000;
 
     public ulong UserAddress(ulong gpa)
     {
@@ -123,16 +165,20 @@ public sealed class ScriptedFrontend : IDisposable
     /// What a Linux front-end does before I/O: handshake, SET_MEM_TABLE, SET_FEATURES with
     /// <paramref name="features"/>, then ring 0 set up and enabled.
     /// </summary>
-    public async Task<BlkQueue> StartDeviceAsync(ushort queueSize, ulong features)
+    public async Task<BlkQueue> StartDeviceAsync(ushort queueSize, ulong features, EventFd? call = null)
     {
         await HandshakeAsync();
         Assert.That(await SetMemTableAsync(), Is.Zero, "SET_MEM_TABLE");
         Assert.That(await AckAsync(VhostUserRequest.SET_FEATURES, U64(features)), Is.Zero, "SET_FEATURES");
-        return await StartQueueAsync(0, queueSize, features);
+        return await StartQueueAsync(0, queueSize, features, call: call);
     }
 
-    /// <summary>Lays a queue out in guest memory and sends NUM, ADDR, BASE, KICK, CALL and ENABLE for it.</summary>
-    public async Task<BlkQueue> StartQueueAsync(uint index, ushort size, ulong features, uint? availableBase = null, BlkQueue? reuse = null)
+    /// <summary>
+    /// Lays a queue out in guest memory and sends NUM, ADDR, BASE, KICK, CALL and ENABLE for it.
+    /// <paramref name="call"/> replaces the queue's own call eventfd on the wire (the queue then
+    /// finds completions by polling).
+    /// </summary>
+    public async Task<BlkQueue> StartQueueAsync(uint index, ushort size, ulong features, uint? availableBase = null, BlkQueue? reuse = null, EventFd? call = null)
     {
         BlkQueue queue = reuse ?? new BlkQueue(this, DriverQueue.Create(Memory, Allocator, size, features));
         if (reuse is null)
@@ -148,7 +194,7 @@ public sealed class ScriptedFrontend : IDisposable
         uint initialBase = availableBase ?? ((features & VirtioFeatures.RING_PACKED) != 0 ? 0x8000u : 0u);
         Assert.That(await AckAsync(VhostUserRequest.SET_VRING_BASE, State(index, initialBase)), Is.Zero, "SET_VRING_BASE");
         Assert.That(await AckAsync(VhostUserRequest.SET_VRING_KICK, U64(index), [queue.Kick.Handle]), Is.Zero, "SET_VRING_KICK");
-        Assert.That(await AckAsync(VhostUserRequest.SET_VRING_CALL, U64(index), [queue.Call.Handle]), Is.Zero, "SET_VRING_CALL");
+        Assert.That(await AckAsync(VhostUserRequest.SET_VRING_CALL, U64(index), [(call ?? queue.Call).Handle]), Is.Zero, "SET_VRING_CALL");
         Assert.That(await AckAsync(VhostUserRequest.SET_VRING_ENABLE, State(index, 1)), Is.Zero, "SET_VRING_ENABLE");
         return queue;
     }
@@ -247,6 +293,10 @@ public sealed class ScriptedFrontend : IDisposable
                 _owner.Allocator.Free(buffer);
             }
         }
+
+        /// <summary>Submits a read into <paramref name="buffers"/> of <paramref name="lengthEach"/> bytes each, without waiting.</summary>
+        public VirtioBlkRequest SubmitRead(ulong sector, IReadOnlyList<ulong> buffers, uint lengthEach) =>
+            Requests.TrySubmitRead(sector, buffers.Select(b => new DriverBuffer(b, lengthEach, true)).ToArray()) ?? throw new InvalidOperationException("ring full");
 
         /// <summary>Submits without waiting: the request sits in the available ring.</summary>
         public VirtioBlkRequest SubmitWrite(ulong sector, ulong buffer, uint length) =>

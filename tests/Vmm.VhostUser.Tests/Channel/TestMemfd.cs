@@ -8,10 +8,15 @@ namespace Vmm.VhostUser.Tests.Channel;
 internal static partial class TestMemfd
 {
     private const uint MFD_CLOEXEC = 0x1; // memfd_create(2)
+    private const uint MFD_ALLOW_SEALING = 0x2;
 
-    public static SafeFileDescriptor Create(string name, long size)
+    /// <summary>
+    /// A memfd of <paramref name="size"/> bytes, never sealed here. Without
+    /// <paramref name="sealable"/> it can never be sealed (F_SEAL_SEAL from the start), like a file on tmpfs.
+    /// </summary>
+    public static SafeFileDescriptor Create(string name, long size, bool sealable = false)
     {
-        int fd = memfd_create(name, MFD_CLOEXEC);
+        int fd = memfd_create(name, MFD_CLOEXEC | (sealable ? MFD_ALLOW_SEALING : 0));
         if (fd < 0)
         {
             throw new IOException($"memfd_create failed: errno {Marshal.GetLastPInvokeError()}");
