@@ -327,8 +327,9 @@ public sealed partial class VhostUserBackendSession
     /// </summary>
     private VirtqueueState? StopRing(BackendVring vring)
     {
-        if (!vring.Running)
+        if (!vring.Running || _wedged)
         {
+            // A wedged session does not wait on its stuck worker again: it is ending anyway.
             return null;
         }
 

@@ -416,7 +416,11 @@ public sealed partial class VhostUserBackendSession : IDisposable
     {
         try
         {
-            _device.Reset();
+            // With a worker stuck in the device a reset would wait on it once more and fail.
+            if (!_wedged)
+            {
+                _device.Reset();
+            }
         }
         catch (TimeoutException e)
         {

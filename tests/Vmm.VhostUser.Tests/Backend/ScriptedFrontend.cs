@@ -210,13 +210,13 @@ public sealed class ScriptedFrontend : IDisposable
     }
 
     /// <summary>Expects the back-end to have closed the connection (it may first answer what was pending).</summary>
-    public async Task ExpectDisconnectAsync()
+    public async Task ExpectDisconnectAsync(TimeSpan? within = null)
     {
         while (true)
         {
             try
             {
-                using VhostUserMessage _ = await ReceiveAsync();
+                using VhostUserMessage _ = await Channel.ReceiveAsync().AsTask().WaitAsync(within ?? s_timeout);
             }
             catch (VhostUserConnectionLostException)
             {
