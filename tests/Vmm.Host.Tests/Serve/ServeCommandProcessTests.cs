@@ -40,6 +40,35 @@ public sealed class ServeCommandProcessTests
     }
 
     [Test]
+    public void An_unknown_memory_mode_is_one_sentence_and_exit_2()
+    {
+        string image = MakeImage();
+        VmmProcess.Result result = VmmProcess.Run("serve", "blk", "--socket", Path.Combine(_dir.FullName, "s.sock"), "--disk", image, "--memory", "loose");
+
+        Assert.That(result.ExitCode, Is.EqualTo(2));
+        Assert.That(result.StderrLines, Has.Length.EqualTo(1));
+        Assert.That(result.Stderr, Does.Contain("'guard' or 'strict'"));
+    }
+
+    [Test]
+    public async Task SIGTERM_while_frontends_misbehave_stops_the_server_cleanly()
+    {
+        // A connected front-end that said nothing, and one cut off in the middle of a message,
+        // when SIGTERM arrives: the stop cancels what they left running, on the main flow.
+        string image = MakeImage();
+        string socket = Path.Combine(_dir.FullName, "blk.sock");
+        using Process server = StartServer(socket, image, "--memory", "strict");
+        using var silent = new System.Net.Sockets.Socket(System.Net.Sockets.AddressFamily.Unix, System.Net.Sockets.SocketType.Stream, System.Net.Sockets.ProtocolType.Unspecified);
+        await silent.ConnectAsync(new System.Net.Sockets.UnixDomainSocketEndPoint(socket));
+        using var partial = new System.Net.Sockets.Socket(System.Net.Sockets.AddressFamily.Unix, System.Net.Sockets.SocketType.Stream, System.Net.Sockets.ProtocolType.Unspecified);
+        await partial.ConnectAsync(new System.Net.Sockets.UnixDomainSocketEndPoint(socket));
+        await partial.SendAsync(new byte[] { 1, 0, 0, 0, 1 });
+
+        Assert.That(Stop(server), Is.Zero);
+        Assert.That(File.Exists(socket), Is.False);
+    }
+
+    [Test]
     public void A_socket_held_by_a_live_server_is_refused_and_the_first_server_keeps_it()
     {
         string image = MakeImage();
@@ -93,7 +122,7 @@ public sealed class ServeCommandProcessTests
         return path;
     }
 
-    private static Process StartServer(string socket, string image)
+    private static Process StartServer(string socket, string image, params string[] extra)
     {
         var start = new ProcessStartInfo(Path.Combine(VmmProcess.RepoRoot, "vmm"))
         {
@@ -101,7 +130,7 @@ public sealed class ServeCommandProcessTests
             RedirectStandardOutput = true,
             WorkingDirectory = VmmProcess.RepoRoot,
         };
-        foreach (string a in new[] { "serve", "blk", "--socket", socket, "--disk", image })
+        foreach (string a in new[] { "serve", "blk", "--socket", socket, "--disk", image }.Concat(extra))
         {
             start.ArgumentList.Add(a);
         }
