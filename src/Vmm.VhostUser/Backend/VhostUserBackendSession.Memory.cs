@@ -112,7 +112,7 @@ public sealed partial class VhostUserBackendSession
 
     private static ulong SaturatingAdd(ulong a, ulong b) => a + b < a ? ulong.MaxValue : a + b;
 
-    private static void AddRegion(GuestMemory table, in VhostUserMemoryRegion region, SafeFileDescriptor fd)
+    private void AddRegion(GuestMemory table, in VhostUserMemoryRegion region, SafeFileDescriptor fd)
     {
         string? invalid = region.Validate();
         if (invalid is not null)
@@ -123,7 +123,11 @@ public sealed partial class VhostUserBackendSession
 
         try
         {
-            table.AddRegion(region.GuestPhysAddr, region.MemorySize, region.UserspaceAddr, fd, region.MmapOffset);
+            GuestMemoryRegion added = table.AddRegion(region.GuestPhysAddr, region.MemorySize, region.UserspaceAddr, fd, region.MmapOffset);
+            if (added.IsGuarded)
+            {
+                Log.RegionGuarded(_logger, added.ToString());
+            }
         }
         catch (GuestMemoryException e)
         {

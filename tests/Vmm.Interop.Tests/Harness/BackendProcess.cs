@@ -50,12 +50,13 @@ public sealed class BackendProcess : IDisposable
         return StartAsync(ChildProcess.Start(StorageDaemon, exe, args), socket);
     }
 
-    /// <summary><c>./vmm serve blk --socket S --disk IMG [--read-only] [--queues N]</c>.</summary>
-    public static Task<BackendProcess> StartVmmBlkAsync(string image, string socket, int queues = 1, bool readOnly = false)
+    /// <summary><c>./vmm serve blk --socket S --disk IMG [--read-only] [--queues N] [EXTRA...]</c>.</summary>
+    public static Task<BackendProcess> StartVmmBlkAsync(string image, string socket, int queues = 1, bool readOnly = false, IReadOnlyList<string>? extra = null)
     {
         List<string> args = ["serve", "blk", "--socket", socket, "--disk", image];
         if (readOnly) args.Add("--read-only");
         if (queues != 1) args.AddRange(["--queues", queues.ToString()]);
+        if (extra is not null) args.AddRange(extra);
         return StartVmmAsync(args, socket);
     }
 

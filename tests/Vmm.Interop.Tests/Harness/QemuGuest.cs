@@ -31,6 +31,11 @@ public sealed record GuestOptions
     public int SizeMiB { get; init; } = 4;
     /// <summary>Seed of the written pattern, [A-Za-z0-9_-].</summary>
     public string Seed { get; init; } = "0";
+    /// <summary>
+    /// Guest RAM: null for memory-backend-memfd (sealed by QEMU), else a directory for
+    /// memory-backend-file (a file QEMU creates there: /dev/shm, or a hugetlbfs mount).
+    /// </summary>
+    public string? MemoryPath { get; init; }
 }
 
 /// <summary>
@@ -96,7 +101,8 @@ public sealed partial class QemuGuest : IDisposable
         return
         [
             "-machine", "q35,accel=tcg", "-cpu", "max", "-smp", o.Cpus.ToString(), "-m", "256M",
-            "-object", "memory-backend-memfd,id=mem,size=256M,share=on", "-numa", "node,memdev=mem",
+            "-object", o.MemoryPath is null ? "memory-backend-memfd,id=mem,size=256M,share=on" : $"memory-backend-file,id=mem,size=256M,mem-path={o.MemoryPath},share=on",
+            "-numa", "node,memdev=mem",
             "-nodefaults", "-no-user-config", "-display", "none", "-serial", "stdio", "-no-reboot",
             "-kernel", image.Kernel, "-initrd", image.Initramfs, "-append", append,
             .. device,
