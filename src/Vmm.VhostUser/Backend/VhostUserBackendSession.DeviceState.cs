@@ -53,7 +53,7 @@ public sealed partial class VhostUserBackendSession
             // "Migrating back-end state": the STOPPED phase).
             error = DeviceStateError.RingsRunning;
         }
-        else if (FileDescriptors.GetKind(fd) is not (FileKind.Pipe or FileKind.Socket))
+        else if (KindOf(fd) is not (FileKind.Pipe or FileKind.Socket))
         {
             // The spec's channel is a pipe (a socket behaves alike); a file or a device (/dev/zero
             // reads for ever, /dev/full fails every write) is not a state channel.
@@ -107,6 +107,18 @@ public sealed partial class VhostUserBackendSession
                 Log.RequestRejected(_logger, nameof(VhostUserRequest.CHECK_DEVICE_STATE), e.Message);
                 return ReplyU64((ulong)DeviceStateError.TransferFailed);
             }
+        }
+    }
+
+    private static FileKind KindOf(SafeFileDescriptor fd)
+    {
+        try
+        {
+            return FileDescriptors.GetKind(fd);
+        }
+        catch (PosixException)
+        {
+            return FileKind.Other;
         }
     }
 

@@ -1,5 +1,6 @@
 using Vmm.Core.Events;
 using Vmm.Core.Memory;
+using Vmm.Core.Posix;
 using Vmm.Virtio.Queues;
 using Vmm.VhostUser.Inflight;
 using Vmm.Virtio.Spec;
@@ -151,7 +152,7 @@ public sealed partial class VhostUserBackendSession
         {
             return new EventFd(message.TakeFd(0));
         }
-        catch (ArgumentException e)
+        catch (Exception e) when (e is ArgumentException or PosixException)
         {
             throw new RequestRejectedException($"ring {vring.Index}: the {role} fd is refused: {e.Message}", e);
         }

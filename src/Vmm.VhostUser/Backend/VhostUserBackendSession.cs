@@ -167,6 +167,11 @@ public sealed partial class VhostUserBackendSession : IDisposable
         {
             // Ended already.
         }
+        catch (AggregateException e)
+        {
+            // A cancellation callback failed; the session ends all the same.
+            Log.SessionEnded(_logger, $"{reason} (while ending: {e.InnerException?.Message})");
+        }
     }
 
     /// <summary>
