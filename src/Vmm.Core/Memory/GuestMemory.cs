@@ -160,7 +160,15 @@ public sealed unsafe class GuestMemory : IDisposable
             }
             else
             {
-                mapping = SharedMapping.MapGuarded(fd, fileOffset, size, () => OnTruncated(region));
+                try
+                {
+                    mapping = SharedMapping.MapGuarded(fd, fileOffset, size, () => OnTruncated(region));
+                }
+                catch (InvalidOperationException e)
+                {
+                    // Every guard slot is in use.
+                    throw new GuestMemoryException($"Region at 0x{guestPhysicalAddress:x} cannot be guarded: {e.Message}");
+                }
             }
 
             region = new GuestMemoryRegion(guestPhysicalAddress, size, userAddress, fd, fileOffset, mapping, sealedFile);

@@ -46,9 +46,6 @@ public static unsafe partial class SigbusGuard
     /// <summary>Why the guard is not available, in one sentence; null when it is.</summary>
     public static string? UnavailableReason => s_install.Value;
 
-    /// <summary>Faults repaired so far, process-wide (for diagnostics and tests).</summary>
-    public static long RepairedFaults { get; private set; }
-
     /// <summary>
     /// Guards [<paramref name="start"/>, <paramref name="start"/> + <paramref name="length"/>), a
     /// MAP_SHARED mapping whose pages are <paramref name="granule"/> bytes (a power of two: the
@@ -218,12 +215,11 @@ public static unsafe partial class SigbusGuard
             try
             {
                 EventCounter.WaitReadable(notify, Timeout.Infinite);
-                if (!EventCounter.TryRead(notify, out ulong count))
+                if (!EventCounter.TryRead(notify, out _))
                 {
                     continue;
                 }
 
-                RepairedFaults += (long)count;
                 var due = new List<Action>();
                 lock (s_lock)
                 {

@@ -1,6 +1,4 @@
-using Microsoft.Extensions.Logging;
 using Vmm.Core.Events;
-using Vmm.Core.Posix;
 using Vmm.Virtio.Queues;
 
 namespace Vmm.VhostUser.Backend;
@@ -91,17 +89,18 @@ internal sealed class BackendVring : IDisposable
 
     /// <summary>
     /// Signals the error eventfd, if any. Never blocks (a saturated counter already tells the
-    /// front-end); a failed write is logged the first time for each fd and ignored after.
+    /// front-end). Returns the errno of a failed write the first time one fails for this fd
+    /// (for the caller to log once), 0 otherwise.
     /// </summary>
-    public void SignalError(ILogger logger)
+    public int SignalError()
     {
         EventFd? error = Error;
         if (error is null || error.TrySignal(out int errno) || Interlocked.Exchange(ref _errorSignalFailed, 1) != 0)
         {
-            return;
+            return 0;
         }
 
-        logger.LogWarning("Ring {Index}: the error eventfd cannot be signalled: {Reason}", Index, new PosixException("write(eventfd)", errno).Message);
+        return errno;
     }
 
     /// <summary>Back to the state of a new connection (the fds are closed).</summary>

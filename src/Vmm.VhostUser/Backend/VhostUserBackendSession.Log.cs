@@ -51,6 +51,9 @@ public sealed partial class VhostUserBackendSession
         [LoggerMessage(18, LogLevel.Error, "Reporting the fault of queue {Queue} failed: {Reason}")]
         public static partial void FaultReportFailed(ILogger logger, int queue, string reason);
 
+        [LoggerMessage(20, LogLevel.Warning, "Ring {Index}: the error eventfd cannot be signalled (logged once for this fd): {Reason}")]
+        public static partial void ErrorFdFailed(ILogger logger, int index, string reason);
+
         [LoggerMessage(19, LogLevel.Information, "Memory region {Region} can still shrink (its file is not sealed): mapped under the SIGBUS guard")]
         public static partial void RegionGuarded(ILogger logger, string region);
     }

@@ -455,9 +455,9 @@ public sealed partial class VhostUserBackendSession : IDisposable
         try
         {
             Log.DeviceFaulted(_logger, fault.QueueIndex, fault.Reason);
-            if ((uint)fault.QueueIndex < (uint)_vrings.Length)
+            if ((uint)fault.QueueIndex < (uint)_vrings.Length && _vrings[fault.QueueIndex].SignalError() is int errno and not 0)
             {
-                _vrings[fault.QueueIndex].SignalError(_logger);
+                Log.ErrorFdFailed(_logger, fault.QueueIndex, new Vmm.Core.Posix.PosixException("write(eventfd)", errno).Message);
             }
         }
         catch (Exception e)

@@ -143,7 +143,15 @@ public sealed unsafe class InflightRegion : IDisposable
             }
             else
             {
-                mapping = SharedMapping.MapGuarded(fd, mmapOffset, needed, onTruncated);
+                try
+                {
+                    mapping = SharedMapping.MapGuarded(fd, mmapOffset, needed, onTruncated);
+                }
+                catch (InvalidOperationException e)
+                {
+                    // Every guard slot is in use.
+                    throw new ArgumentException($"The inflight region cannot be guarded: {e.Message}", e);
+                }
             }
 
             return new InflightRegion(fd, mapping, mmapSize, mmapOffset, queueCount, queueSize);
