@@ -84,13 +84,12 @@ public abstract class VirtioDeviceBase : IVirtioDevice
 
             IDeviceQueue queue = DeviceQueue.Create(resources, features, initialState, resources.Inflight ?? CreateInflightTracker(index));
             GuestMemory memory = resources.Memory;
-            VirtqueueWorker? worker = null;
-            worker = new VirtqueueWorker(
+            var worker = new VirtqueueWorker(
                 QueueThreadName(index),
                 queue,
                 resources.PollWithoutKick ? null : resources.Kick,
                 chain => ProcessRequest(index, chain, memory),
-                ex => ReportFault(index, worker!, ex));
+                ex => ReportFault(index, ex));
             NegotiatedFeatures = features;
             slot.Worker = worker;
             slot.StoppedState = null;
@@ -187,12 +186,14 @@ public abstract class VirtioDeviceBase : IVirtioDevice
     /// is not reported: it belongs to a session that is over. Nothing a subscriber throws
     /// escapes onto the pool thread, where it would end the process.
     /// </summary>
-    private void ReportFault(int index, VirtqueueWorker worker, Exception ex) =>
+    private void ReportFault(int index, Exception ex) =>
         ThreadPool.QueueUserWorkItem(_ =>
         {
             lock (_control)
             {
-                if (_disposed || !ReferenceEquals(_queues[index].Worker, worker))
+                // The worker records its fault before it reports it: the slot's worker is the
+                // faulting one exactly when its Fault is this exception.
+                if (_disposed || !ReferenceEquals(_queues[index].Worker?.Fault, ex))
                 {
                     return;
                 }

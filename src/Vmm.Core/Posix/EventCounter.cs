@@ -93,22 +93,50 @@ internal static unsafe class EventCounter
     }
 
     /// <summary>
-    /// Waits until <paramref name="first"/> or <paramref name="second"/> is readable: bit 0 of the
-    /// result for the first, bit 1 for the second, 0 on timeout.
+    /// Waits until one of up to three descriptors is readable: bit 0 of the result for
+    /// <paramref name="first"/>, bit 1 for <paramref name="second"/>, bit 2 for
+    /// <paramref name="third"/>, 0 on timeout. A null descriptor is not watched.
     /// </summary>
-    public static int WaitReadable(SafeFileDescriptor first, SafeFileDescriptor second, int timeoutMilliseconds)
+    public static int WaitReadable(SafeFileDescriptor? first, SafeFileDescriptor second, SafeFileDescriptor? third, int timeoutMilliseconds)
     {
-        using FdLease a = first.Lease();
-        using FdLease b = second.Lease();
-        Interop.Libc.PollFd* fds = stackalloc Interop.Libc.PollFd[2];
-        fds[0] = new Interop.Libc.PollFd { Fd = a.Fd, Events = Interop.Libc.POLLIN };
-        fds[1] = new Interop.Libc.PollFd { Fd = b.Fd, Events = Interop.Libc.POLLIN };
-        if (Poll(fds, 2, timeoutMilliseconds) == 0)
+        bool addedFirst = false;
+        bool addedSecond = false;
+        bool addedThird = false;
+        try
         {
-            return 0;
-        }
+            first?.DangerousAddRef(ref addedFirst);
+            second.DangerousAddRef(ref addedSecond);
+            third?.DangerousAddRef(ref addedThird);
+            Interop.Libc.PollFd* fds = stackalloc Interop.Libc.PollFd[3];
 
-        return (fds[0].ReturnedEvents != 0 ? 1 : 0) | (fds[1].ReturnedEvents != 0 ? 2 : 0);
+            // An absent descriptor is -1, which poll(2) ignores.
+            fds[0] = new Interop.Libc.PollFd { Fd = first?.DangerousFd ?? -1, Events = Interop.Libc.POLLIN };
+            fds[1] = new Interop.Libc.PollFd { Fd = second.DangerousFd, Events = Interop.Libc.POLLIN };
+            fds[2] = new Interop.Libc.PollFd { Fd = third?.DangerousFd ?? -1, Events = Interop.Libc.POLLIN };
+            if (Poll(fds, 3, timeoutMilliseconds) == 0)
+            {
+                return 0;
+            }
+
+            return (fds[0].ReturnedEvents != 0 ? 1 : 0) | (fds[1].ReturnedEvents != 0 ? 2 : 0) | (fds[2].ReturnedEvents != 0 ? 4 : 0);
+        }
+        finally
+        {
+            if (addedFirst)
+            {
+                first!.DangerousRelease();
+            }
+
+            if (addedSecond)
+            {
+                second.DangerousRelease();
+            }
+
+            if (addedThird)
+            {
+                third!.DangerousRelease();
+            }
+        }
     }
 
     /// <summary>poll(2), retried on EINTR; the number of ready descriptors, 0 on timeout.</summary>

@@ -141,4 +141,22 @@ public sealed class EventFdTests
         Assert.That(read.IsClosed && full.IsClosed && memfd.IsClosed, Is.True, "ownership was taken, also on refusal");
         write.Dispose();
     }
+
+    [Test]
+    public void WaitAny_reports_a_readable_third_descriptor_without_consuming_it()
+    {
+        using var stop = new EventFd();
+        (SafeFileDescriptor read, SafeFileDescriptor write) = Pipe.Create();
+        using (read)
+        using (write)
+        {
+            Assert.That(EventFd.WaitAny(null, stop, read, 10), Is.EqualTo(-1), "nothing ready: timeout");
+            Pipe.WriteAll(write, [1]);
+
+            Assert.That(EventFd.WaitAny(null, stop, read, 10_000), Is.EqualTo(2));
+            Assert.That(EventFd.WaitAny(null, stop, read, 10_000), Is.EqualTo(2), "still readable: nothing was consumed");
+            stop.Signal();
+            Assert.That(EventFd.WaitAny(null, stop, read, 10_000), Is.EqualTo(1), "a stop wins over the readable descriptor");
+        }
+    }
 }
