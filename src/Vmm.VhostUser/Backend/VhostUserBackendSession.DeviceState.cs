@@ -60,6 +60,21 @@ public sealed partial class VhostUserBackendSession
             error = DeviceStateError.NotAPipe;
         }
 
+        byte[]? frame = null;
+        if (error == DeviceStateError.None && parameters.TransferDirection == VhostUserTransferDirection.SAVE)
+        {
+            try
+            {
+                frame = DeviceStateFrame.Encode((ushort)_device.DeviceId, _device.SaveState());
+            }
+            catch (Exception e)
+            {
+                // The device's state cannot be had (or exceeds the frame's limit): this request fails.
+                Log.RequestRejected(_logger, nameof(VhostUserRequest.SET_DEVICE_STATE_FD), e.Message);
+                error = DeviceStateError.TransferFailed;
+            }
+        }
+
         if (error != DeviceStateError.None)
         {
             fd.Dispose();
@@ -67,8 +82,8 @@ public sealed partial class VhostUserBackendSession
             return ReplyU64(VhostUserDeviceStateTransfer.EncodeReply((byte)error, returnsFd: false));
         }
 
-        _stateTransfer = parameters.TransferDirection == VhostUserTransferDirection.SAVE
-            ? DeviceStateTransfer.StartSave(fd, DeviceStateFrame.Encode((ushort)_device.DeviceId, _device.SaveState()), _options.DeviceStateTimeout, _end.Token)
+        _stateTransfer = frame is not null
+            ? DeviceStateTransfer.StartSave(fd, frame, _options.DeviceStateTimeout, _end.Token)
             : DeviceStateTransfer.StartLoad(fd, _options.DeviceStateTimeout, _end.Token);
         return ReplyU64(VhostUserDeviceStateTransfer.EncodeReply(0, returnsFd: false));
     }
