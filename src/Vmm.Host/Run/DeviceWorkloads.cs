@@ -1,4 +1,5 @@
 using Vmm.Virtio.Driver.Fs;
+using Vmm.Virtio.Driver.Net;
 
 namespace Vmm.Host.Run;
 
@@ -45,6 +46,23 @@ public static class DeviceWorkloads
             }
 
             return;
+        }
+
+        try
+        {
+            using var net = new VirtioNetDriver(device.Driver, vm.Memory, vm.Allocator);
+            if (o.Workload == RunWorkload.Net)
+            {
+                NetWorkloads.Echo(net, o.Frames, output, log);
+            }
+            else
+            {
+                NetWorkloads.WriteBench(output, o, NetWorkloads.Bench(net, o, cancellationToken));
+            }
+        }
+        catch (VirtioNetException e)
+        {
+            throw new Cli.WorkloadFailedException($"The net device failed: {e.Message}", e);
         }
     }
 }
