@@ -48,17 +48,18 @@ public static partial class FsWorkloads
     }
 
     /// <summary>
-    /// The line sha256sum prints for <paramref name="path"/> ("./a/b"): a name with a backslash or
-    /// a newline is escaped (\\ and \n) and the line starts with a backslash (GNU coreutils 9.1).
+    /// The line sha256sum prints for <paramref name="path"/> ("./a/b"): in a name with a backslash,
+    /// a newline or a carriage return these are escaped (\\, \n, \r) and the line starts with a
+    /// backslash (GNU coreutils 9.1, Debian 12).
     /// </summary>
     public static string ChecksumLine(byte[] hash, ReadOnlySpan<byte> path)
     {
         ArgumentNullException.ThrowIfNull(hash);
         string name = Encoding.UTF8.GetString(path);
-        bool escape = name.Contains('\\', StringComparison.Ordinal) || name.Contains('\n', StringComparison.Ordinal);
+        bool escape = name.AsSpan().IndexOfAny('\\', '\n', '\r') >= 0;
         if (escape)
         {
-            name = name.Replace("\\", "\\\\", StringComparison.Ordinal).Replace("\n", "\\n", StringComparison.Ordinal);
+            name = name.Replace("\\", "\\\\", StringComparison.Ordinal).Replace("\n", "\\n", StringComparison.Ordinal).Replace("\r", "\\r", StringComparison.Ordinal);
         }
 
         return $"{(escape ? "\\" : string.Empty)}{Convert.ToHexStringLower(hash)}  {name}";

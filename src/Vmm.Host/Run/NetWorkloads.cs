@@ -194,7 +194,7 @@ public static class NetWorkloads
         $"net: mac {string.Join(':', net.Mac.Select(b => b.ToString("x2", CultureInfo.InvariantCulture)))} ({(net.MacFromDevice ? "from the device" : "random: the device has no VIRTIO_NET_F_MAC")}), " +
         $"link {(net.HasLinkStatus ? (net.LinkUp ? "up" : "down") : "up (no VIRTIO_NET_F_STATUS)")}, " +
         $"{(net.Mergeable ? $"MRG_RXBUF with {net.ReceiveBufferSize}-byte buffers" : $"no MRG_RXBUF, {net.ReceiveBufferSize}-byte buffers")}, " +
-        $"control queue {(net.HasControlQueue ? "yes" : "no")}, {net.ReceiveBuffers} receive buffers, {net.TransmitSlots} transmit slots, {net.ReceiveErrors} malformed frames dropped");
+        $"control queue {(net.HasControlQueue ? "yes" : "no")}, {(net.PackedRings ? "packed" : "split")} rings, {net.ReceiveBuffers} receive buffers, {net.TransmitSlots} transmit slots, {net.ReceiveErrors} malformed frames dropped");
 
     /// <summary>
     /// Sends up to <paramref name="frames"/> frames (sizes from <paramref name="size"/>) for at most

@@ -152,6 +152,9 @@ public sealed class VirtioNetDriver : IDisposable
 
     public bool Mergeable { get; }
 
+    /// <summary>Whether the queues are packed rings (VIRTIO_F_RING_PACKED negotiated).</summary>
+    public bool PackedRings => (_driver.NegotiatedFeatures & VirtioFeatures.RING_PACKED) != 0;
+
     public bool HasControlQueue => _ctrl is not null;
 
     public int ReceiveBufferSize { get; }
