@@ -534,7 +534,13 @@ public sealed partial class VirtioFsSession
 
     private void TakeBackForget(object token, uint written)
     {
-        _freeForgets.Push((ulong)token);
+        // An earlier session's FORGET (see WaitFor) is not this session's buffer.
+        if (token is not ulong area || area < _forgetArea || area >= _forgetArea + (ulong)(_forgetSlots * 64))
+        {
+            return;
+        }
+
+        _freeForgets.Push(area);
         if (written != 0)
         {
             string reason = $"the virtio-fs device reports {written} bytes written for FORGET, which has no reply buffer";

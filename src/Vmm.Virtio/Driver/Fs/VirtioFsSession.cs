@@ -226,7 +226,7 @@ public sealed partial class VirtioFsSession : IDisposable
 
         Slot slot = TakeSlot();
         _nextUnique += Fuse.RequestIdStep;
-        var call = new Call(opcode, _nextUnique, slot, reply, data);
+        var call = new Call(this, opcode, _nextUnique, slot, reply, data);
         writeData.CopyTo(_memory.GetSpan(slot.Data, writeData.Length));
         Span<byte> request = _memory.GetSpan(slot.Control, inLength);
         var header = new FuseInHeader
@@ -338,9 +338,12 @@ public sealed partial class VirtioFsSession : IDisposable
                 throw Lose($"the virtio-fs request queue is broken: {e.Message}", e);
             }
 
-            if (got)
+            // A completion of an earlier session on these queues (one that was lost with requests
+            // in flight, then a new back-end answered them) is not this session's: its buffers
+            // stay with the old session, which never frees them.
+            if (got && token is Call mine && mine.Owner == this)
             {
-                Validate((Call)token!, written);
+                Validate(mine, written);
             }
         }
     }
@@ -443,8 +446,10 @@ public sealed partial class VirtioFsSession : IDisposable
     }
 
     /// <summary>A request on the wire and, once <see cref="Completed"/>, its validated outcome.</summary>
-    internal sealed class Call(FuseOpcode opcode, ulong unique, Slot slot, ReplyShape reply, DataPart data)
+    internal sealed class Call(VirtioFsSession owner, FuseOpcode opcode, ulong unique, Slot slot, ReplyShape reply, DataPart data)
     {
+        public VirtioFsSession Owner { get; } = owner;
+
         public FuseOpcode Opcode { get; } = opcode;
 
         public ulong Unique { get; } = unique;
