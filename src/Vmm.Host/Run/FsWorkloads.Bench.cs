@@ -2,7 +2,6 @@ using System.Diagnostics;
 using System.Globalization;
 using System.Security.Cryptography;
 using System.Text;
-using System.Text.Json;
 using Vmm.Virtio.Driver.Fs;
 using Vmm.Virtio.Spec;
 
@@ -76,10 +75,8 @@ public static partial class FsWorkloads
         ArgumentNullException.ThrowIfNull(r);
         if (options.Json)
         {
-            using var stream = new MemoryStream();
-            using (var json = new Utf8JsonWriter(stream))
+            BenchJson.WriteLine(output, options, "fs", json =>
             {
-                json.WriteStartObject();
                 json.WriteNumber("mib_s", r.MibPerSecond);
                 json.WriteNumber("write_mib_s", r.WriteMibPerSecond);
                 json.WriteNumber("requests", r.Requests);
@@ -89,13 +86,7 @@ public static partial class FsWorkloads
                 json.WriteNumber("seconds", r.Seconds);
                 json.WriteNumber("errors", 0);
                 json.WriteString("rw", "read");
-                json.WriteString("device", "fs");
-                json.WriteString("transport", RunOptions.Name(options.Transport));
-                json.WriteString("ring", options.PackedRing ? "packed" : "split");
-                json.WriteEndObject();
-            }
-
-            output.WriteLine(Encoding.UTF8.GetString(stream.ToArray()));
+            });
             return;
         }
 

@@ -3,7 +3,6 @@ using System.Collections;
 using System.Diagnostics;
 using System.Globalization;
 using System.Text;
-using System.Text.Json;
 using Vmm.Host.Cli;
 using Vmm.Virtio.Driver.Net;
 using Vmm.Virtio.Spec;
@@ -102,10 +101,8 @@ public static class NetWorkloads
         string ring = options.PackedRing ? "packed" : "split";
         if (options.Json)
         {
-            using var stream = new MemoryStream();
-            using (var json = new Utf8JsonWriter(stream))
+            BenchJson.WriteLine(output, options, "net", json =>
             {
-                json.WriteStartObject();
                 foreach (NetEchoResult r in results)
                 {
                     json.WriteNumber($"fps_{r.FrameSize}", Math.Round(r.FramesPerSecond, 1));
@@ -114,14 +111,8 @@ public static class NetWorkloads
 
                 json.WriteNumber("errors", results.Sum(r => r.Bad + r.Lost));
                 json.WriteNumber("seconds", results.Sum(r => r.Seconds));
-                json.WriteString("device", "net");
                 json.WriteBoolean("mrg_rxbuf", options.MergeableRxBuffers);
-                json.WriteString("transport", RunOptions.Name(options.Transport));
-                json.WriteString("ring", ring);
-                json.WriteEndObject();
-            }
-
-            output.WriteLine(Encoding.UTF8.GetString(stream.ToArray()));
+            });
             return;
         }
 

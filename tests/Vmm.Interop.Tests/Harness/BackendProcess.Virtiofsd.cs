@@ -56,16 +56,10 @@ public sealed partial class BackendProcess
         {
             if (_rustLauncher is not null)
                 return _rustLauncher;
-            var script = RepoLayout.VirtiofsdRustInstaller;
-            if (!File.Exists(script))
-                Assert.Fail($"The installer {script} is missing.");
-            using var p = ChildProcess.Start("install-virtiofsd-rust", "/bin/bash", [script, "--quiet"]);
-            if (!await p.WaitForExitAsync(TimeSpan.FromMinutes(5)).ConfigureAwait(false))
-                Assert.Fail($"{script} did not finish within 5 minutes:\n{p.OutputTail()}");
-            var launcher = p.Output.Split('\n', StringSplitOptions.RemoveEmptyEntries).LastOrDefault(l => l.StartsWith('/'));
-            if (p.ExitCode != 0 || launcher is null || !File.Exists(launcher))
-                Assert.Fail($"The Rust virtiofsd is not installed and could not be ({script} exited {p.ExitCode}; ./test installs it):\n{p.OutputTail()}");
-            return _rustLauncher = launcher!;
+            var launcher = await ChildProcess.RunScriptForPathAsync(RepoLayout.VirtiofsdRustInstaller, "The Rust virtiofsd is not installed and could not be; ./test installs it").ConfigureAwait(false);
+            if (!File.Exists(launcher))
+                Assert.Fail($"{RepoLayout.VirtiofsdRustInstaller} reported {launcher}, which does not exist.");
+            return _rustLauncher = launcher;
         }
         finally
         {
