@@ -16,6 +16,18 @@ public static class DeviceWorkloads
     public static void Run(GuestVm vm, TextWriter output, TextWriter log, CancellationToken cancellationToken)
     {
         ArgumentNullException.ThrowIfNull(vm);
+        try
+        {
+            RunOn(vm, output, log, cancellationToken);
+        }
+        catch (InsufficientMemoryException e)
+        {
+            throw new Cli.UsageException($"Guest memory is too small for the driver's buffers: {e.Message.TrimEnd('.')}; give a larger --memory or a smaller --iodepth.", e);
+        }
+    }
+
+    private static void RunOn(GuestVm vm, TextWriter output, TextWriter log, CancellationToken cancellationToken)
+    {
         RunOptions o = vm.Options;
         GuestDevice device = o.Workload switch
         {
