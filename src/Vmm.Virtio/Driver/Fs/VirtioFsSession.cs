@@ -90,7 +90,14 @@ public sealed partial class VirtioFsSession : IDisposable
         {
             for (int i = count - 1; i >= 0; i--)
             {
-                _slots[i] = new Slot(allocator.Allocate(ControlAreaSize, 64), allocator.Allocate((ulong)_options.MaxIoSize, 4096));
+                ulong control = allocator.Allocate(ControlAreaSize, 64);
+                if (!allocator.TryAllocate((ulong)_options.MaxIoSize, 4096, out ulong data))
+                {
+                    allocator.Free(control);
+                    throw new InsufficientMemoryException($"No {_options.MaxIoSize} bytes free in guest memory for the data buffer of FUSE request slot {count - i} of {count}.");
+                }
+
+                _slots[i] = new Slot(control, data);
                 _freeSlots.Push(_slots[i]);
             }
 
@@ -108,8 +115,6 @@ public sealed partial class VirtioFsSession : IDisposable
         {
             _freeForgets.Push(_forgetArea + (ulong)(i * 64));
         }
-
-        _nextUnique = 0;
     }
 
     /// <summary>What FUSE_INIT negotiated; null before <see cref="Initialize"/>.</summary>
@@ -136,8 +141,8 @@ public sealed partial class VirtioFsSession : IDisposable
 
     /// <summary>
     /// FORGETs every node still held, sends FUSE_DESTROY (as Linux does at unmount) and frees the
-    /// session's guest memory. After a loss nothing is sent and the buffers stay allocated: the
-    /// device may still write into them.
+    /// session's guest memory. After a loss, or with a request still in flight, nothing is sent
+    /// and the buffers stay allocated: the device may still write into them.
     /// </summary>
     public void Dispose()
     {
@@ -146,9 +151,12 @@ public sealed partial class VirtioFsSession : IDisposable
             return;
         }
 
+        // With a request still on the ring (a READ submitted and never completed) the device may
+        // yet write into its buffers: nothing more is sent and nothing is freed.
+        bool idle = _freeSlots.Count == _slots.Length;
         try
         {
-            if (LostReason is null && Init is not null)
+            if (LostReason is null && Init is not null && idle)
             {
                 ForgetAll();
                 Complete(Submit(FuseOpcode.FUSE_DESTROY, Fuse.RootId, [], [], [], ReplyShape.Exact(0)));
@@ -161,7 +169,7 @@ public sealed partial class VirtioFsSession : IDisposable
         }
 
         _disposed = true;
-        if (LostReason is null)
+        if (LostReason is null && idle)
         {
             FreeSlots();
         }
