@@ -50,9 +50,14 @@ debs="$dir/debs"
 rm -rf "$apt_dir" "$root"
 mkdir -p "$apt_dir/lists/partial" "$apt_dir/archives/partial" "$debs" "$root"
 : >"$apt_dir/status"
-cat >"$apt_dir/sources.list" <<'EOF'
-deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] http://deb.debian.org/debian trixie main
-EOF
+# The Debian archive the system's own apt sources use (not its security archive), asked for
+# trixie instead of bookworm; the keyring of Debian 12 holds trixie's keys.
+mirror=$( {
+  grep -hs '^URIs:' /etc/apt/sources.list.d/*.sources | awk '{ for (i = 2; i <= NF; i++) print $i }'
+  grep -hsE '^deb ' /etc/apt/sources.list | awk '{ for (i = 2; i <= NF; i++) if ($i ~ /^[a-z]+:[/][/]/) { print $i; break } }'
+} | grep -v security | head -n1 || true)
+[[ -n "$mirror" ]] || die "no Debian archive in the system's apt sources to fetch Debian 13's packages from"
+echo "deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] $mirror trixie main" >"$apt_dir/sources.list"
 
 # Only this private configuration: no system sources, no system package state.
 apt_opts=(
