@@ -44,7 +44,7 @@ public static partial class FsWorkloads
         log.WriteLine(string.Create(
             CultureInfo.InvariantCulture,
             $"fs: tag {fs.TagDescription}, FUSE 7.{init.Minor} (device 7.{init.DeviceMinor}), {(fs.Session.ReadDirPlusGranted ? "READDIRPLUS" : "READDIR+LOOKUP")}, max_read {init.MaxRead}, max_write {init.MaxWrite}: " +
-            $"{walk.Files} files, {walk.Directories} directories, {Workloads.Mib((ulong)walk.Bytes)} read in {seconds * 1000:0} ms ({walk.Bytes / (1 << 20) / Math.Max(seconds, 1e-9):0.0} MiB/s)"));
+            $"{walk.Files} files, {walk.Directories} directories, {Workloads.Mib((ulong)walk.Bytes)} read in {seconds * 1000:0} ms ({walk.Bytes / (double)(1 << 20) / Math.Max(seconds, 1e-9):0.0} MiB/s)"));
     }
 
     /// <summary>

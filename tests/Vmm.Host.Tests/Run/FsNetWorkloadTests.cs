@@ -29,6 +29,14 @@ public sealed class FsNetWorkloadTests
     }
 
     [Test]
+    public void Net_and_fs_feature_bits_have_their_spec_names()
+    {
+        Assert.That(FeatureNames.Describe((1UL << 5) | (1UL << 15) | (1UL << 17) | (1UL << 32), Vmm.Virtio.Spec.VirtioDeviceId.Net), Is.EqualTo("MAC MRG_RXBUF CTRL_VQ VERSION_1"));
+        Assert.That(FeatureNames.Describe(1, Vmm.Virtio.Spec.VirtioDeviceId.FileSystem), Is.EqualTo("NOTIFICATION"));
+        Assert.That(FeatureNames.Describe(1, Vmm.Virtio.Spec.VirtioDeviceId.Entropy), Is.EqualTo("bit0"));
+    }
+
+    [Test]
     public void Varied_frame_sizes_start_at_60_and_cover_60_to_1514()
     {
         var sizes = Enumerable.Range(0, 1455).Select(i => NetWorkloads.VariedSize(i)).ToHashSet();
