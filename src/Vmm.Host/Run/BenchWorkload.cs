@@ -1,7 +1,6 @@
 using System.Diagnostics;
 using System.Globalization;
 using System.Runtime.CompilerServices;
-using System.Text.Json;
 using Spectre.Console;
 using Vmm.Host.Cli;
 using Vmm.Virtio.Driver.Blk;
@@ -135,10 +134,8 @@ public static class BenchWorkload
         ArgumentNullException.ThrowIfNull(r);
         if (options.Json)
         {
-            using var stream = new MemoryStream();
-            using (var json = new Utf8JsonWriter(stream))
+            BenchJson.WriteLine(output, options, "blk", json =>
             {
-                json.WriteStartObject();
                 json.WriteNumber("iops", r.Iops);
                 json.WriteNumber("mib_s", r.MibPerSecond);
                 json.WriteNumber("p50_us", r.P50Microseconds);
@@ -150,14 +147,7 @@ public static class BenchWorkload
                 json.WriteNumber("iodepth", r.IoDepth);
                 json.WriteNumber("queues", r.Queues);
                 json.WriteNumber("seconds", r.Seconds);
-                json.WriteString("device", "blk");
-                json.WriteString("transport", RunOptions.Name(options.Transport));
-                json.WriteString("ring", options.PackedRing ? "packed" : "split");
-                json.WriteString("interrupts", options.Delivery == Vmm.Virtio.Machine.GuestInterruptDelivery.EventBacked ? "event" : "function");
-                json.WriteEndObject();
-            }
-
-            output.WriteLine(System.Text.Encoding.UTF8.GetString(stream.ToArray()));
+            });
             return;
         }
 

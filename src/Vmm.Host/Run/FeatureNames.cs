@@ -40,6 +40,40 @@ public static class FeatureNames
         [16] = "SECURE_ERASE",
     };
 
+    // virtio 1.2, 5.1.3.
+    private static readonly Dictionary<int, string> Net = new()
+    {
+        [0] = "CSUM",
+        [1] = "GUEST_CSUM",
+        [2] = "CTRL_GUEST_OFFLOADS",
+        [3] = "MTU",
+        [5] = "MAC",
+        [6] = "GSO",
+        [7] = "GUEST_TSO4",
+        [8] = "GUEST_TSO6",
+        [9] = "GUEST_ECN",
+        [10] = "GUEST_UFO",
+        [11] = "HOST_TSO4",
+        [12] = "HOST_TSO6",
+        [13] = "HOST_ECN",
+        [14] = "HOST_UFO",
+        [15] = "MRG_RXBUF",
+        [16] = "STATUS",
+        [17] = "CTRL_VQ",
+        [18] = "CTRL_RX",
+        [19] = "CTRL_VLAN",
+        [20] = "CTRL_RX_EXTRA",
+        [21] = "GUEST_ANNOUNCE",
+        [22] = "MQ",
+        [23] = "CTRL_MAC_ADDR",
+    };
+
+    // virtio 1.2, 5.11.3.
+    private static readonly Dictionary<int, string> Fs = new()
+    {
+        [0] = "NOTIFICATION",
+    };
+
     /// <summary>"VERSION_1 INDIRECT_DESC ..." in bit order; unknown bits as <c>bit N</c>.</summary>
     public static string Describe(ulong features, VirtioDeviceId device)
     {
@@ -49,7 +83,14 @@ public static class FeatureNames
         {
             int bit = BitOperations.TrailingZeroCount(left);
             left &= left - 1;
-            if (Common.TryGetValue(bit, out string? name) || (device == VirtioDeviceId.Block && Blk.TryGetValue(bit, out name)))
+            Dictionary<int, string>? own = device switch
+            {
+                VirtioDeviceId.Block => Blk,
+                VirtioDeviceId.Net => Net,
+                VirtioDeviceId.FileSystem => Fs,
+                _ => null,
+            };
+            if (Common.TryGetValue(bit, out string? name) || (own?.TryGetValue(bit, out name) ?? false))
             {
                 names.Add(name);
             }

@@ -97,6 +97,24 @@ public sealed class ChildProcess : IDisposable
     public static ChildProcess Start(string name, string file, IReadOnlyList<string> args, IDictionary<string, string?>? env = null) =>
         new(name, file, args, env);
 
+    /// <summary>
+    /// Runs one of the repository's installer scripts (<c>bash SCRIPT --quiet</c>, 5 minutes at
+    /// most) and returns the last line it printed that is an absolute path; fails the test, with
+    /// <paramref name="what"/> and the script's output, when it cannot.
+    /// </summary>
+    public static async Task<string> RunScriptForPathAsync(string script, string what)
+    {
+        if (!File.Exists(script))
+            Assert.Fail($"The script {script} is missing.");
+        using var p = Start(Path.GetFileNameWithoutExtension(script), "/bin/bash", [script, "--quiet"]);
+        if (!await p.WaitForExitAsync(TimeSpan.FromMinutes(5)).ConfigureAwait(false))
+            Assert.Fail($"{script} did not finish within 5 minutes:\n{p.OutputTail()}");
+        var path = p.Output.Split('\n', StringSplitOptions.RemoveEmptyEntries).LastOrDefault(l => l.StartsWith('/'));
+        if (p.ExitCode != 0 || path is null)
+            Assert.Fail($"{what} ({script} exited {p.ExitCode}):\n{p.OutputTail()}");
+        return path!;
+    }
+
     void OnLine(string? line)
     {
         if (line is null)
