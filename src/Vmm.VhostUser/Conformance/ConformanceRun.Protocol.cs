@@ -227,8 +227,8 @@ internal sealed partial class ConformanceRun
             return Verdict.NotApplicable($"no driver-writable configuration field is known for device type {Probe.Name}");
         }
 
-        ulong features = await EnsureFeaturesAsync(cancellationToken).ConfigureAwait(false);
-        if ((features & VirtioBlkFeatures.CONFIG_WCE) == 0)
+        await EnsureRingsRunningAsync(cancellationToken).ConfigureAwait(false);
+        if ((Features!.Value & VirtioBlkFeatures.CONFIG_WCE) == 0)
         {
             return Verdict.NotApplicable("VIRTIO_BLK_F_CONFIG_WCE not offered: blk's writeback field is read-only");
         }

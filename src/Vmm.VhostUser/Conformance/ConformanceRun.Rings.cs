@@ -204,33 +204,24 @@ internal sealed partial class ConformanceRun
 
     private async Task<Verdict> CheckKickBeforeEnableAsync(CancellationToken cancellationToken)
     {
-        await EnsureConnectionAsync(cancellationToken).ConfigureAwait(false);
-        if (!Connection.RingsNeedEnable)
-        {
-            return Verdict.NotApplicable("protocol features not negotiated: rings start enabled, there is no SET_VRING_ENABLE");
-        }
-
         if (NoRequests() is Verdict none)
         {
             return none;
         }
 
         await EnsureRingsRunningAsync(cancellationToken).ConfigureAwait(false);
+        if (!Connection.RingsNeedEnable)
+        {
+            return Verdict.NotApplicable("protocol features not negotiated: rings start enabled, there is no SET_VRING_ENABLE");
+        }
+
         ProbeRing ring = Ring(Probe.ProbeRingIndex);
         uint stoppedAt = await StopRingAsync(ring, cancellationToken).ConfigureAwait(false);
 
         // The driver makes a buffer available and kicks while the back-end has no kick fd and the
         // ring is disabled: the eventfd keeps the count, and the back-end must find it once the
-        // ring is enabled (QEMU replays a ring this way after a reconnect). The call eventfd goes
-        // first, as QEMU sends it (its guest notifiers are set up before the rings start), so the
-        // check is about the kick alone and not about a back-end that completes the buffer before
-        // it has a call eventfd.
+        // ring is enabled (QEMU replays a ring this way after a reconnect).
         ring.RenewEventFds();
-        Step($"SET_VRING_CALL of ring {ring.Index}");
-        ulong file = new VhostUserVringFile((byte)ring.Index, NoFd: false).ToU64();
-        await TrackAsync(() => Connection.SendU64Async(VhostUserRequest.SET_VRING_CALL, file, [ring.Call.Handle], cancellationToken),
-            VhostUserRequest.SET_VRING_CALL).ConfigureAwait(false);
-        Step(null);
         ProbeRequest request = Probe.SubmitProbe(this, Pool);
         ring.Notify();
         await StartRingAsync(ring, stoppedAt, cancellationToken).ConfigureAwait(false);

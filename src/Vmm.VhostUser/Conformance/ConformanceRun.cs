@@ -223,7 +223,7 @@ internal sealed partial class ConformanceRun : IDisposable
         {
             await ReconnectAsync(cancellationToken).ConfigureAwait(false);
             await HandshakeAsync(cancellationToken).ConfigureAwait(false);
-            _reconnectNote = $"on a new connection: the back-end closed the previous one in {lostIn}";
+            _reconnectNote = $"on a new connection: the previous one ended in {lostIn}";
             _lostIn = null;
         }
         catch (Exception e) when (e is not OperationCanceledException || !cancellationToken.IsCancellationRequested)
@@ -448,10 +448,19 @@ internal sealed partial class ConformanceRun : IDisposable
         return started;
     }
 
-    /// <summary>SET_VRING_NUM, ADDR, BASE, KICK, CALL (and ENABLE when protocol features were acked).</summary>
+    /// <summary>
+    /// SET_VRING_CALL first, as QEMU sends it (its guest notifiers are set up before the rings
+    /// start), then the client's SET_VRING_NUM, ADDR, BASE, KICK, CALL (the same fd again) and
+    /// ENABLE when protocol features were acked. A ring starts on its kick ("Ring states"): with
+    /// the call eventfd already in place, a buffer the back-end completes at once is signalled
+    /// there, even when no REPLY_ACK orders the messages.
+    /// </summary>
     public async Task StartRingAsync(ProbeRing ring, uint baseIndex, CancellationToken cancellationToken)
     {
-        Step($"setting up ring {ring.Index} from base {baseIndex} (SET_VRING_NUM, ADDR, BASE, KICK, CALL{(Connection.RingsNeedEnable ? ", ENABLE" : "")})");
+        Step($"setting up ring {ring.Index} from base {baseIndex} (SET_VRING_CALL, NUM, ADDR, BASE, KICK, CALL{(Connection.RingsNeedEnable ? ", ENABLE" : "")})");
+        ulong file = new VhostUserVringFile((byte)ring.Index, NoFd: false).ToU64();
+        await TrackAsync(() => Connection.SendU64Async(VhostUserRequest.SET_VRING_CALL, file, [ring.Call.Handle], cancellationToken),
+            VhostUserRequest.SET_VRING_CALL).ConfigureAwait(false);
         VhostUserRingSetup setup = ring.Setup(Memory, baseIndex);
         await TrackAsync(() => Connection.StartRingAsync(setup, cancellationToken), RingStartRequests()).ConfigureAwait(false);
         ring.Running = true;
