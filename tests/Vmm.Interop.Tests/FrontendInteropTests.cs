@@ -1,5 +1,4 @@
 using System.Buffers.Binary;
-using System.Diagnostics;
 using Vmm.Interop.Tests.Harness;
 
 namespace Vmm.Interop.Tests;
@@ -93,34 +92,5 @@ public sealed class FrontendInteropTests : InteropTest
         Assert.That(r.Stdout, Does.Contain("status              0x0f"));
     }
 
-    sealed record VmmResult(int ExitCode, string Stdout, string Stderr);
-
-    /// <summary>Runs <c>./vmm ARGS</c> to the end, stdout and stderr apart.</summary>
-    static async Task<VmmResult> RunVmmAsync(params string[] args)
-    {
-        var start = new ProcessStartInfo(RepoLayout.VmmLauncher)
-        {
-            RedirectStandardOutput = true,
-            RedirectStandardError = true,
-            RedirectStandardInput = true,
-            WorkingDirectory = RepoLayout.Root,
-        };
-        foreach (var a in args)
-            start.ArgumentList.Add(a);
-        using var process = Process.Start(start)!;
-        process.StandardInput.Close();
-        var stdout = process.StandardOutput.ReadToEndAsync();
-        var stderr = process.StandardError.ReadToEndAsync();
-        using var timeout = new CancellationTokenSource(TimeSpan.FromMinutes(5));
-        try
-        {
-            await process.WaitForExitAsync(timeout.Token);
-        }
-        catch (OperationCanceledException)
-        {
-            process.Kill(entireProcessTree: true);
-            Assert.Fail($"vmm {string.Join(' ', args)} did not exit within 5 minutes");
-        }
-        return new VmmResult(process.ExitCode, await stdout, await stderr);
-    }
+    static Task<VmmResult> RunVmmAsync(params string[] args) => VmmRun.RunAsync(args);
 }

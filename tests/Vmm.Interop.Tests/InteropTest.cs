@@ -66,6 +66,14 @@ public abstract class InteropTest
     protected async Task<BackendProcess> StartBlkAsync(BackendKind kind, string image, string socket, int queues = 1, bool readOnly = false) =>
         Own(await BackendProcess.StartBlkAsync(kind, image, socket, queues, readOnly));
 
+    /// <summary>A virtiofsd of <paramref name="kind"/> exporting <paramref name="sharedDir"/>; it serves one connection.</summary>
+    protected async Task<BackendProcess> StartVirtiofsdAsync(VirtiofsdKind kind, string sharedDir, string socket, string? tag = null) =>
+        Own(await BackendProcess.StartVirtiofsdAsync(kind, sharedDir, socket, tag));
+
+    /// <summary>DPDK testpmd echoing every frame on one vhost-user port.</summary>
+    protected async Task<BackendProcess> StartTestpmdAsync(string socket, int queues = 1) =>
+        Own(await BackendProcess.StartTestpmdAsync(socket, queues));
+
     protected async Task<QemuGuest> StartGuestAsync(GuestOptions options) =>
         Own(await QemuGuest.StartAsync(options));
 

@@ -159,11 +159,10 @@ public sealed class GuestVm : IDisposable
         {
             VirtioDeviceLocation location = found[i];
             IDeviceSource source = Options.Devices[i];
-            VirtioGuestDriver driver = _machine.CreateDriver(location, queues, driverOptions with
+            VirtioGuestDriver driver = _machine.CreateDriver(location, queues, DeviceDriverOptions.For(source, _devices[i], Options, driverOptions with
             {
                 QueueSize = _devices[i].GetMaxQueueSize(0),
-                Features = source.Kind == "blk" ? BlkGuest.WantedFeatures : 0,
-            });
+            }));
             _guestDevices.Add(new GuestDevice(source, _devices[i], location, driver));
             try
             {

@@ -39,8 +39,10 @@ public static class RunCommand
         var memory = new Option<string>("--memory", "-m") { Description = "Guest memory size (256M, 1G).", DefaultValueFactory = _ => "256M" };
         var transport = new Option<string>("--transport") { Description = "How devices sit on the bus: mmio or pci.", DefaultValueFactory = _ => "pci" };
         transport.AcceptOnlyFromAmong("mmio", "pci");
-        var workload = new Option<string>("--workload") { Description = "verify, checksum, bench, probe or idle.", DefaultValueFactory = _ => "verify" };
-        workload.AcceptOnlyFromAmong("verify", "checksum", "bench", "probe", "idle");
+        var workload = new Option<string>("--workload") { Description = "verify, checksum, bench, probe, idle, fs, fs-verify or net.", DefaultValueFactory = _ => "verify" };
+        workload.AcceptOnlyFromAmong("verify", "checksum", "bench", "probe", "idle", "fs", "fs-verify", "net");
+        var frames = new Option<int>("--frames") { Description = "net: frames to send and expect back.", DefaultValueFactory = _ => 10_000 };
+        var noMrgRxbuf = new Option<bool>("--no-mrg-rxbuf") { Description = "net: do not negotiate VIRTIO_NET_F_MRG_RXBUF." };
         var seconds = new Option<int>("--seconds") { Description = "bench: how long to run.", DefaultValueFactory = _ => 10 };
         var iodepth = new Option<int>("--iodepth") { Description = "Requests in flight (bench, verify).", DefaultValueFactory = _ => 32 };
         var blockSize = new Option<string>("--block-size") { Description = "Request size, a multiple of 512 (bench, verify).", DefaultValueFactory = _ => "4k" };
@@ -60,6 +62,7 @@ public static class RunCommand
         var command = new Command("run", "Start a VM with virtio devices and run a guest workload on them.")
         {
             vhostUser, device, memory, transport, workload, seconds, iodepth, blockSize, rw, json, packed, noEventIdx, noIndirect, interrupts,
+            frames, noMrgRxbuf,
         };
 
         SaveRestoreSettings.AddOptions(command);
@@ -89,7 +92,7 @@ public static class RunCommand
                 MemorySize = SizeParser.Parse(result.GetValue(memory)!, "--memory"),
                 Transport = result.GetValue(transport) == "mmio" ? VirtioTransportKind.Mmio : VirtioTransportKind.Pci,
                 Delivery = ChooseDelivery(result.GetValue(interrupts)!, result.GetValue(transport) == "mmio", sources),
-                Workload = Enum.Parse<RunWorkload>(result.GetValue(workload)!, ignoreCase: true),
+                Workload = Enum.Parse<RunWorkload>(result.GetValue(workload)!.Replace("-", string.Empty, StringComparison.Ordinal), ignoreCase: true),
                 Seconds = result.GetValue(seconds),
                 IoDepth = result.GetValue(iodepth),
                 BlockSize = ParseBlockSize(result.GetValue(blockSize)!),
@@ -98,6 +101,8 @@ public static class RunCommand
                 PackedRing = result.GetValue(packed),
                 EventIndex = !result.GetValue(noEventIdx),
                 IndirectDescriptors = !result.GetValue(noIndirect),
+                Frames = result.GetValue(frames),
+                MergeableRxBuffers = !result.GetValue(noMrgRxbuf),
             };
             options = SaveRestoreSettings.Apply(result, options);
             Validate(options);
@@ -153,8 +158,14 @@ public static class RunCommand
         {
             case RunWorkload.Checksum when !hasBlk:
                 throw new UsageException("--workload checksum needs a blk device.");
-            case RunWorkload.Bench when o.Devices.Count != 1 || !hasBlk:
-                throw new UsageException("--workload bench runs on exactly one blk device.");
+            case RunWorkload.Bench when o.Devices.Count != 1 || o.Devices[0].Kind is not ("blk" or "fs" or "net"):
+                throw new UsageException("--workload bench runs on exactly one blk, fs or net device.");
+            case RunWorkload.Fs or RunWorkload.FsVerify when o.Devices.Count(d => d.Kind == "fs") != 1:
+                throw new UsageException($"--workload {(o.Workload == RunWorkload.Fs ? "fs" : "fs-verify")} runs on exactly one fs device (--vhost-user SOCKET,type=fs).");
+            case RunWorkload.Net when o.Devices.Count(d => d.Kind == "net") != 1:
+                throw new UsageException("--workload net runs on exactly one net device (--vhost-user SOCKET,type=net).");
+            case RunWorkload.Net when o.Frames is < 1 or > 100_000_000:
+                throw new UsageException("--frames must be from 1 to 100000000.");
             case RunWorkload.Verify when o.Devices.FirstOrDefault(d => d.Kind is not ("blk" or "rng")) is { } other:
                 throw new UsageException($"--workload verify works on blk and rng devices, not {other.Kind}; use --workload probe.");
         }
@@ -196,10 +207,14 @@ public static class RunCommand
 
                 break;
 
-            case RunWorkload.Bench:
+            case RunWorkload.Bench when vm.Devices[0].Source.Kind == "blk":
                 GuestDevice device = vm.Devices[0];
                 BenchResult result = BenchWorkload.RunWithProgress(vm, new BlkGuest(device, vm.Memory, vm.Allocator), cancellationToken);
                 BenchWorkload.Write(output, options, result);
+                break;
+
+            case RunWorkload.Bench or RunWorkload.Fs or RunWorkload.FsVerify or RunWorkload.Net:
+                DeviceWorkloads.Run(vm, output, Console.Error, cancellationToken);
                 break;
 
             case RunWorkload.Probe:

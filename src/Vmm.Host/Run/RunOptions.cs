@@ -10,6 +10,9 @@ public enum RunWorkload
     Bench,
     Probe,
     Idle,
+    Fs,
+    FsVerify,
+    Net,
 }
 
 public enum ReadWriteMix
@@ -49,6 +52,12 @@ public sealed record RunOptions
     public bool EventIndex { get; init; } = true;
 
     public bool IndirectDescriptors { get; init; } = true;
+
+    /// <summary><c>--frames N</c>: frames the net workload sends.</summary>
+    public int Frames { get; init; } = 10_000;
+
+    /// <summary>Negotiate VIRTIO_NET_F_MRG_RXBUF when offered (<c>--no-mrg-rxbuf</c> turns it off).</summary>
+    public bool MergeableRxBuffers { get; init; } = true;
 
     /// <summary><c>--save</c>/<c>--restore</c> (docs/save-restore.md); null when neither was given.</summary>
     public SaveRestoreSettings? SaveRestore { get; init; }

@@ -119,7 +119,6 @@ public sealed partial class VhostUserFrontendConnection : IDisposable
         VhostUserProtocolFeatures.CONFIG |
         VhostUserProtocolFeatures.RESET_DEVICE |
         VhostUserProtocolFeatures.CONFIGURE_MEM_SLOTS |
-        VhostUserProtocolFeatures.STATUS |
         VhostUserProtocolFeatures.INFLIGHT_SHMFD |
         VhostUserProtocolFeatures.DEVICE_STATE;
 

@@ -9,10 +9,11 @@ public enum BackendKind
 }
 
 /// <summary>
-/// A vhost-user back-end process serving on a Unix socket: qemu-storage-daemon or
-/// <c>./vmm serve</c>. Started once its socket exists; stopped with SIGTERM, then SIGKILL.
+/// A vhost-user back-end process serving on a Unix socket: qemu-storage-daemon,
+/// <c>./vmm serve</c>, a virtiofsd or DPDK testpmd (BackendProcess.Virtiofsd.cs,
+/// BackendProcess.Testpmd.cs). Started once its socket exists; stopped with SIGTERM, then SIGKILL.
 /// </summary>
-public sealed class BackendProcess : IDisposable
+public sealed partial class BackendProcess : IDisposable
 {
     public const string StorageDaemon = "qemu-storage-daemon";
 
@@ -23,11 +24,13 @@ public sealed class BackendProcess : IDisposable
     static bool _vmmBuilt;
 
     readonly ChildProcess _process;
+    readonly Action? _cleanUp;
 
-    BackendProcess(ChildProcess process, string socket)
+    BackendProcess(ChildProcess process, string socket, Action? cleanUp = null)
     {
         _process = process;
         Socket = socket;
+        _cleanUp = cleanUp;
     }
 
     public string Socket { get; }
@@ -99,9 +102,9 @@ public sealed class BackendProcess : IDisposable
         }
     }
 
-    static async Task<BackendProcess> StartAsync(ChildProcess process, string socket)
+    static async Task<BackendProcess> StartAsync(ChildProcess process, string socket, Action? cleanUp = null)
     {
-        var backend = new BackendProcess(process, socket);
+        var backend = new BackendProcess(process, socket, cleanUp);
         var until = DateTime.UtcNow + SocketTimeout;
         while (!IsSocket(socket))
         {
@@ -138,5 +141,9 @@ public sealed class BackendProcess : IDisposable
     /// <summary>SIGTERM, then SIGKILL after 10 s.</summary>
     public Task StopAsync() => _process.StopAsync(TimeSpan.FromSeconds(10));
 
-    public void Dispose() => _process.Dispose();
+    public void Dispose()
+    {
+        _process.Dispose();
+        _cleanUp?.Invoke();
+    }
 }

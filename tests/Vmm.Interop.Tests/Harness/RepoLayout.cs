@@ -14,6 +14,9 @@ public static class RepoLayout
     /// <summary>The script that builds (or finds cached) the guest kernel and initramfs.</summary>
     public static string GuestBuilder => Path.Combine(Root, "tests", "Vmm.Interop.Tests", "guest", "build-guest.sh");
 
+    /// <summary>The script that installs (or finds cached) Debian 13's Rust virtiofsd and prints its launcher.</summary>
+    public static string VirtiofsdRustInstaller => Path.Combine(Root, "tests", "Vmm.Interop.Tests", "peers", "install-virtiofsd-rust.sh");
+
     static string FindRoot()
     {
         var start = Path.GetDirectoryName(typeof(RepoLayout).Assembly.Location) ?? AppContext.BaseDirectory;
