@@ -293,9 +293,12 @@ internal sealed partial class ConformanceRun
         }
     }
 
-    /// <summary>N/A when the back-end did not offer <paramref name="feature"/>, else null.</summary>
+    /// <summary>N/A when <paramref name="feature"/> was not negotiated (not offered, or not acked by the front-end), else null.</summary>
     private Verdict? NotNegotiated(VhostUserProtocolFeatures feature) =>
-        Connection.HasProtocolFeature(feature) ? null : Verdict.NotApplicable($"{feature} not offered");
+        Connection.HasProtocolFeature(feature) ? null
+        : (Connection.OfferedProtocolFeatures & feature) != 0
+            ? Verdict.NotApplicable($"{feature} offered, but not acked by this front-end (VhostUserFrontendConnection.SupportedProtocolFeatures)")
+            : Verdict.NotApplicable($"{feature} not offered");
 
     private static string Names(VhostUserProtocolFeatures features)
     {

@@ -9,6 +9,9 @@ namespace Vmm.VhostUser.Conformance;
 // device reset.
 internal sealed partial class ConformanceRun
 {
+    /// <summary>How long the kick-before-enable check leaves a kicked ring disabled.</summary>
+    private static readonly TimeSpan KickSettleTime = TimeSpan.FromMilliseconds(100);
+
     private ProbeRequest? _submittedWhileStopped;
 
     private string RingList => string.Join(", ", Probe.Rings);
@@ -224,7 +227,18 @@ internal sealed partial class ConformanceRun
         ring.RenewEventFds();
         ProbeRequest request = Probe.SubmitProbe(this, Pool);
         ring.Notify();
-        await StartRingAsync(ring, stoppedAt, cancellationToken).ConfigureAwait(false);
+        await SetUpDisabledRingAsync(ring, stoppedAt, cancellationToken).ConfigureAwait(false);
+
+        // A back-end that reads the kick while the ring is disabled and drops it does so as soon
+        // as it watches the fd; GET_FEATURES makes sure SET_VRING_KICK was handled, the pause
+        // gives its event loop the time to act, so the outcome does not hang on a race.
+        await Connection.GetU64Async(VhostUserRequest.GET_FEATURES, cancellationToken).ConfigureAwait(false);
+        await Task.Delay(KickSettleTime, cancellationToken).ConfigureAwait(false);
+        Step($"SET_VRING_ENABLE(1) of ring {ring.Index}");
+        await TrackAsync(() => Connection.SetRingEnableAsync(ring.Index, true, cancellationToken), VhostUserRequest.SET_VRING_ENABLE)
+            .ConfigureAwait(false);
+        Step(null);
+        ring.Running = true;
         string? error = await CompleteAsync(request, cancellationToken).ConfigureAwait(false);
         return error is null
             ? Verdict.Pass("a buffer made available and kicked before SET_VRING_KICK and SET_VRING_ENABLE(1) completed once the ring was enabled, without another kick")
@@ -237,6 +251,12 @@ internal sealed partial class ConformanceRun
         if (NotNegotiated(VhostUserProtocolFeatures.RESET_DEVICE) is Verdict missing)
         {
             return missing;
+        }
+
+        // As QEMU resets a device: its rings stopped first (GET_VRING_BASE), then RESET_DEVICE.
+        foreach (ProbeRing running in _rings.Values.Where(r => r.Running).ToArray())
+        {
+            await StopRingAsync(running, cancellationToken).ConfigureAwait(false);
         }
 
         Step("RESET_DEVICE");
@@ -259,7 +279,7 @@ internal sealed partial class ConformanceRun
         }
 
         string served = Probe.HasRequests ? " and a request completed" : "";
-        return Verdict.Pass($"RESET_DEVICE acked; SET_FEATURES, SET_MEM_TABLE and rings {RingList} accepted again{served}");
+        return Verdict.Pass($"rings stopped, RESET_DEVICE acked; SET_MEM_TABLE, SET_FEATURES and rings {RingList} set up again{served}");
     }
 
     private Verdict? NoRequests() =>

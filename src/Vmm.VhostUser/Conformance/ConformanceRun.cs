@@ -467,6 +467,35 @@ internal sealed partial class ConformanceRun : IDisposable
         _step = null;
     }
 
+    /// <summary>
+    /// The set-up of <see cref="StartRingAsync"/> up to SET_VRING_KICK, leaving the ring disabled:
+    /// the client's start always enables, and the kick-before-enable check needs the back-end to
+    /// hold a kicked, disabled ring for a while first.
+    /// </summary>
+    public async Task SetUpDisabledRingAsync(ProbeRing ring, uint baseIndex, CancellationToken cancellationToken)
+    {
+        Step($"setting up ring {ring.Index} from base {baseIndex} without enabling it (SET_VRING_CALL, NUM, ADDR, BASE, KICK)");
+        VhostUserRingSetup setup = ring.Setup(Memory, baseIndex);
+        uint index = (uint)ring.Index;
+        ulong file = new VhostUserVringFile((byte)index, NoFd: false).ToU64();
+        byte[] size = new byte[VhostUserVringState.Size];
+        new VhostUserVringState(index, setup.Size).Write(size);
+        byte[] address = new byte[VhostUserVringAddr.Size];
+        new VhostUserVringAddr(index, 0, setup.DescriptorUserAddress, setup.DeviceUserAddress, setup.DriverUserAddress, 0).Write(address);
+        byte[] start = new byte[VhostUserVringState.Size];
+        new VhostUserVringState(index, baseIndex).Write(start);
+        await TrackAsync(async () =>
+        {
+            await Connection.SendU64Async(VhostUserRequest.SET_VRING_CALL, file, [ring.Call.Handle], cancellationToken).ConfigureAwait(false);
+            await Connection.SendAsync(VhostUserRequest.SET_VRING_NUM, size, cancellationToken: cancellationToken).ConfigureAwait(false);
+            await Connection.SendAsync(VhostUserRequest.SET_VRING_ADDR, address, cancellationToken: cancellationToken).ConfigureAwait(false);
+            await Connection.SendAsync(VhostUserRequest.SET_VRING_BASE, start, cancellationToken: cancellationToken).ConfigureAwait(false);
+            await Connection.SendU64Async(VhostUserRequest.SET_VRING_KICK, file, [ring.Kick.Handle], cancellationToken).ConfigureAwait(false);
+        }, VhostUserRequest.SET_VRING_CALL, VhostUserRequest.SET_VRING_NUM, VhostUserRequest.SET_VRING_ADDR, VhostUserRequest.SET_VRING_BASE,
+            VhostUserRequest.SET_VRING_KICK).ConfigureAwait(false);
+        _step = null;
+    }
+
     private VhostUserRequest[] RingStartRequests() => Connection.RingsNeedEnable
         ?
         [
