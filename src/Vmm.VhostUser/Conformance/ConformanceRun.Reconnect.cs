@@ -6,15 +6,22 @@ internal sealed partial class ConformanceRun
 {
     private async Task<Verdict> CheckSecondConnectionAsync(CancellationToken cancellationToken)
     {
+        // An earlier check already tried a new connection after the back-end closed one: that
+        // was this check's question, answered (waiting again would only cost another timeout).
+        if (_reconnectFailure is Exception earlier)
+        {
+            return earlier is IOException
+                ? OneShot(earlier)
+                : Verdict.Fail($"after the connection ended in {_lostIn}, a new one was accepted but failed: {Describe(earlier)}");
+        }
+
         try
         {
             await ReconnectAsync(cancellationToken).ConfigureAwait(false);
         }
         catch (IOException e)
         {
-            return Verdict.Fail(
-                $"no front-end could connect within {Timeout.TotalSeconds:0.###} s after the first connection closed ({e.Message}): " +
-                "a back-end that serves one front-end and exits cannot serve a reconnecting one");
+            return OneShot(e);
         }
 
         await HandshakeAsync(cancellationToken).ConfigureAwait(false);
@@ -30,4 +37,8 @@ internal sealed partial class ConformanceRun
             ? Verdict.Pass("after the first connection closed, a second one was accepted: handshake, ring set-up and a request completed")
             : Verdict.Fail($"a second connection was accepted and set up, then {error}");
     }
+
+    private Verdict OneShot(Exception e) => Verdict.Fail(
+        $"no front-end could connect within {Timeout.TotalSeconds:0.###} s after the first connection closed ({e.Message}): " +
+        "a back-end that serves one front-end and exits cannot serve a reconnecting one");
 }

@@ -53,6 +53,8 @@ internal sealed partial class ConformanceRun : IDisposable
 
     private VhostUserFrontendConnection? _connection;
     private string? _unreachable;
+    private Exception? _reconnectFailure;
+    private VhostUserBackendInfo? _firstInfo;
     private string? _lostIn;
     private string _currentCheck = "";
     private string? _reconnectNote;
@@ -139,8 +141,8 @@ internal sealed partial class ConformanceRun : IDisposable
             results.Add(new ConformanceResult(definition.Check, verdict.Outcome, verdict.Why));
         }
 
-        return new ConformanceReport(
-            target, options.DeviceType, run.Info?.Features, run.Info?.OfferedProtocolFeatures, run.Info?.QueueCount, results);
+        VhostUserBackendInfo? info = run._firstInfo;
+        return new ConformanceReport(target, options.DeviceType, info?.Features, info?.OfferedProtocolFeatures, info?.QueueCount, results);
     }
 
     private async Task<Verdict> RunCheckAsync(CheckDefinition definition, CancellationToken cancellationToken)
@@ -228,6 +230,7 @@ internal sealed partial class ConformanceRun : IDisposable
         }
         catch (Exception e) when (e is not OperationCanceledException || !cancellationToken.IsCancellationRequested)
         {
+            _reconnectFailure = e;
             _unreachable = $"not run: the connection ended in {lostIn} and a new one failed ({Describe(e)})";
             throw new NotRunException(_unreachable);
         }
@@ -268,6 +271,7 @@ internal sealed partial class ConformanceRun : IDisposable
     {
         VhostUserBackendInfo info = await Connection.HandshakeAsync(cancellationToken).ConfigureAwait(false);
         Info = info;
+        _firstInfo ??= info;
         if (Connection.HasProtocolFeature(VhostUserProtocolFeatures.REPLY_ACK))
         {
             _replyAckNegotiated = true;
