@@ -60,16 +60,12 @@ internal sealed partial class ConformanceRun
     private async Task<Verdict> CheckConfigSizesAsync(CancellationToken cancellationToken)
     {
         await EnsureConnectionAsync(cancellationToken).ConfigureAwait(false);
-        if (NotNegotiated(VhostUserProtocolFeatures.CONFIG) is Verdict missing)
+        if (NoConfigSpace() is Verdict missing)
         {
             return missing;
         }
 
         int size = Probe.ConfigSize;
-        if (size == 0)
-        {
-            return Verdict.NotApplicable($"device type {Probe.Name} has no configuration space");
-        }
 
         byte[]? whole = await Connection.GetConfigAsync(0, size, cancellationToken).ConfigureAwait(false);
         if (whole is null)
@@ -95,14 +91,9 @@ internal sealed partial class ConformanceRun
     private async Task<Verdict> CheckConfigOffsetAsync(CancellationToken cancellationToken)
     {
         await EnsureConnectionAsync(cancellationToken).ConfigureAwait(false);
-        if (NotNegotiated(VhostUserProtocolFeatures.CONFIG) is Verdict missing)
+        if (NoConfigSpace() is Verdict missing)
         {
             return missing;
-        }
-
-        if (Probe.ConfigSize == 0)
-        {
-            return Verdict.NotApplicable($"device type {Probe.Name} has no configuration space");
         }
 
         if (Config is not byte[] whole)
@@ -292,6 +283,11 @@ internal sealed partial class ConformanceRun
             return Verdict.Fail($"{e.Message}; a GET_CONFIG reply MUST be as large as the request, or empty to signal an error");
         }
     }
+
+    /// <summary>N/A when CONFIG was not negotiated or the device type has no configuration space, else null.</summary>
+    private Verdict? NoConfigSpace() =>
+        NotNegotiated(VhostUserProtocolFeatures.CONFIG)
+        ?? (Probe.ConfigSize == 0 ? Verdict.NotApplicable($"device type {Probe.Name} has no configuration space") : null);
 
     /// <summary>N/A when <paramref name="feature"/> was not negotiated (not offered, or not acked by the front-end), else null.</summary>
     private Verdict? NotNegotiated(VhostUserProtocolFeatures feature) =>

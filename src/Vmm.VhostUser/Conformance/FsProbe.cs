@@ -1,4 +1,5 @@
 using System.Buffers.Binary;
+using System.Runtime.InteropServices;
 using Vmm.Virtio.Driver;
 using Vmm.Virtio.Spec;
 
@@ -11,18 +12,9 @@ namespace Vmm.VhostUser.Conformance;
 /// </summary>
 internal sealed class FsProbe : DeviceProbe
 {
-    // linux/fuse.h: struct fuse_in_header is 40 bytes (len, opcode, unique, nodeid, uid, gid,
-    // pid, total_extlen, padding); struct fuse_out_header 16 (len, error, unique).
-    private const int InHeaderSize = 40;
-    private const int OutHeaderSize = 16;
-    private const uint FUSE_GETATTR = 3;
-    private const uint FUSE_INIT = 26;
-    private const ulong FUSE_ROOT_ID = 1;
-    private const uint FuseKernelVersion = 7;
-
-    // The 7.31 protocol's fuse_init_in (major, minor, max_readahead, flags: 16 bytes), what a
-    // Linux 5.x kernel sends; every FUSE server answers older minors. fuse_getattr_in is 16 bytes.
-    private const uint FuseMinorVersion = 31;
+    // The 7.31 protocol's fuse_init_in is the first 16 bytes of today's (major, minor,
+    // max_readahead, flags): what a Linux 5.x kernel sends, and every FUSE server answers
+    // that minor. fuse_getattr_in is 16 bytes.
     private const int InitInSize = 16;
     private const int GetattrInSize = 16;
     private const int ReplyRoom = 256;
@@ -38,9 +30,9 @@ internal sealed class FsProbe : DeviceProbe
     public override int MinQueues => 2;
 
     // A front-end starts hiprio and the request queue together (QEMU's vhost-user-fs does).
-    public override IReadOnlyList<int> Rings => [0, 1];
+    public override IReadOnlyList<int> Rings => [VirtioFs.HiprioQueue, VirtioFs.FirstRequestQueue];
 
-    public override int ProbeRingIndex => 1;
+    public override int ProbeRingIndex => VirtioFs.FirstRequestQueue;
 
     public override string RequestSpec => "virtio 1.2 §5.11.6";
 
@@ -48,7 +40,9 @@ internal sealed class FsProbe : DeviceProbe
 
     // struct virtio_fs_config: tag[36], le32 num_request_queues (5.11.4); plus the hiprio queue.
     public override int? ConfigQueueCount(ReadOnlySpan<byte> config, ulong offered) =>
-        config.Length >= 40 ? (int)Math.Min(BinaryPrimitives.ReadUInt32LittleEndian(config[36..]) + 1L, int.MaxValue) : null;
+        config.Length >= VirtioFsConfig.Size
+            ? (int)Math.Min(BinaryPrimitives.ReadUInt32LittleEndian(config[VirtioFsConfig.NumRequestQueuesOffset..]) + 1L, int.MaxValue)
+            : null;
 
     public override async Task<Verdict> RealRequestAsync(ConformanceRun run, CancellationToken cancellationToken)
     {
@@ -66,52 +60,50 @@ internal sealed class FsProbe : DeviceProbe
 
     private ProbeRequest SubmitInit(ConformanceRun run, IGuestBufferPool pool, Action<string>? summary)
     {
-        byte[] arguments = new byte[InitInSize];
-        BinaryPrimitives.WriteUInt32LittleEndian(arguments, FuseKernelVersion);
-        BinaryPrimitives.WriteUInt32LittleEndian(arguments.AsSpan(4), FuseMinorVersion);
-        BinaryPrimitives.WriteUInt32LittleEndian(arguments.AsSpan(8), 128 * 1024);
-        return SubmitFuse(run, pool, FUSE_INIT, 0, arguments, "FUSE_INIT", reply =>
+        byte[] arguments = new byte[FuseInitIn.Size];
+        var init = new FuseInitIn { Major = Fuse.KernelVersion, Minor = Fuse.MinimumMinorVersion, MaxReadahead = 128 * 1024 };
+        MemoryMarshal.Write(arguments, in init);
+        return SubmitFuse(run, pool, FuseOpcode.FUSE_INIT, 0, arguments[..InitInSize], "FUSE_INIT", reply =>
         {
+            // Servers answer an older minor with a shorter fuse_init_out (24 bytes before 7.23).
             if (reply.Length < 8)
             {
                 return $"the reply holds {reply.Length} bytes after the header, too few for fuse_init_out";
             }
 
-            uint major = BinaryPrimitives.ReadUInt32LittleEndian(reply);
-            uint minor = BinaryPrimitives.ReadUInt32LittleEndian(reply[4..]);
-            if (major != FuseKernelVersion)
+            Span<byte> whole = stackalloc byte[FuseInitOut.Size];
+            reply[..Math.Min(reply.Length, FuseInitOut.Size)].CopyTo(whole);
+            FuseInitOut answer = MemoryMarshal.Read<FuseInitOut>(whole);
+            if (answer.Major != Fuse.KernelVersion)
             {
-                return $"the server answered FUSE major version {major}, not {FuseKernelVersion}";
+                return $"the server answered FUSE major version {answer.Major}, not {Fuse.KernelVersion}";
             }
 
-            // fuse_init_out.max_write is at offset 20 (7.5 and later).
-            string maxWrite = reply.Length >= 24 ? $", max_write {BinaryPrimitives.ReadUInt32LittleEndian(reply[20..])}" : "";
+            string maxWrite = reply.Length >= 24 ? $", max_write {answer.MaxWrite}" : "";
             _initialized = true;
-            summary?.Invoke($"FUSE {major}.{minor}{maxWrite}");
+            summary?.Invoke($"FUSE {answer.Major}.{answer.Minor}{maxWrite}");
             return null;
         });
     }
 
     private ProbeRequest SubmitGetattr(ConformanceRun run, IGuestBufferPool pool) =>
-        SubmitFuse(run, pool, FUSE_GETATTR, FUSE_ROOT_ID, new byte[GetattrInSize], "FUSE_GETATTR of the root", reply =>
+        SubmitFuse(run, pool, FuseOpcode.FUSE_GETATTR, Fuse.RootId, new byte[GetattrInSize], "FUSE_GETATTR of the root", reply =>
             reply.Length >= 16 ? null : $"the reply holds {reply.Length} bytes after the header, too few for fuse_attr_out");
 
     /// <summary>One FUSE request; <paramref name="check"/> judges the reply after the out header, once the header is right.</summary>
     private ProbeRequest SubmitFuse(
-        ConformanceRun run, IGuestBufferPool pool, uint opcode, ulong nodeId, byte[] arguments, string what, Func<ReadOnlySpan<byte>, string?> check)
+        ConformanceRun run, IGuestBufferPool pool, FuseOpcode opcode, ulong nodeId, byte[] arguments, string what, ReplyCheck check)
     {
         ProbeRing ring = run.Ring(ProbeRingIndex);
         ulong unique = ++_unique;
-        int inSize = InHeaderSize + arguments.Length;
+        int inSize = FuseInHeader.Size + arguments.Length;
         ulong input = Rent(run, pool, inSize);
-        byte[] header = new byte[InHeaderSize];
-        BinaryPrimitives.WriteUInt32LittleEndian(header, (uint)inSize);
-        BinaryPrimitives.WriteUInt32LittleEndian(header.AsSpan(4), opcode);
-        BinaryPrimitives.WriteUInt64LittleEndian(header.AsSpan(8), unique);
-        BinaryPrimitives.WriteUInt64LittleEndian(header.AsSpan(16), nodeId);
+        byte[] header = new byte[FuseInHeader.Size];
+        var inHeader = new FuseInHeader { Len = (uint)inSize, Opcode = opcode, Unique = unique, NodeId = nodeId };
+        MemoryMarshal.Write(header, in inHeader);
         run.Memory.Write(input, header);
-        run.Memory.Write(input + InHeaderSize, arguments);
-        int outSize = OutHeaderSize + ReplyRoom;
+        run.Memory.Write(input + FuseInHeader.Size, arguments);
+        int outSize = FuseOutHeader.Size + ReplyRoom;
         ulong output = Rent(run, pool, outSize);
         object token = new();
         Submit(ring, [new DriverBuffer(input, (uint)inSize, false), new DriverBuffer(output, (uint)outSize, true)], token);
@@ -121,25 +113,25 @@ internal sealed class FsProbe : DeviceProbe
             run.Memory.Read(output, reply);
             pool.Return(input, inSize);
             pool.Return(output, outSize);
-            uint length = BinaryPrimitives.ReadUInt32LittleEndian(reply);
-            int error = BinaryPrimitives.ReadInt32LittleEndian(reply.AsSpan(4));
-            ulong replyUnique = BinaryPrimitives.ReadUInt64LittleEndian(reply.AsSpan(8));
-            if (length < OutHeaderSize || length > outSize)
+            FuseOutHeader outHeader = MemoryMarshal.Read<FuseOutHeader>(reply);
+            if (outHeader.Len < FuseOutHeader.Size || outHeader.Len > outSize)
             {
-                return $"fuse_out_header.len is {length} (used length {completion.BytesWritten}), outside {OutHeaderSize}..{outSize}";
+                return $"fuse_out_header.len is {outHeader.Len} (used length {completion.BytesWritten}), outside {FuseOutHeader.Size}..{outSize}";
             }
 
-            if (replyUnique != unique)
+            if (outHeader.Unique != unique)
             {
-                return $"the reply's unique is {replyUnique}, the request's {unique}";
+                return $"the reply's unique is {outHeader.Unique}, the request's {unique}";
             }
 
-            if (error != 0)
+            if (outHeader.Error != 0)
             {
-                return $"the server answered error {error}";
+                return $"the server answered error {outHeader.Error}";
             }
 
-            return check(reply.AsSpan(OutHeaderSize, (int)length - OutHeaderSize));
+            return check(reply.AsSpan(FuseOutHeader.Size, (int)outHeader.Len - FuseOutHeader.Size));
         });
     }
+
+    private delegate string? ReplyCheck(ReadOnlySpan<byte> reply);
 }

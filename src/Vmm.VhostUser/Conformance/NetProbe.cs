@@ -13,22 +13,17 @@ namespace Vmm.VhostUser.Conformance;
 /// </summary>
 internal sealed class NetProbe : DeviceProbe
 {
-    private const int RxRing = 0;
-    private const int TxRing = 1;
+    private const int RxRing = VirtioNet.ReceiveQueue;
+    private const int TxRing = VirtioNet.TransmitQueue;
+    private const int HeaderSize = VirtioNetHeader.Size;
 
-    // struct virtio_net_hdr with VERSION_1: 12 bytes, num_buffers included (5.1.6).
-    private const int HeaderSize = 12;
-
-    // Without MRG_RXBUF every receive buffer holds a whole frame (5.1.6.3.1): 1514 + header.
+    // Without MRG_RXBUF every receive buffer holds a whole frame (5.1.6.3.1).
     private const int RxBufferSize = 2048;
     private const int RxBuffers = 8;
     private const int FrameSize = 64;
 
     // IEEE 802 local experimental ethertype: no stack on the way acts on it.
     private const ushort EtherType = 0x88B5;
-
-    private const ulong MQ = 1UL << 22;
-    private const ulong CTRL_VQ = 1UL << 17;
 
     private readonly Dictionary<object, ulong> _rxPosted = new(ReferenceEqualityComparer.Instance);
     private ProbeRing? _rxRing;
@@ -51,8 +46,8 @@ internal sealed class NetProbe : DeviceProbe
     // struct virtio_net_config: mac[6], status, max_virtqueue_pairs at 8 (5.1.4); one
     // receive and one transmit queue per pair, plus the control queue.
     public override int? ConfigQueueCount(ReadOnlySpan<byte> config, ulong offered) =>
-        (offered & MQ) != 0 && config.Length >= 10
-            ? (2 * BinaryPrimitives.ReadUInt16LittleEndian(config[8..])) + ((offered & CTRL_VQ) != 0 ? 1 : 0)
+        (offered & VirtioNetFeatures.MQ) != 0 && config.Length >= VirtioNetConfig.Size
+            ? (2 * VirtioNetConfig.Read(config).MaxVirtqueuePairs) + ((offered & VirtioNetFeatures.CTRL_VQ) != 0 ? 1 : 0)
             : null;
 
     public override async Task<Verdict> RealRequestAsync(ConformanceRun run, CancellationToken cancellationToken)
