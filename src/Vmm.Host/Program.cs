@@ -44,6 +44,7 @@ public static class Program
             RunCommand.Create(),
             ServeCommand.Create(),
             DemoCommand.Create(),
+            Check.CheckBackendCommand.Create(),
         };
         return root;
     }

@@ -10,8 +10,11 @@ using Vmm.Virtio.Spec;
 namespace Vmm.Host.Run;
 
 /// <summary>What one echo run counted.</summary>
+/// <param name="FrameSize">Bytes of each frame, without the virtio-net header.</param>
+/// <param name="Sent">Frames transmitted.</param>
 /// <param name="Received">Frames that came back, good or bad.</param>
 /// <param name="Bad">Of those, frames that were not one of ours intact: wrong length, payload, addresses, or a repeat.</param>
+/// <param name="Seconds">How long the run took.</param>
 public sealed record NetEchoResult(int FrameSize, long Sent, long Received, long Bad, double Seconds)
 {
     public long Lost => Math.Max(0, Sent - (Received - Bad));

@@ -26,6 +26,7 @@ public sealed class VhostUserConnectionLog : ReceiveActor
     }
 
     /// <param name="sockets">Supervisor name to socket path, for the messages.</param>
+    /// <param name="error">Where the lines go (stderr).</param>
     public static Props Props(IReadOnlyDictionary<string, string> sockets, TextWriter error) =>
         Akka.Actor.Props.Create(() => new VhostUserConnectionLog(sockets, error));
 

@@ -97,11 +97,11 @@ public sealed partial class VhostUserBackendSession
         old?.Dispose();
     }
 
-    /// <summary>The split tracker for ring <paramref name="index"/> when a region covers it and the ring is split.</summary>
+    /// <summary>The split tracker for <paramref name="vring"/> when a region covers it and the ring is split.</summary>
     private SplitInflightQueue? InflightFor(BackendVring vring) =>
         _inflight is { } region && !PackedRings && vring.Index < region.QueueCount && region.QueueSize >= vring.Size ? region.Queue(vring.Index) : null;
 
-    /// <summary>The packed tracker for ring <paramref name="index"/>: the region must be sized for exactly this ring (its entries are ring slots).</summary>
+    /// <summary>The packed tracker for <paramref name="vring"/>: the region must be sized for exactly this ring (its entries are ring slots).</summary>
     private PackedInflightQueue? PackedInflightFor(BackendVring vring) =>
         _inflight is { } region && PackedRings && vring.Index < region.QueueCount && region.QueueSize == vring.Size ? region.PackedQueue(vring.Index) : null;
 

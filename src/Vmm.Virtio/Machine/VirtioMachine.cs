@@ -32,6 +32,8 @@ public sealed class VirtioMachine : IDisposable
     private int _nextVector = VirtioMachineLayout.PciFirstVector;
     private bool _disposed;
 
+    /// <param name="memory">The guest RAM the devices' rings and buffers live in.</param>
+    /// <param name="delivery">How device interrupts reach the guest driver: through eventfds or through the sink.</param>
     /// <param name="interruptController">
     /// The VM's InterruptControllerActor for function-backed delivery; the machine attaches
     /// <see cref="GuestInterrupts"/> to it as the sink. Null: lines call the sink directly.

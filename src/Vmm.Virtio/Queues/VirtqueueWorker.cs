@@ -47,6 +47,7 @@ public sealed class VirtqueueWorker : IDisposable
     /// <param name="kick">The kick eventfd, or null to poll every <paramref name="pollIntervalMilliseconds"/>.</param>
     /// <param name="handler">Processes one chain.</param>
     /// <param name="onFault">Told once, on the worker thread, when the worker stops on an error.</param>
+    /// <param name="pollIntervalMilliseconds">How often a queue without a kick eventfd is looked at.</param>
     public VirtqueueWorker(
         string name,
         IDeviceQueue queue,

@@ -47,6 +47,8 @@ public sealed class VirtioPciTransport : IMmioDevice, IDisposable
     private ushort _queueSelect;
     private ushort _configMsixVector = L.NoVector;
 
+    /// <param name="device">The device behind the transport.</param>
+    /// <param name="memory">The guest RAM its rings live in.</param>
     /// <param name="bar0Address">Where the owner mapped BAR0; the BAR register reports it.</param>
     /// <param name="msixVectors">One line per MSI-X vector (the table size); may be empty.</param>
     /// <param name="intx">The legacy interrupt used while MSI-X is disabled; null for none.</param>
