@@ -181,9 +181,9 @@ public static class RunCommand
             case RunWorkload.Verify:
                 foreach (GuestDevice d in vm.Devices)
                 {
-                    output.WriteLine(d.Source.Kind == "blk"
-                        ? Workloads.VerifyBlk(vm, new BlkGuest(d, vm.Memory, vm.Allocator))
-                        : Workloads.VerifyRng(vm, d));
+                    output.WriteLine(vm.RunWithResets(d, "verify", g => g.Source.Kind == "blk"
+                        ? Workloads.VerifyBlk(vm, new BlkGuest(g, vm.Memory, vm.Allocator))
+                        : Workloads.VerifyRng(vm, g)));
                 }
 
                 break;
@@ -191,15 +191,19 @@ public static class RunCommand
             case RunWorkload.Checksum:
                 foreach (GuestDevice d in vm.Devices.Where(d => d.Source.Kind == "blk"))
                 {
-                    output.WriteLine(Workloads.ChecksumBlk(vm, new BlkGuest(d, vm.Memory, vm.Allocator)));
+                    output.WriteLine(vm.RunWithResets(d, "checksum", g => Workloads.ChecksumBlk(vm, new BlkGuest(g, vm.Memory, vm.Allocator))));
                 }
 
                 break;
 
             case RunWorkload.Bench:
-                GuestDevice device = vm.Devices[0];
-                BenchResult result = BenchWorkload.RunWithProgress(vm, new BlkGuest(device, vm.Memory, vm.Allocator), cancellationToken);
-                BenchWorkload.Write(output, options, result);
+                BenchResult? result = null;
+                vm.RunWithResets(vm.Devices[0], "bench", g =>
+                {
+                    result = BenchWorkload.RunWithProgress(vm, new BlkGuest(g, vm.Memory, vm.Allocator), cancellationToken);
+                    return string.Empty;
+                });
+                BenchWorkload.Write(output, options, result!);
                 break;
 
             case RunWorkload.Probe:

@@ -133,7 +133,7 @@ public static class Workloads
             }
 
             queue.Notify();
-            if (!queue.WaitForCompletion(RequestTimeout, out _, out uint written))
+            if (!WaitForCompletion(queue, rng.Health, RequestTimeout, out uint written))
             {
                 throw new WorkloadFailedException($"the entropy device did not fill a buffer within {RequestTimeout.TotalSeconds:0} s.");
             }
@@ -157,6 +157,30 @@ public static class Workloads
         return string.Create(
             CultureInfo.InvariantCulture,
             $"verify: read {RngVerifyBytes / 1024} KiB of entropy in {stopwatch.ElapsedMilliseconds} ms: not constant");
+    }
+
+    /// <summary>
+    /// <see cref="VirtioDriverQueue.WaitForCompletion"/> in short sleeps, so that a device that asks for a
+    /// reset meanwhile ends the wait with <see cref="DeviceNeedsResetException"/> rather than at the timeout.
+    /// </summary>
+    private static bool WaitForCompletion(VirtioDriverQueue queue, DeviceHealth health, TimeSpan timeout, out uint written)
+    {
+        long deadline = Environment.TickCount64 + (long)timeout.TotalMilliseconds;
+        while (true)
+        {
+            health.ThrowIfNeedsReset();
+            long left = deadline - Environment.TickCount64;
+            TimeSpan slice = TimeSpan.FromMilliseconds(Math.Max(0, Math.Min(left, (long)DeviceHealth.CheckInterval.TotalMilliseconds)));
+            if (queue.WaitForCompletion(slice, out _, out written))
+            {
+                return true;
+            }
+
+            if (left <= 0)
+            {
+                return false;
+            }
+        }
     }
 
     /// <summary>

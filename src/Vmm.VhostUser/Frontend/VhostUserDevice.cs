@@ -8,9 +8,50 @@ using Vmm.VhostUser.Protocol;
 namespace Vmm.VhostUser.Frontend;
 
 /// <summary>
+/// A vhost-user device as a host sees it: an <see cref="IVirtioDevice"/> for its transport, plus
+/// what only a device with a back-end in another process has (its connection's events and state,
+/// the inflight region). What <c>IManagedVmm.GetDeviceAsync</c> hands out.
+/// </summary>
+public interface IVhostUserDevice : IVirtioDevice
+{
+    /// <summary>The device's name in its VM (the supervisor's actor name).</summary>
+    string Name { get; }
+
+    /// <summary>What the first handshake found.</summary>
+    DeviceInfo Info { get; }
+
+    /// <summary>The device's supervisor (the commands of Frontend/Messages.cs may be sent to it directly).</summary>
+    IActorRef Supervisor { get; }
+
+    /// <summary>False from a connection loss until the next connection is ready, and while the device has given up.</summary>
+    bool IsConnected { get; }
+
+    /// <summary>Completes when the device has stopped (disposed, or its VM stopped); calls fail at once from then on.</summary>
+    Task Stopped { get; }
+
+    /// <summary>
+    /// The back-end went away; the device stays attached and reconnects (kicks are kept, config
+    /// reads and queue commands are served from its snapshot meanwhile). Raised on an actor thread.
+    /// </summary>
+    event Action<string>? ConnectionLost;
+
+    /// <summary>A back-end is connected again and the device state replayed (also after a give-up and the guest's reset); the argument is the attempt that succeeded.</summary>
+    event Action<int>? ConnectionRestored;
+
+    /// <summary>A copy of the inflight region (what a save keeps); empty when the device has none.</summary>
+    InflightContents ReadInflight();
+
+    /// <summary>
+    /// Installs a saved inflight region before the queues start: the back-end receives it with
+    /// SET_INFLIGHT_FD and resubmits what it records as in flight.
+    /// </summary>
+    void RestoreInflight(ReadOnlySpan<byte> contents, ushort numQueues, ushort queueSize);
+}
+
+/// <summary>
 /// A vhost-user device as the VMM and its transport see it: an <see cref="IVirtioDevice"/> whose
 /// every call is a message to the device's <see cref="VhostUserDeviceSupervisor"/>, which owns
-/// the socket (DESIGN.md, "Vmm.VhostUser").
+/// the socket through its connection actor.
 /// </summary>
 /// <remarks>
 /// The IVirtioDevice calls come from the transport on a vCPU or guest-driver thread, never from
@@ -18,7 +59,7 @@ namespace Vmm.VhostUser.Frontend;
 /// <see cref="VhostUserDeviceOptions.CommandTimeout"/> as the bound. The data plane never comes
 /// this way: kicks and calls are eventfds shared with the back-end.
 /// </remarks>
-public sealed class VhostUserDevice : IVirtioDevice
+public sealed class VhostUserDevice : IVhostUserDevice
 {
     private readonly VhostUserDeviceOptions _options;
     private readonly DeviceInfo _info;
@@ -48,8 +89,9 @@ public sealed class VhostUserDevice : IVirtioDevice
     /// </summary>
     public Task Stopped => _stopped;
 
-    /// <summary>The device's supervisor (the commands of Frontend/Messages.cs may be sent to it directly).</summary>
     public IActorRef Supervisor { get; }
+
+    public string Name => _options.Name;
 
     /// <summary>What the handshake found.</summary>
     public DeviceInfo Info => _info;
@@ -68,8 +110,8 @@ public sealed class VhostUserDevice : IVirtioDevice
 
     /// <summary>
     /// The back-end announced a config change on the back-end channel (BACKEND_CONFIG_CHANGE_MSG,
-    /// with BACKEND_REQ negotiated); the cached config was read again (GET_CONFIG) before this is
-    /// raised, so <see cref="ReadConfig"/> returns the new bytes. Raised on an actor thread.
+    /// with BACKEND_REQ negotiated); the config was read again (GET_CONFIG) before this is raised,
+    /// so <see cref="ReadConfig"/> returns the new bytes. Raised on an actor thread.
     /// </summary>
     public event Action? ConfigChanged;
 
@@ -80,16 +122,10 @@ public sealed class VhostUserDevice : IVirtioDevice
     /// </summary>
     public event Action<DeviceFault>? Faulted;
 
-    /// <summary>
-    /// The back-end went away; the device stays attached and reconnects (kicks are kept, config
-    /// reads and queue commands are served from the snapshot meanwhile). Raised on an actor thread.
-    /// </summary>
     public event Action<string>? ConnectionLost;
 
-    /// <summary>A new back-end is connected and the device state replayed; the argument is the attempt that succeeded.</summary>
     public event Action<int>? ConnectionRestored;
 
-    /// <summary>False from a connection loss until the next connection is ready, or until the device gives up and is reset.</summary>
     public bool IsConnected => Volatile.Read(ref _connected) != 0;
 
     /// <summary>
@@ -115,11 +151,12 @@ public sealed class VhostUserDevice : IVirtioDevice
 
     /// <summary>
     /// Wraps a supervisor created elsewhere, for example by the VmActor from
-    /// <c>AttachDevice(name, VhostUserDeviceSupervisor.Props(options, firstReady))</c>, once its
-    /// handshake is done. Without <paramref name="firstReady"/> it asks the supervisor, which
-    /// must still be alive to answer. <paramref name="events"/> is the one given to the
-    /// supervisor's Props, if any: without it the device raises neither the connection events
-    /// nor <see cref="Faulted"/> when the supervisor gives up.
+    /// <c>AttachDevice(name, VhostUserDeviceSupervisor.Props(options, firstReady, events, ...))</c>,
+    /// once its handshake is done. Without <paramref name="firstReady"/> it asks the supervisor,
+    /// which must still be alive to answer. <paramref name="events"/> is the one given to the
+    /// supervisor's Props: the device raises its connection events and <see cref="Faulted"/> from it.
+    /// The wait is bounded by <see cref="VhostUserDeviceOptions.CommandTimeout"/>, except with
+    /// <see cref="VhostUserDeviceOptions.WaitForBackend"/>, where only <paramref name="cancellationToken"/> ends it.
     /// </summary>
     public static async Task<VhostUserDevice> FromSupervisorAsync(
         IActorRef supervisor, VhostUserDeviceOptions options, Task<DeviceInfo>? firstReady = null,
@@ -127,9 +164,10 @@ public sealed class VhostUserDevice : IVirtioDevice
     {
         try
         {
+            TimeSpan timeout = options.WaitForBackend ? Timeout.InfiniteTimeSpan : options.CommandTimeout;
             DeviceInfo info = firstReady is not null
-                ? await firstReady.WaitAsync(options.CommandTimeout, cancellationToken).ConfigureAwait(false)
-                : await supervisor.Ask<DeviceInfo>(GetDeviceInfo.Instance, options.CommandTimeout, cancellationToken).ConfigureAwait(false);
+                ? await firstReady.WaitAsync(timeout, cancellationToken).ConfigureAwait(false)
+                : await supervisor.Ask<DeviceInfo>(GetDeviceInfo.Instance, timeout, cancellationToken).ConfigureAwait(false);
             return new VhostUserDevice(supervisor, options, info, events);
         }
         catch (Exception e)
@@ -186,12 +224,33 @@ public sealed class VhostUserDevice : IVirtioDevice
     /// <summary>Loads what <see cref="SaveState"/> returned into the back-end (LOAD), before queues start; empty loads nothing.</summary>
     public void RestoreState(ReadOnlySpan<byte> state) => Call<DeviceStateLoaded>(new LoadDeviceState(state.ToArray()));
 
-    /// <summary>
-    /// Installs a saved inflight region (<see cref="RestoreInflight"/>) before the queues start:
-    /// the back-end receives it with SET_INFLIGHT_FD and resubmits what it records as in flight.
-    /// </summary>
     public void RestoreInflight(ReadOnlySpan<byte> contents, ushort numQueues, ushort queueSize) =>
         Call<InflightRestored>(new RestoreInflight(contents.ToArray(), numQueues, queueSize));
+
+    public InflightContents ReadInflight() => Call<InflightContents>(Frontend.ReadInflight.Instance);
+
+    /// <summary>
+    /// The guest's status goes to the back-end (SET_STATUS, when STATUS was negotiated). It is
+    /// informative only: a failure to pass it on is not the guest's problem and is not thrown
+    /// into its status write (a lost back-end hears the status with the replay).
+    /// </summary>
+    public void DriverStatusChanged(Virtio.Spec.VirtioDeviceStatus status)
+    {
+        if (Volatile.Read(ref _disposed) != 0 || _stopped.IsCompleted)
+        {
+            return;
+        }
+
+        try
+        {
+            Supervisor.Ask<DriverStatusSet>(new SetDriverStatus((byte)status), _options.CommandTimeout).GetAwaiter().GetResult();
+        }
+        catch (Exception e) when (e is VhostUserConnectionLostException or VhostUserRequestFailedException or VhostUserProtocolException or
+            AskTimeoutException or InvalidOperationException or NotSupportedException)
+        {
+            // Nothing to do: see above.
+        }
+    }
 
     public void Dispose()
     {
