@@ -17,6 +17,9 @@ namespace Vmm.VhostUser.Frontend;
 /// </summary>
 public sealed class VhostUserDeviceModel : IDisposable
 {
+    /// <summary>Where a ring starts that was given no state: index 0, wrap counters set (virtio 1.2, 2.8.1).</summary>
+    private static readonly VirtqueueState FreshRing = new(0, 0);
+
     private readonly VhostUserDeviceOptions _options;
     private DeviceInfo? _info;
     private byte[]? _backendConfig;
@@ -109,7 +112,7 @@ public sealed class VhostUserDeviceModel : IDisposable
         foreach (QueueSnapshot queue in s.Queues.Values)
         {
             bool packed = VhostUserFrontendConnection.IsPacked(queue.Features);
-            VirtqueueState state = packed ? queue.InitialState ?? default : UsedIndexInGuestMemory(queue.Resources);
+            VirtqueueState state = packed ? queue.InitialState ?? FreshRing : UsedIndexInGuestMemory(queue.Resources);
             rings.Add(PlanRing(queue, state));
             largest = Math.Max(largest, queue.Resources.Params.Size);
         }
@@ -160,7 +163,7 @@ public sealed class VhostUserDeviceModel : IDisposable
         ArgumentNullException.ThrowIfNull(connection);
         DeviceSnapshot s = Snapshot;
         var queue = new QueueSnapshot(start.Index, start.Resources, start.Features, start.InitialState);
-        RingPlan ring = PlanRing(queue, start.InitialState ?? default);
+        RingPlan ring = PlanRing(queue, start.InitialState ?? FreshRing);
         InflightPlan? inflight = connection.HasProtocolFeature(VhostUserProtocolFeatures.INFLIGHT_SHMFD) && !inflightSent
             ? new InflightPlan(s.Inflight, InflightQueues, Math.Max(_options.QueueSize, start.Resources.Params.Size))
             : null;
@@ -403,7 +406,7 @@ public sealed class VhostUserDeviceModel : IDisposable
     {
         if (VhostUserFrontendConnection.IsPacked(queue.Features))
         {
-            return queue.InitialState ?? default;
+            return queue.InitialState ?? FreshRing;
         }
 
         try
