@@ -1,5 +1,3 @@
-using Akka.Actor;
-using Akka.Configuration;
 using Vmm.Host.Run;
 using Vmm.Interop.Tests.Harness;
 using Vmm.Virtio;
@@ -11,8 +9,8 @@ using Vmm.VhostUser.Frontend;
 namespace Vmm.Interop.Tests;
 
 /// <summary>
-/// Fault tests: the real guest driver and transport (an in-process VM, as <c>vmm run</c> builds
-/// it) on a <see cref="VhostUserDevice"/>, against back-end CHILD PROCESSES that are killed with
+/// Fault tests: the real guest driver and transport (an in-process VM, built as <c>vmm run</c>
+/// builds it: the VM actor tree through Akka.Hosting) on a vhost-user device, against back-end CHILD PROCESSES that are killed with
 /// SIGKILL and restarted on the same socket and image. Writes are verified on the image file.
 /// Seeds are fixed; timeouts are generous bounds, never the thing asserted.
 /// </summary>
@@ -25,21 +23,13 @@ public sealed class ReconnectFaultTests : InteropTest
     const int Depth = 16;
     static readonly TimeSpan CompletionTimeout = TimeSpan.FromMinutes(3);
 
-    static readonly Config QuietAkka = ConfigurationFactory.ParseString("""
-        akka.loglevel = WARNING
-        akka.stdout-loglevel = OFF
-        akka.log-dead-letters = off
-        akka.log-dead-letters-during-shutdown = off
-        """);
-
     [Test]
     public async Task Device_must_lose_no_write_when_our_backend_is_killed_50_times_during_a_write_workload()
     {
         var image = TestDisk.Create(PathIn("disk.img"), ImageMiB, prefillMiB: 0);
         var socket = PathIn("blk.sock");
         var backends = new List<BackendProcess> { await BackendProcess.StartVmmBlkAsync(image, socket) };
-        using var system = ActorSystem.Create("faults", QuietAkka);
-        using var rig = Rig.Start(system, socket);
+        using var rig = Rig.Start(socket);
         int lost = 0, restored = 0;
         rig.Device.ConnectionLost += _ => Interlocked.Increment(ref lost);
         rig.Device.ConnectionRestored += _ => Interlocked.Increment(ref restored);
@@ -94,8 +84,7 @@ public sealed class ReconnectFaultTests : InteropTest
         var image = TestDisk.Create(PathIn("disk.img"), ImageMiB, prefillMiB: 0);
         var socket = PathIn("blk.sock");
         var qsd = Own(await BackendProcess.StartStorageDaemonAsync(image, socket));
-        using var system = ActorSystem.Create("faults", QuietAkka);
-        using var rig = Rig.Start(system, socket);
+        using var rig = Rig.Start(socket);
         Assert.That(rig.Device.Info.ProtocolFeatures & Vmm.VhostUser.Protocol.VhostUserProtocolFeatures.INFLIGHT_SHMFD, Is.EqualTo(Vmm.VhostUser.Protocol.VhostUserProtocolFeatures.None));
 
         for (var generation = 1; generation <= 3; generation++)
@@ -121,8 +110,7 @@ public sealed class ReconnectFaultTests : InteropTest
         var image = TestDisk.Create(PathIn("disk.img"), ImageMiB, prefillMiB: 0);
         var socket = PathIn("blk.sock");
         var backend = Own(await BackendProcess.StartVmmBlkAsync(image, socket));
-        using var system = ActorSystem.Create("faults", QuietAkka);
-        using var rig = Rig.Start(system, socket);
+        using var rig = Rig.Start(socket);
         rig.WritePass(1);
 
         var restored = rig.NextRestoration();
@@ -149,8 +137,7 @@ public sealed class ReconnectFaultTests : InteropTest
         var image = TestDisk.Create(PathIn("disk.img"), ImageMiB, prefillMiB: 0);
         var socket = PathIn("blk.sock");
         var backend = Own(await BackendProcess.StartVmmBlkAsync(image, socket));
-        using var system = ActorSystem.Create("faults", QuietAkka);
-        using var rig = Rig.Start(system, socket, reconnect: false);
+        using var rig = Rig.Start(socket, reconnect: false);
         rig.WritePass(1);
         var needsReset = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
         rig.Driver.DeviceNeedsReset += () => needsReset.TrySetResult();
@@ -192,32 +179,31 @@ public sealed class ReconnectFaultTests : InteropTest
     sealed class Rig : IDisposable
     {
         readonly GuestVm _vm;
-        readonly VhostUserDeviceSource _source;
         readonly ulong[] _buffers;
         BlkGuest _blk;
 
-        Rig(GuestVm vm, VhostUserDeviceSource source)
+        Rig(GuestVm vm)
         {
             _vm = vm;
-            _source = source;
             _blk = new BlkGuest(vm.Devices[0], vm.Memory, vm.Allocator);
             _buffers = [.. Enumerable.Range(0, Depth).Select(_ => vm.Allocator.Allocate(BlockSize, BlockSize))];
         }
 
-        public VhostUserDevice Device => _source.Device!;
+        public IVhostUserDevice Device => _vm.Devices[0].Remote!;
 
         public Vmm.Virtio.Driver.VirtioGuestDriver Driver => _vm.Devices[0].Driver;
 
-        public static Rig Start(ActorSystem system, string socket, bool reconnect = true)
+        public static Rig Start(string socket, bool reconnect = true)
         {
             var options = new VhostUserDeviceOptions(socket, VirtioDeviceId.Block)
             {
+                Name = "blk0",
                 Reconnect = reconnect,
                 CommandTimeout = TimeSpan.FromSeconds(60),
             };
-            var source = new VhostUserDeviceSource(system, options);
+            var source = new HostedSource(options);
             var vm = GuestVm.Start(new RunOptions { Devices = [source], MemorySize = 64UL << 20 });
-            return new Rig(vm, source);
+            return new Rig(vm);
         }
 
         public Task NextRestoration()
@@ -282,22 +268,30 @@ public sealed class ReconnectFaultTests : InteropTest
 
         public void Reinitialize()
         {
-            Driver.ResetAndReinitialize();
+            _vm.Reinitialize(_vm.Devices[0]);
             _blk = new BlkGuest(_vm.Devices[0], _vm.Memory, _vm.Allocator);
         }
 
         public void Dispose() => _vm.Dispose();
     }
 
-    /// <summary>A <c>--vhost-user</c> device for <see cref="GuestVm"/>: connects when the VM is built.</summary>
-    sealed class VhostUserDeviceSource(ActorSystem system, VhostUserDeviceOptions options) : IDeviceSource
+    /// <summary>A <c>--vhost-user</c> device with the test's options, created by the VM actor like <c>vmm run</c>'s.</summary>
+    sealed class HostedSource(VhostUserDeviceOptions options) : IHostedDeviceSource
     {
         public string Kind => "blk";
 
         public VirtioDeviceId DeviceId => VirtioDeviceId.Block;
 
-        public VhostUserDevice? Device { get; private set; }
+        public string Name => options.Name;
 
-        public IVirtioDevice Create() => Device = VhostUserDevice.ConnectAsync(system, options).GetAwaiter().GetResult();
+        public string Where => options.SocketPath;
+
+        public IVirtioDevice Create() => throw new InvalidOperationException("Created by the VM actor.");
+
+        public void Configure(Vmm.VhostUser.Hosting.ManagedVmmBuilder vm) =>
+            vm.AddVhostUserDevice(options.Name, options.SocketPath, options.DeviceId, _ => options);
+
+        public IVhostUserDevice Connect(Vmm.VhostUser.Hosting.IManagedVmm vmm, CancellationToken cancellationToken = default) =>
+            vmm.GetDeviceAsync(options.Name, cancellationToken).GetAwaiter().GetResult();
     }
 }

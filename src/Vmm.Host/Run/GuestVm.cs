@@ -200,8 +200,9 @@ public sealed class GuestVm : IDisposable
     }
 
     /// <summary>What a guest driver does for DEVICE_NEEDS_RESET: status 0, then the whole initialisation again.</summary>
-    private static void Reinitialize(GuestDevice device)
+    public void Reinitialize(GuestDevice device)
     {
+        ArgumentNullException.ThrowIfNull(device);
         device.Health.Clear();
         try
         {
