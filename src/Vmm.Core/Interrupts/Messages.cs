@@ -33,3 +33,12 @@ public interface IInterruptSink
 {
     void Deliver(int vector);
 }
+
+/// <summary>
+/// A sink whose <see cref="IInterruptSink.Deliver"/> is safe on any thread, concurrently: the
+/// controller's <see cref="InterruptPort"/> then calls it straight from the raising thread (a
+/// notifier loop, a device worker) instead of through the controller's mailbox.
+/// </summary>
+public interface IConcurrentInterruptSink : IInterruptSink
+{
+}
