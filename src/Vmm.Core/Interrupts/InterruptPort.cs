@@ -5,8 +5,8 @@ namespace Vmm.Core.Interrupts;
 
 /// <summary>
 /// Where function-backed lines raise the VM's vectors: the batched path into the
-/// <see cref="InterruptControllerActor"/> it is given to. A raise costs no allocation and no
-/// message of its own. It counts the vector, then either
+/// <see cref="InterruptControllerActor"/> it is attached to (<see cref="AttachInterruptPort"/>).
+/// A raise costs no allocation and no message of its own. It counts the vector, then either
 /// <list type="bullet">
 /// <item>calls the attached sink at once, when the sink is an <see cref="IConcurrentInterruptSink"/>
 /// (safe from any thread: the guest driver's eventfds, a host's thread-safe interrupt injection),
@@ -18,7 +18,8 @@ namespace Vmm.Core.Interrupts;
 /// </list>
 /// The controller stays the owner of the sink: it is attached and detached with the
 /// controller's messages, and a sink that is not concurrent is only ever called on the
-/// controller's mailbox thread. Raises before the controller starts are kept pending.
+/// controller's mailbox thread. Raises before the port is attached are kept pending and
+/// delivered when it is.
 /// </summary>
 public sealed class InterruptPort
 {
@@ -27,6 +28,14 @@ public sealed class InterruptPort
     private IActorRef? _controller;
     private IInterruptSink? _direct;
     private int _doorbell;
+
+    public InterruptPort()
+    {
+        Doorbell = new InterruptControllerActor.DeliverPending(this);
+    }
+
+    /// <summary>The one message this port sends its controller, made once.</summary>
+    internal InterruptControllerActor.DeliverPending Doorbell { get; }
 
     /// <summary>A function-backed line that raises <paramref name="vector"/> through this port.</summary>
     public InterruptLine CreateLine(int vector)
@@ -38,7 +47,7 @@ public sealed class InterruptPort
     /// <summary>Raises <paramref name="vector"/>. Callable from any thread.</summary>
     public void Raise(int vector) => Raise(SlotOf(vector));
 
-    /// <summary>How many times each vector was raised (through this port or a RaiseInterrupt message).</summary>
+    /// <summary>How many times each vector was raised through this port.</summary>
     public IReadOnlyDictionary<int, long> Counts() =>
         _slots.ToDictionary(kv => kv.Key, kv => Interlocked.Read(ref kv.Value.Count));
 
@@ -65,9 +74,6 @@ public sealed class InterruptPort
     /// raisers from now on; a raiser that read the previous one may still call it once more.
     /// </summary>
     internal void SetSink(IInterruptSink? sink) => Volatile.Write(ref _direct, sink as IConcurrentInterruptSink);
-
-    /// <summary>A raise that came as a message, delivered by the controller itself.</summary>
-    internal void Count(int vector) => Interlocked.Increment(ref SlotOf(vector).Count);
 
     /// <summary>On the controller's mailbox thread: delivers every pending vector once to <paramref name="sink"/> (null: drops them).</summary>
     internal void DrainPending(IInterruptSink? sink)
@@ -107,7 +113,7 @@ public sealed class InterruptPort
         {
             if (Volatile.Read(ref _controller) is { } controller)
             {
-                controller.Tell(InterruptControllerActor.DeliverPending.Instance);
+                controller.Tell(Doorbell);
                 return;
             }
 

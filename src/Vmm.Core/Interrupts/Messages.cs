@@ -16,6 +16,15 @@ public sealed class DetachInterruptSink
     }
 }
 
+/// <summary>
+/// Serve <paramref name="Port"/>: its lines' raises are delivered to this controller's sink from
+/// now on (those made before are delivered at once). A port is served by one controller.
+/// </summary>
+public sealed record AttachInterruptPort(InterruptPort Port);
+
+/// <summary>Stop serving <paramref name="Port"/>: its raises are counted there and kept pending, not delivered.</summary>
+public sealed record DetachInterruptPort(InterruptPort Port);
+
 /// <summary>Query: how many interrupts each vector received; answered with <see cref="InterruptCounts"/>.</summary>
 public sealed class GetInterruptCounts
 {

@@ -15,7 +15,7 @@ public sealed class InterruptControllerActorTests : AkkaTest
         var port = new InterruptPort();
         using var gate = new ManualResetEventSlim(false);
         var sink = new RecordingSink { Gate = gate };
-        Sys.ActorOf(InterruptControllerActor.Props(port, sink));
+        StartController(port, sink);
         InterruptLine line = port.CreateLine(65);
 
         Task raise = Task.Factory.StartNew(line.Raise, TaskCreationOptions.LongRunning);
@@ -35,7 +35,7 @@ public sealed class InterruptControllerActorTests : AkkaTest
         var port = new InterruptPort();
         using var gate = new ManualResetEventSlim(false);
         var sink = new RecordingSink { Gate = gate };
-        IActorRef controller = Sys.ActorOf(InterruptControllerActor.Props(port, sink));
+        IActorRef controller = StartController(port, sink);
         InterruptLine a = port.CreateLine(64);
         InterruptLine b = port.CreateLine(65);
 
@@ -63,7 +63,7 @@ public sealed class InterruptControllerActorTests : AkkaTest
     {
         var port = new InterruptPort();
         var sink = new ConcurrentRecordingSink();
-        IActorRef controller = Sys.ActorOf(InterruptControllerActor.Props(port));
+        IActorRef controller = StartController(port, null);
         controller.Tell(new AttachInterruptSink(sink));
         await controller.Ask<InterruptCounts>(GetInterruptCounts.Instance, TimeSpan.FromSeconds(10));
         InterruptLine line = port.CreateLine(66);
@@ -74,14 +74,14 @@ public sealed class InterruptControllerActorTests : AkkaTest
     }
 
     [Test]
-    public async Task InterruptControllerActor_must_deliver_raises_made_before_it_started()
+    public async Task InterruptControllerActor_must_deliver_raises_made_before_the_port_was_attached()
     {
         var port = new InterruptPort();
         var sink = new RecordingSink();
         port.CreateLine(67).Raise();
         port.Raise(67);
 
-        Sys.ActorOf(InterruptControllerActor.Props(port, sink));
+        StartController(port, sink);
 
         await AwaitConditionAsync(() => Task.FromResult(sink.Deliveries.Count == 1), TimeSpan.FromSeconds(30));
         Assert.That(sink.Deliveries.Single().Vector, Is.EqualTo(67));
@@ -92,7 +92,7 @@ public sealed class InterruptControllerActorTests : AkkaTest
     {
         var port = new InterruptPort();
         var sink = new ConcurrentRecordingSink();
-        IActorRef controller = Sys.ActorOf(InterruptControllerActor.Props(port, sink));
+        IActorRef controller = StartController(port, sink);
         controller.Tell(DetachInterruptSink.Instance);
         await controller.Ask<InterruptCounts>(GetInterruptCounts.Instance, TimeSpan.FromSeconds(10));
 
@@ -119,6 +119,30 @@ public sealed class InterruptControllerActorTests : AkkaTest
         await AwaitConditionAsync(() => Task.FromResult(sink.Deliveries.Count == 2), TimeSpan.FromSeconds(30));
         InterruptCounts counts = await controller.Ask<InterruptCounts>(GetInterruptCounts.Instance, TimeSpan.FromSeconds(10));
         Assert.That(counts.ByVector[70], Is.EqualTo(2));
+    }
+
+    [Test]
+    public async Task InterruptControllerActor_must_keep_a_detached_ports_raises_pending()
+    {
+        var port = new InterruptPort();
+        var sink = new ConcurrentRecordingSink();
+        IActorRef controller = StartController(port, sink);
+        controller.Tell(new DetachInterruptPort(port));
+        await controller.Ask<InterruptCounts>(GetInterruptCounts.Instance, TimeSpan.FromSeconds(10));
+
+        port.Raise(71);
+        Assert.That(sink.Deliveries, Is.Empty);
+        controller.Tell(new AttachInterruptPort(port));
+
+        await AwaitConditionAsync(() => Task.FromResult(sink.Deliveries.Count == 1), TimeSpan.FromSeconds(30));
+        Assert.That(sink.Deliveries.Single().Vector, Is.EqualTo(71));
+    }
+
+    private IActorRef StartController(InterruptPort port, IInterruptSink? sink)
+    {
+        IActorRef controller = Sys.ActorOf(InterruptControllerActor.Props(sink));
+        controller.Tell(new AttachInterruptPort(port));
+        return controller;
     }
 
     private sealed class RecordingSink : IInterruptSink
