@@ -135,7 +135,8 @@ public sealed class VirtioGuestDriverTests
             Assert.That(enableAt, Has.All.GreaterThan(statusAt[3]).And.All.LessThan(statusAt[4]));
             Assert.That(device.Calls, Is.EqualTo(new[] { "Reset", "StartQueue(0)", "StartQueue(1)" }));
             Assert.That(transport.MsixEnabled, Is.True);
-            Assert.That(device.Started[0].Resources.Interrupt, Is.SameAs(transport.MsixVectors[1]));
+            Assert.That(device.Started[0].Resources.Interrupt, Is.SameAs(transport.GetQueueInterrupt(0)));
+            Assert.That(device.Started[0].Resources.Interrupt.Vector, Is.EqualTo(driver.Queues[0].Vector));
             Assert.That(queues.Made.Select(q => q.Size), Is.EqualTo(new ushort[] { 128, 128 }));
         });
     }
@@ -242,7 +243,7 @@ public sealed class VirtioGuestDriverTests
         using var interrupts = new GuestInterruptEvents();
         var intx = new EventBackedInterruptLine(10, interrupts.Get(10));
         ulong bar0 = VirtioMachineLayout.PciBar0Address(0);
-        using var transport = new VirtioPciTransport(device, _memory, bar0, [], intx);
+        using var transport = new VirtioPciTransport(device, _memory, bar0, 0, _ => null, intx);
         var bus = new MmioBus();
         bus.Map(VirtioMachineLayout.PciConfigAddress(0), VirtioMachineLayout.PciConfigSize, transport.ConfigSpace, "pci0:0 config");
         bus.Map(bar0, VirtioPciLayout.Bar0Size, transport, "pci0:0 BAR0");
