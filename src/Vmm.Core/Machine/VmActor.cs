@@ -1,13 +1,15 @@
 using Akka.Actor;
 using Akka.Event;
+using Vmm.Core.Events;
 using Vmm.Core.Interrupts;
 
 namespace Vmm.Core.Machine;
 
 /// <summary>
 /// The VM, top of the actor tree (<c>/user/vm</c>): it creates and owns its interrupt controller
-/// (<c>interrupts</c>) and its devices (one child each, from <see cref="AttachDevice"/>), and decides
-/// what a device's failure means for the VM. The VM lives on whatever a device does:
+/// (<c>interrupts</c>), its notifier loop (one epoll thread that watches every proxied call
+/// notifier of its devices) and its devices (one child each, from <see cref="AttachDevice"/>), and
+/// decides what a device's failure means for the VM. The VM lives on whatever a device does:
 /// <list type="bullet">
 /// <item>a device that gave up (<see cref="DeviceFailed"/>) stays attached, needing the guest's
 /// reset; it is listed as failed until it reports <see cref="DeviceRecovered"/>;</item>
@@ -26,6 +28,7 @@ public sealed class VmActor : ReceiveActor
     private readonly Dictionary<string, IActorRef> _devices = [];
     private readonly Dictionary<string, DeviceFailed> _failed = [];
     private IActorRef _interrupts = ActorRefs.Nobody;
+    private EventNotifierLoop? _notifiers;
 
     public VmActor(VmSettings settings)
     {
@@ -49,8 +52,19 @@ public sealed class VmActor : ReceiveActor
         return Akka.Actor.Props.Create(() => new VmActor(settings));
     }
 
-    protected override void PreStart() =>
+    protected override void PreStart()
+    {
         _interrupts = Context.ActorOf(InterruptControllerActor.Props(_settings.InterruptSink), InterruptsName);
+        _notifiers = new EventNotifierLoop($"{Self.Path.Name} notifiers");
+        ILoggingAdapter log = _log;
+        _notifiers.CallbackFailed += e => log.Error(e, "A notifier callback of the VM failed");
+    }
+
+    /// <summary>
+    /// Runs after the devices (children) stopped, so no registration of theirs is left; the loop's
+    /// thread ends here.
+    /// </summary>
+    protected override void PostStop() => _notifiers?.Dispose();
 
     /// <summary>A child's own code threw: resumed with its state, logged (see the class remarks).</summary>
     protected override SupervisorStrategy SupervisorStrategy() =>
@@ -69,7 +83,7 @@ public sealed class VmActor : ReceiveActor
         return Directive.Resume;
     }
 
-    private VmResources Resources => new(Self, _interrupts);
+    private VmResources Resources => new(Self, _interrupts, _notifiers!);
 
     private void HandleAttach(AttachDevice message)
     {
@@ -162,5 +176,8 @@ public sealed record VmSettings
     public DeviceFailurePolicy UnexpectedDeviceFailure { get; init; } = DeviceFailurePolicy.GiveUp;
 }
 
-/// <summary>What the VM hands each device it creates: the VM itself and its interrupt controller.</summary>
-public sealed record VmResources(IActorRef Vm, IActorRef InterruptController);
+/// <summary>
+/// What the VM hands each device it creates: the VM itself, its interrupt controller, and its
+/// notifier loop (which watches the eventfds a device must proxy, one thread for the whole VM).
+/// </summary>
+public sealed record VmResources(IActorRef Vm, IActorRef InterruptController, EventNotifierLoop Notifiers);

@@ -65,8 +65,8 @@ public sealed partial class VhostUserConnectionActor : ReceiveActor, IWithUnboun
     /// Props for one connection of a device. <paramref name="model"/> is lent by the supervisor
     /// until this actor terminates; <paramref name="watch"/> watches the proxy call notifiers.
     /// </summary>
-    public static Props Props(VhostUserDeviceOptions options, VhostUserDeviceModel model, WatchCallNotifier? watch = null) =>
-        Akka.Actor.Props.Create(() => new VhostUserConnectionActor(options, model, watch ?? ThreadPerNotifier.Watch));
+    public static Props Props(VhostUserDeviceOptions options, VhostUserDeviceModel model, WatchCallNotifier watch) =>
+        Akka.Actor.Props.Create(() => new VhostUserConnectionActor(options, model, watch));
 
     private VhostUserFrontendConnection Connection => _connection ?? throw new InvalidOperationException("Not connected yet.");
 

@@ -1,6 +1,7 @@
 using System.Net.Sockets;
 using Akka.Actor;
 using Akka.Event;
+using Vmm.Core.Events;
 using Vmm.Core.Machine;
 using Vmm.VhostUser.Protocol;
 
@@ -42,8 +43,9 @@ public sealed class VhostUserDeviceSupervisor : ReceiveActor, IWithTimers, IWith
     private readonly VhostUserDeviceOptions _options;
     private readonly TaskCompletionSource<DeviceInfo>? _firstReady;
     private readonly VhostUserDeviceEvents? _events;
-    private readonly WatchCallNotifier? _watch;
     private readonly VhostUserDeviceModel _model;
+    private WatchCallNotifier? _watch;
+    private EventNotifierLoop? _ownNotifiers;
     private IActorRef? _connection;
     private Exception? _lastFailure;
     private string? _reason;
@@ -72,7 +74,7 @@ public sealed class VhostUserDeviceSupervisor : ReceiveActor, IWithTimers, IWith
     /// a caller outside the actor system learns the outcome even if the device stopped before its
     /// first message could reach it. <paramref name="events"/>, when given, hears of connection loss,
     /// recovery, configuration changes and give-ups. <paramref name="watch"/> watches the queues'
-    /// proxy call notifiers (the VM's notifier loop; without one, a thread per proxied queue).
+    /// proxy call notifiers (the VM's notifier loop); without one the device runs a loop of its own.
     /// </summary>
     public static Props Props(
         VhostUserDeviceOptions options, TaskCompletionSource<DeviceInfo>? firstReady = null, VhostUserDeviceEvents? events = null,
@@ -81,6 +83,13 @@ public sealed class VhostUserDeviceSupervisor : ReceiveActor, IWithTimers, IWith
 
     protected override void PreStart()
     {
+        if (_watch is null)
+        {
+            // A device outside a VM (VhostUserDevice.ConnectAsync on any actor factory): its own loop.
+            _ownNotifiers = new EventNotifierLoop($"{_options.Name} notifiers");
+            _watch = _ownNotifiers.Watch;
+        }
+
         Context.System.EventStream.Subscribe(Self, typeof(DeadLetter));
         StartConnection();
     }
@@ -90,6 +99,9 @@ public sealed class VhostUserDeviceSupervisor : ReceiveActor, IWithTimers, IWith
     {
         Context.System.EventStream.Unsubscribe(Self);
         _model.Dispose();
+
+        // After the children stopped: no queue of this device watches a notifier any more.
+        _ownNotifiers?.Dispose();
         _firstReady?.TrySetException(new VhostUserConnectionLostException($"vhost-user device {_options.Name} was stopped."));
     }
 
@@ -244,7 +256,7 @@ public sealed class VhostUserDeviceSupervisor : ReceiveActor, IWithTimers, IWith
     {
         _started++;
         _lastFailure = null;
-        _connection = Context.ActorOf(VhostUserConnectionActor.Props(_options, _model, _watch), ConnectionName);
+        _connection = Context.ActorOf(VhostUserConnectionActor.Props(_options, _model, _watch!), ConnectionName);
         Context.Watch(_connection);
     }
 

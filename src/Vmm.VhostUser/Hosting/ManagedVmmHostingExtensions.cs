@@ -84,7 +84,7 @@ public static class ManagedVmmHostingExtensions
             TaskCompletionSource<DeviceInfo> firstReady = VhostUserDevice.CreateFirstReady();
             var events = new VhostUserDeviceEvents();
             Task<DeviceAttached> attached = actor.Ask<DeviceAttached>(
-                new AttachDevice(options.Name, resources => VhostUserDeviceSupervisor.Props(options, firstReady, events)), AttachTimeout);
+                new AttachDevice(options.Name, resources => VhostUserDeviceSupervisor.Props(options, firstReady, events, resources.Notifiers.Watch)), AttachTimeout);
             devices.Add(new ManagedVmmDevices.Entry(options, attached, firstReady, events));
         }
 
