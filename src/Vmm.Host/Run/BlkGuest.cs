@@ -134,10 +134,10 @@ public sealed class BlkQueue
                 }
             }
 
-            long left = deadline - Environment.TickCount64;
-            _health?.ThrowIfNeedsReset();
-            bool woke = left > 0 && _queue.WaitForInterrupt(TimeSpan.FromMilliseconds(
-                _health is null ? left : Math.Min(left, (long)DeviceHealth.CheckInterval.TotalMilliseconds)));
+            // Asleep until the interrupt: the ring is looked at again only when one came (or at
+            // the deadline), so a lost interrupt shows as a timeout rather than being polled over.
+            bool woke = DeviceHealth.SleepUntilInterrupt(_queue, _health, deadline);
+
             lock (_queue.SyncRoot)
             {
                 // Awake and about to reap: no interrupts until the next sleep (Linux's virtblk_done).
@@ -148,7 +148,7 @@ public sealed class BlkQueue
                 }
             }
 
-            if (!woke && Environment.TickCount64 >= deadline)
+            if (!woke)
             {
                 return null;
             }

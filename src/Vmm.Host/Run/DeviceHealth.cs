@@ -1,3 +1,5 @@
+using Vmm.Virtio.Driver;
+
 namespace Vmm.Host.Run;
 
 /// <summary>
@@ -31,6 +33,28 @@ public sealed class DeviceHealth
     {
         Volatile.Write(ref _lastFault, null);
         Volatile.Write(ref _needsReset, null);
+    }
+
+    /// <summary>
+    /// Sleeps on <paramref name="queue"/>'s interrupt until it comes (true) or
+    /// <paramref name="deadline"/> (Environment.TickCount64) passes (false), looking at
+    /// <paramref name="health"/> at least every <see cref="CheckInterval"/>: a device that asked
+    /// for a reset ends the sleep with <see cref="DeviceNeedsResetException"/>. The ring itself is
+    /// not looked at, so a lost interrupt still shows as a timeout.
+    /// </summary>
+    public static bool SleepUntilInterrupt(VirtioDriverQueue queue, DeviceHealth? health, long deadline)
+    {
+        ArgumentNullException.ThrowIfNull(queue);
+        for (long left = deadline - Environment.TickCount64; left > 0; left = deadline - Environment.TickCount64)
+        {
+            health?.ThrowIfNeedsReset();
+            if (queue.WaitForInterrupt(TimeSpan.FromMilliseconds(health is null ? left : Math.Min(left, (long)CheckInterval.TotalMilliseconds))))
+            {
+                return true;
+            }
+        }
+
+        return false;
     }
 
     public void ThrowIfNeedsReset()

@@ -160,25 +160,34 @@ public static class Workloads
     }
 
     /// <summary>
-    /// <see cref="VirtioDriverQueue.WaitForCompletion"/> in short sleeps, so that a device that asks for a
-    /// reset meanwhile ends the wait with <see cref="DeviceNeedsResetException"/> rather than at the timeout.
+    /// "Enable interrupts, re-check, sleep" (virtio 1.2, 2.7.14) on a driver queue, waking at least
+    /// every <see cref="DeviceHealth.CheckInterval"/> to see whether the device asked for a reset
+    /// (<see cref="DeviceNeedsResetException"/>) rather than waiting out the timeout.
     /// </summary>
     private static bool WaitForCompletion(VirtioDriverQueue queue, DeviceHealth health, TimeSpan timeout, out uint written)
     {
         long deadline = Environment.TickCount64 + (long)timeout.TotalMilliseconds;
         while (true)
         {
-            health.ThrowIfNeedsReset();
-            long left = deadline - Environment.TickCount64;
-            TimeSpan slice = TimeSpan.FromMilliseconds(Math.Max(0, Math.Min(left, (long)DeviceHealth.CheckInterval.TotalMilliseconds)));
-            if (queue.WaitForCompletion(slice, out _, out written))
+            lock (queue.SyncRoot)
             {
-                return true;
+                if (queue.Queue.TryTakeUsed(out _, out written))
+                {
+                    return true;
+                }
+
+                if (queue.Queue.EnableInterrupts())
+                {
+                    continue;
+                }
             }
 
-            if (left <= 0)
+            if (!DeviceHealth.SleepUntilInterrupt(queue, health, deadline))
             {
-                return false;
+                lock (queue.SyncRoot)
+                {
+                    return queue.Queue.TryTakeUsed(out _, out written);
+                }
             }
         }
     }
