@@ -268,7 +268,7 @@ public sealed unsafe class EventNotifierLoop : IDisposable
 /// watch: when it returns (called on any thread but the loop's), the callback is not running
 /// and will not run again; called from the callback itself, no later call follows.
 /// </summary>
-public sealed unsafe class EventNotifierRegistration : IDisposable
+public sealed class EventNotifierRegistration : IDisposable
 {
     private readonly EventNotifierLoop _loop;
     private int _fdReleased;
@@ -303,33 +303,7 @@ public sealed unsafe class EventNotifierRegistration : IDisposable
     }
 
     /// <summary>Reads (and so resets) the counter; false when a peer's O_NONBLOCK made an empty read return EAGAIN.</summary>
-    internal bool TryReadCounter(out ulong value)
-    {
-        ulong v = 0;
-        while (true)
-        {
-            nint n = Interop.Libc.Read(Fd, &v, sizeof(ulong));
-            if (n == sizeof(ulong))
-            {
-                value = v;
-                return v != 0;
-            }
-
-            int errno = Interop.LastErrno;
-            if (n < 0 && errno == Interop.Errno.EINTR)
-            {
-                continue;
-            }
-
-            value = 0;
-            if (n < 0 && errno == Interop.Errno.EAGAIN)
-            {
-                return false;
-            }
-
-            throw new PosixException("read(eventfd)", n < 0 ? errno : Interop.Errno.EINVAL);
-        }
-    }
+    internal bool TryReadCounter(out ulong value) => EventFd.TryReadReadyCounter(Fd, out value);
 
     /// <summary>Lets the eventfd close (called once it is out of the loop's epoll set and table).</summary>
     internal void ReleaseFd()

@@ -345,22 +345,22 @@ public sealed class VirtioGuestDriver : IDisposable
             if (_msixVectors is not null)
             {
                 _interrupts.FreeVectors(_msixVectors);
+                _msixVectors = null;
             }
 
-            _msixVectors = null;
             _msixVectors = _interrupts.AllocateVectors(queueCount + 1);
         }
 
         IReadOnlyList<int> vectors = _msixVectors;
+        foreach (int v in vectors)
+        {
+            // The guest's eventfd exists before its entry can fire.
+            _interrupts.Get(v);
+        }
+
         lock (_msixControl)
         {
             _transport.EnableMsix([.. vectors.Select(MsiMessage.X86)]);
-        }
-
-        foreach (int v in vectors)
-        {
-            // The guest's eventfd exists before its entry is unmasked.
-            _interrupts.Get(v);
         }
 
         _transport.MaskMsixEntry(0, false);

@@ -115,12 +115,14 @@ public sealed class VirtioMachine : IDisposable
 
     /// <summary>
     /// The machine's MSI routing: an x86-form message (<see cref="MsiMessage.TryGetX86Vector"/>)
-    /// reaches the line of its vector, if that is below <see cref="VirtioMachineLayout.MsiVectorLimit"/>;
-    /// any other message reaches nothing (a guest's programming error, or an attack on the
-    /// number of eventfds: lines are only made for vectors in range).
+    /// reaches the line of its vector when that is in the MSI range
+    /// [<see cref="VirtioMachineLayout.PciFirstVector"/>, <see cref="VirtioMachineLayout.MsiVectorLimit"/>);
+    /// any other message (the reset message, a half-written one, a guest's error) reaches
+    /// nothing. Lines are only made for vectors in range, so a guest cannot make the machine
+    /// create eventfds without bound.
     /// </summary>
     public InterruptLine? RouteMsi(MsiMessage message) =>
-        message.TryGetX86Vector(out int vector) && vector < VirtioMachineLayout.MsiVectorLimit
+        message.TryGetX86Vector(out int vector) && vector is >= VirtioMachineLayout.PciFirstVector and < VirtioMachineLayout.MsiVectorLimit
             ? GetInterruptLine(vector)
             : null;
 

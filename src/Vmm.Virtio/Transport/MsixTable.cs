@@ -17,10 +17,13 @@ namespace Vmm.Virtio.Transport;
 /// §6.8.2.3) is set, and its line follows: <see cref="InterruptLine.Mask"/> while masked, so a
 /// raise only sets the entry's pending bit, and <see cref="InterruptLine.Unmask"/> when it
 /// stops being masked, which sends the message once if it was pending (§6.8.3.4).</para>
-/// <para>Where a message goes is the platform's: when an entry becomes unmasked (or its
-/// message changes while it is unmasked, which §6.8.3.5 leaves undefined) the owner's route
-/// turns the message into the VM's line, and the entry's line delivers there. An event-backed
-/// VM line lends its eventfd to the entry's line, so a vhost-user back-end can be given it.</para>
+/// <para>Where a message goes is the platform's: whenever an entry's message changes, the
+/// owner's route turns it into the VM's line (null: none), and the entry's line delivers there.
+/// An event-backed VM line lends its eventfd to the entry's line, masked or not, so the
+/// eventfd a vhost-user back-end will be given is known as soon as the driver has programmed
+/// the entry (Linux programs entries masked and unmasks them once the queue is set up).
+/// Changing the message of an unmasked entry is undefined (§6.8.3.5); here it simply
+/// retargets.</para>
 /// <para>The PBA is read-only (§6.8.2.10): bit n is entry n's pending bit. Table and PBA take
 /// aligned 4- and 8-byte accesses only (§6.8.2: other accesses are undefined; they are
 /// ignored, and reads return 0).</para>
@@ -151,7 +154,16 @@ internal sealed class MsixTable
             }
         }
 
-        if (maskChanged || (messageChanged && !IsMasked(entry)))
+        if (messageChanged)
+        {
+            entry.Route(_route(entry.Message));
+            if (!IsMasked(entry))
+            {
+                WarnIfUnrouted(entry);
+            }
+        }
+
+        if (maskChanged)
         {
             ApplyMask(entry);
         }
@@ -196,15 +208,16 @@ internal sealed class MsixTable
             return;
         }
 
-        // Routed before the unmask, so the pending message (and direct writers) go to the message's vector.
-        InterruptLine? target = _route(entry.Message);
-        if (target is null)
-        {
-            _log($"MSI-X entry {entry.Index}: message 0x{entry.Message.Address:x}/0x{entry.Message.Data:x} reaches no vector; its interrupts are dropped");
-        }
-
-        entry.Route(target);
+        WarnIfUnrouted(entry);
         entry.Unmask();
+    }
+
+    private void WarnIfUnrouted(MsixEntry entry)
+    {
+        if (entry.Vector < 0)
+        {
+            _log($"MSI-X entry {entry.Index} is unmasked with message 0x{entry.Message.Address:x}/0x{entry.Message.Data:x}, which reaches no vector: its interrupts are dropped");
+        }
     }
 
     /// <summary>One table entry: the registers, and the line that raises its message.</summary>
@@ -233,7 +246,7 @@ internal sealed class MsixTable
 
         public MsiMessage Message => new(((ulong)AddressHigh << 32) | AddressLow, Data);
 
-        /// <summary>The vector the message was last routed to; -1 before the first unmask or when it reaches none.</summary>
+        /// <summary>The vector the message reaches; -1 when it reaches none (the reset message, for one).</summary>
         public override int Vector => _route.Vector;
 
         public override EventFd? EventFd => _route.EventFd;

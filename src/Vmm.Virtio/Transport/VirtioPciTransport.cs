@@ -58,7 +58,7 @@ public sealed class VirtioPciTransport : IMmioDevice, IDisposable
     /// <param name="msixTableSize">How many MSI-X table entries the function has (0: no MSI-X capability).</param>
     /// <param name="msiRoute">
     /// The platform's MSI routing: the VM's line a programmed message reaches, or null when it
-    /// reaches none. Called under the transport's lock when an entry is unmasked.
+    /// reaches none. Called under the transport's lock whenever an entry's message changes.
     /// </param>
     /// <param name="intx">The legacy interrupt used while MSI-X is disabled; null for none.</param>
     public VirtioPciTransport(

@@ -57,36 +57,17 @@ public sealed class EventNotifierLoopTests
         using var busy = new EventFd();
         var entered = new ManualResetEventSlim(false);
         using EventNotifierRegistration hold = loop.Watch(busy, _ => { entered.Set(); gate.Wait(Patience); });
-        EventFd[] fds = [.. Enumerable.Range(0, 20).Select(_ => new EventFd())];
         var rounds = new ConcurrentBag<long>();
-        using var all = new CountdownEvent(fds.Length);
-        EventNotifierRegistration[] regs = [.. fds.Select(f => loop.Watch(f, _ => { rounds.Add(loop.Rounds); all.Signal(); }))];
-        try
-        {
-            busy.Signal();
-            Assert.That(entered.Wait(Patience), Is.True);
-            foreach (EventFd f in fds)
-            {
-                f.Signal();
-            }
+        using var all = new CountdownEvent(20);
+        using WatchedGroup group = WatchMany(loop, 20, _ => { rounds.Add(loop.Rounds); all.Signal(); });
 
-            gate.Set();
+        busy.Signal();
+        Assert.That(entered.Wait(Patience), Is.True);
+        group.SignalAll();
+        gate.Set();
 
-            Assert.That(all.Wait(Patience), Is.True);
-            Assert.That(rounds.Distinct().Count(), Is.EqualTo(1), "the ready eventfds took more than one epoll_wait round");
-        }
-        finally
-        {
-            foreach (EventNotifierRegistration reg in regs)
-            {
-                reg.Dispose();
-            }
-
-            foreach (EventFd f in fds)
-            {
-                f.Dispose();
-            }
-        }
+        Assert.That(all.Wait(Patience), Is.True);
+        Assert.That(rounds.Distinct().Count(), Is.EqualTo(1), "the ready eventfds took more than one epoll_wait round");
     }
 
     [Test]
@@ -94,30 +75,12 @@ public sealed class EventNotifierLoopTests
     {
         using var loop = new EventNotifierLoop("test-loop");
         int count = (EventNotifierLoop.MaxEventsPerRound * 2) + 5;
-        EventFd[] fds = [.. Enumerable.Range(0, count).Select(_ => new EventFd())];
         using var all = new CountdownEvent(count);
-        EventNotifierRegistration[] regs = [.. fds.Select(f => loop.Watch(f, _ => all.Signal()))];
-        try
-        {
-            foreach (EventFd f in fds)
-            {
-                f.Signal();
-            }
+        using WatchedGroup group = WatchMany(loop, count, _ => all.Signal());
 
-            Assert.That(all.Wait(Patience), Is.True);
-        }
-        finally
-        {
-            foreach (EventNotifierRegistration reg in regs)
-            {
-                reg.Dispose();
-            }
+        group.SignalAll();
 
-            foreach (EventFd f in fds)
-            {
-                f.Dispose();
-            }
-        }
+        Assert.That(all.Wait(Patience), Is.True);
     }
 
     [Test]
@@ -309,6 +272,12 @@ public sealed class EventNotifierLoopTests
         Assert.That(EpollInstances(), Is.EqualTo(epollBefore));
     }
 
+    private static WatchedGroup WatchMany(EventNotifierLoop loop, int count, Action<ulong> callback)
+    {
+        EventFd[] fds = [.. Enumerable.Range(0, count).Select(_ => new EventFd())];
+        return new WatchedGroup(fds, [.. fds.Select(f => loop.Watch(f, callback))]);
+    }
+
     private static int EpollInstances() => Directory.GetFileSystemEntries("/proc/self/fd")
         .Count(entry =>
         {
@@ -321,4 +290,28 @@ public sealed class EventNotifierLoopTests
                 return false;
             }
         });
+
+    private sealed class WatchedGroup(EventFd[] fds, EventNotifierRegistration[] registrations) : IDisposable
+    {
+        public void SignalAll()
+        {
+            foreach (EventFd f in fds)
+            {
+                f.Signal();
+            }
+        }
+
+        public void Dispose()
+        {
+            foreach (EventNotifierRegistration r in registrations)
+            {
+                r.Dispose();
+            }
+
+            foreach (EventFd f in fds)
+            {
+                f.Dispose();
+            }
+        }
+    }
 }

@@ -228,6 +228,28 @@ public sealed partial class VirtioPciTransportTests
     }
 
     [Test]
+    public void A_programmed_entry_lends_its_vectors_eventfd_while_still_masked()
+    {
+        // Linux programs the entries masked and unmasks each once its queue is set up: the
+        // eventfd a back-end will be given is known at queue start, the mask decides whether.
+        EnableMsix();
+        ProgramEntry(1, vector: 65, masked: true);
+        StartQueue(0, vector: 1);
+        InterruptLine line = _device.Started[0].Resources.Interrupt;
+
+        line.Raise();
+
+        Assert.Multiple(() =>
+        {
+            Assert.That(line.Vector, Is.EqualTo(65));
+            Assert.That(line.EventFd, Is.SameAs(_vectorEvents[1]));
+            Assert.That(line.IsMasked, Is.True);
+            Assert.That(_vectorEvents[1].TryConsume(), Is.False);
+            Assert.That(Pba(), Is.EqualTo(1UL << 1));
+        });
+    }
+
+    [Test]
     public void A_message_change_on_an_unmasked_entry_retargets_its_line()
     {
         InterruptLine line = StartMsixQueue(queue: 0, entry: 1, vector: 65);
