@@ -60,6 +60,9 @@ public sealed class GuestVm : IDisposable
 
     public IReadOnlyList<GuestDevice> Devices => _guestDevices;
 
+    /// <summary>Where the VM's one-line messages go (a device reset during a workload); stderr by default.</summary>
+    public TextWriter Messages { get; set; } = Console.Error;
+
     /// <summary>Builds the VM and runs the guest driver's initialisation on every device, in order.</summary>
     public static GuestVm Start(RunOptions options) => Start(options, null);
 
@@ -117,7 +120,7 @@ public sealed class GuestVm : IDisposable
             }
             catch (DeviceNeedsResetException e) when (resets < MaxResets)
             {
-                Console.Error.WriteLine($"vmm: {Name(device)}: {e.Message.TrimEnd('.')}; resetting and re-initialising it, then starting {what} again.");
+                Messages.WriteLine($"vmm: {Name(device)}: {e.Message.TrimEnd('.')}; resetting and re-initialising it, then starting {what} again.");
                 Reinitialize(device);
             }
             catch (DeviceNeedsResetException e)
@@ -137,6 +140,7 @@ public sealed class GuestVm : IDisposable
 
         _machine = new VirtioMachine(Memory, Options.Delivery, controller);
         var remotes = new List<IVhostUserDevice?>();
+        var healths = new List<DeviceHealth>();
         foreach (IDeviceSource source in Options.Devices)
         {
             IVhostUserDevice? remote = source is IHostedDeviceSource h ? h.Connect(_host.Vmm) : null;
@@ -144,6 +148,11 @@ public sealed class GuestVm : IDisposable
             device = _hooks?.WrapDevice?.Invoke(device, _devices.Count, remote) ?? device;
             _devices.Add(device);
             remotes.Add(remote);
+
+            // Subscribed before the transport, so the reason is known when the driver sees the status bit.
+            var health = new DeviceHealth();
+            device.Faulted += fault => health.Faulted(fault.Reason);
+            healths.Add(health);
             if (source is IHostedDeviceSource attached)
             {
                 _host.ConnectionLog?.Tell(new VhostUserConnectionLog.DeviceAttached(attached.Name));
@@ -183,10 +192,8 @@ public sealed class GuestVm : IDisposable
                 QueueSize = _devices[i].GetMaxQueueSize(0),
                 Features = source.Kind == "blk" ? BlkGuest.WantedFeatures : 0,
             });
-            var health = new DeviceHealth();
-            _devices[i].Faulted += fault => health.Faulted(fault.Reason);
-            driver.DeviceNeedsReset += health.SetNeedsReset;
-            var guestDevice = new GuestDevice(source, _devices[i], location, driver, remotes[i], health);
+            driver.DeviceNeedsReset += healths[i].SetNeedsReset;
+            var guestDevice = new GuestDevice(source, _devices[i], location, driver, remotes[i], healths[i]);
             _guestDevices.Add(guestDevice);
             try
             {

@@ -38,7 +38,7 @@ public sealed partial class VhostUserConnectionActor
         {
             plan = _model.PlanStart(message, Connection, _inflightSent);
         }
-        catch (Exception e) when (e is ArgumentException or GuestMemoryException)
+        catch (Exception e) when (e is ArgumentException or GuestMemoryException or InvalidOperationException)
         {
             Sender.Tell(new Status.Failure(e));
             return;

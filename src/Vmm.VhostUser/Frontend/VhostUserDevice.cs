@@ -62,7 +62,7 @@ public interface IVhostUserDevice : IVirtioDevice
 public sealed class VhostUserDevice : IVhostUserDevice
 {
     private readonly VhostUserDeviceOptions _options;
-    private readonly DeviceInfo _info;
+    private DeviceInfo _info;
     private readonly Task _stopped;
     private int _disposed;
     private int _connected = 1;
@@ -94,7 +94,8 @@ public sealed class VhostUserDevice : IVhostUserDevice
     public string Name => _options.Name;
 
     /// <summary>What the handshake found.</summary>
-    public DeviceInfo Info => _info;
+    /// <summary>What the last handshake found (the first one's until another connection is ready).</summary>
+    public DeviceInfo Info => Volatile.Read(ref _info);
 
     public VirtioDeviceId DeviceId => _options.DeviceId;
 
@@ -102,11 +103,17 @@ public sealed class VhostUserDevice : IVhostUserDevice
     /// The back-end's features without the vhost-user-only bits (PROTOCOL_FEATURES, 30, and
     /// LOG_ALL, 26): those belong to the vhost-user session and mean other things to a guest.
     /// </summary>
-    public ulong DeviceFeatures => _info.Features & ~VhostUserVirtioFeatures.TransportMask;
+    /// <remarks>
+    /// Asked of the device each time (the transport reads it while the guest negotiates): after a
+    /// give-up and the guest's reset the next back-end may offer less, and the guest must negotiate
+    /// against what it offers, so the answer waits for that connection's handshake.
+    /// </remarks>
+    public ulong DeviceFeatures => CurrentInfo().Features & ~VhostUserVirtioFeatures.TransportMask;
 
-    public int QueueCount => _info.QueueCount;
+    /// <summary>The queue count of the first handshake: a transport's queues are fixed for its life.</summary>
+    public int QueueCount => Volatile.Read(ref _info).QueueCount;
 
-    public int ConfigSize => _info.Config?.Length ?? _options.EffectiveConfigSize;
+    public int ConfigSize => Volatile.Read(ref _info).Config?.Length ?? _options.EffectiveConfigSize;
 
     /// <summary>
     /// The back-end announced a config change on the back-end channel (BACKEND_CONFIG_CHANGE_MSG,
@@ -278,6 +285,13 @@ public sealed class VhostUserDevice : IVhostUserDevice
     {
         Volatile.Write(ref _connected, 0);
         Faulted?.Invoke(new DeviceFault(-1, reason));
+    }
+
+    private DeviceInfo CurrentInfo()
+    {
+        DeviceInfo info = Call<DeviceInfo>(GetDeviceInfo.Instance);
+        Volatile.Write(ref _info, info);
+        return info;
     }
 
     private T Call<T>(object message)

@@ -155,12 +155,22 @@ public sealed class VhostUserDeviceModel : IDisposable
     /// this connection's back-end has it (QEMU's vhost-user-blk sets it up once, before the first
     /// ring), features when they changed, memory when the back-end does not have this memory yet.
     /// Throws <see cref="ArgumentException"/> or <see cref="GuestMemoryException"/> for a ring
-    /// outside guest memory.
+    /// outside guest memory, <see cref="InvalidOperationException"/> for features the back-end
+    /// does not offer.
     /// </summary>
     public BringUpPlan PlanStart(StartQueue start, VhostUserFrontendConnection connection, bool inflightSent)
     {
         ArgumentNullException.ThrowIfNull(start);
         ArgumentNullException.ThrowIfNull(connection);
+        ulong unsupported = start.Features & ~VhostUserVirtioFeatures.TransportMask & ~Virtio.Spec.VirtioFeatures.VERSION_1 & ~connection.BackendFeatures;
+        if (unsupported != 0)
+        {
+            // The guest negotiated against an offer this back-end does not make (a device that
+            // reconnected to a different back-end): it must reset and negotiate again.
+            throw new InvalidOperationException(
+                $"The guest accepted feature bit(s) 0x{unsupported:x} ({DescribeBits(unsupported)}) that the back-end does not offer.");
+        }
+
         DeviceSnapshot s = Snapshot;
         var queue = new QueueSnapshot(start.Index, start.Resources, start.Features, start.InitialState);
         RingPlan ring = PlanRing(queue, start.InitialState ?? FreshRing);
