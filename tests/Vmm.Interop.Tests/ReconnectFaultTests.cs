@@ -104,6 +104,71 @@ public sealed class ReconnectFaultTests : InteropTest
         AssertImageHolds(image, 4);
     }
 
+    /// <summary>
+    /// qemu-storage-daemon killed 20 times while queue 0 writes pass after pass; before each kill
+    /// the daemon is frozen (SIGSTOP) and the guest makes a write available on queue 1 and kicks
+    /// it, so every replay meets a kick the dead daemon never read. The daemon processes such a
+    /// ring as soon as it has its kick fd: the replay must have given it the call fd before
+    /// (qemu-storage-daemon 7.2 otherwise logs "vu_panic: Error writing eventfd" and drops the
+    /// connection). Writes on queue 0 go one at a time: qemu-storage-daemon has no inflight
+    /// tracking, and one request at a time cannot complete out of order (docs/reconnect.md).
+    /// </summary>
+    [Test]
+    public async Task Device_must_reconnect_to_qemu_storage_daemon_killed_20_times_with_kicks_pending_and_no_flap()
+    {
+        const int Kills = 20;
+        var image = TestDisk.Create(PathIn("disk.img"), ImageMiB + 1, prefillMiB: 0);
+        var socket = PathIn("blk.sock");
+        var daemons = new List<BackendProcess> { await BackendProcess.StartStorageDaemonAsync(image, socket, queues: 2) };
+        try
+        {
+            using var rig = Rig.Start(socket);
+            Assert.That(rig.QueueCount, Is.EqualTo(2));
+            int restored = 0;
+            rig.Device.ConnectionRestored += _ => Interlocked.Increment(ref restored);
+
+            var killer = Task.Run(async () =>
+            {
+                var random = new Random(20261202);
+                for (var kill = 0; kill < Kills; kill++)
+                {
+                    await Task.Delay(TimeSpan.FromMilliseconds(random.Next(200, 800)));
+                    var victim = daemons[^1];
+                    victim.Process.Signal(19); // SIGSTOP: it reads nothing more
+                    var pending = Task.Run(() => rig.WriteExtraBlock(kill));
+                    await Task.Delay(50);
+                    victim.Process.Signal(9);
+                    await victim.Process.Exited.WaitAsync(TimeSpan.FromSeconds(30));
+                    File.Delete(socket);
+                    daemons.Add(await BackendProcess.StartStorageDaemonAsync(image, socket, queues: 2));
+                    await pending.WaitAsync(CompletionTimeout);
+                }
+            });
+
+            int generation = 0;
+            while (!killer.IsCompleted || generation < 2)
+            {
+                generation++;
+                await Task.Run(() => rig.WritePass(generation, depth: 1));
+            }
+
+            await killer;
+            rig.Flush();
+            AssertImageHolds(image, generation);
+            rig.AssertExtraBlocks(image, Kills);
+            Assert.That(Volatile.Read(ref restored), Is.GreaterThanOrEqualTo(Kills));
+            foreach (var daemon in daemons)
+            {
+                Assert.That(daemon.Log, Does.Not.Contain("vu_panic"), daemon.Describe());
+            }
+        }
+        finally
+        {
+            foreach (var daemon in daemons)
+                Own(daemon);
+        }
+    }
+
     [Test]
     public async Task Device_must_recover_when_the_backend_comes_back_after_two_minutes()
     {
@@ -180,6 +245,7 @@ public sealed class ReconnectFaultTests : InteropTest
     {
         readonly GuestVm _vm;
         readonly ulong[] _buffers;
+        readonly ulong _extra;
         BlkGuest _blk;
 
         Rig(GuestVm vm)
@@ -187,6 +253,7 @@ public sealed class ReconnectFaultTests : InteropTest
             _vm = vm;
             _blk = new BlkGuest(vm.Devices[0], vm.Memory, vm.Allocator);
             _buffers = [.. Enumerable.Range(0, Depth).Select(_ => vm.Allocator.Allocate(BlockSize, BlockSize))];
+            _extra = vm.Allocator.Allocate(BlockSize, BlockSize);
         }
 
         public IVhostUserDevice Device => _vm.Devices[0].Remote!;
@@ -201,7 +268,7 @@ public sealed class ReconnectFaultTests : InteropTest
                 Reconnect = reconnect,
                 CommandTimeout = TimeSpan.FromSeconds(60),
             };
-            var source = new HostedSource(options);
+            var source = new HostedBlkSource(options);
             var vm = GuestVm.Start(new RunOptions { Devices = [source], MemorySize = 64UL << 20 });
             return new Rig(vm);
         }
@@ -219,11 +286,13 @@ public sealed class ReconnectFaultTests : InteropTest
             return restored.Task;
         }
 
-        /// <summary>Writes every block once with <paramref name="generation"/>'s content, <see cref="Depth"/> at a time; returns when all completed.</summary>
-        public int WritePass(int generation)
+        public int QueueCount => _blk.Queues.Count;
+
+        /// <summary>Writes every block once with <paramref name="generation"/>'s content, <paramref name="depth"/> at a time; returns when all completed.</summary>
+        public int WritePass(int generation, int depth = Depth)
         {
             BlkQueue queue = _blk.Queues[0];
-            var free = new Stack<int>(Enumerable.Range(0, Depth));
+            var free = new Stack<int>(Enumerable.Range(0, depth));
             var block = new byte[BlockSize];
             int next = 0, done = 0;
             while (done < Blocks)
@@ -258,6 +327,35 @@ public sealed class ReconnectFaultTests : InteropTest
             return Blocks;
         }
 
+        /// <summary>
+        /// On queue 1: makes a write of block <paramref name="n"/> past the main area available and
+        /// kicks, then waits for it (it completes once a back-end serves the ring again).
+        /// </summary>
+        public void WriteExtraBlock(int n)
+        {
+            BlkQueue queue = _blk.Queues[1];
+            var block = new byte[BlockSize];
+            Fill(block, 1000, n);
+            _vm.Memory.Write(_extra, block);
+            _ = queue.TrySubmitWrite((ulong)(Blocks + n) * (BlockSize / VirtioBlk.SectorSize), _extra, BlockSize)
+                ?? throw new AssertionException("Queue 1 has no room for one write.");
+            queue.Kick();
+            VirtioBlkRequest done = queue.Complete(CompletionTimeout);
+            if (!done.Succeeded)
+                throw new AssertionException($"The extra write {n} failed with status {done.Status}.");
+        }
+
+        public void AssertExtraBlocks(string path, int count)
+        {
+            var actual = File.ReadAllBytes(path);
+            var expected = new byte[BlockSize];
+            for (var n = 0; n < count; n++)
+            {
+                Fill(expected, 1000, n);
+                Assert.That(actual.AsSpan((Blocks + n) * BlockSize, BlockSize).SequenceEqual(expected), Is.True, $"extra block {n}");
+            }
+        }
+
         public void Flush()
         {
             BlkQueue queue = _blk.Queues[0];
@@ -273,25 +371,5 @@ public sealed class ReconnectFaultTests : InteropTest
         }
 
         public void Dispose() => _vm.Dispose();
-    }
-
-    /// <summary>A <c>--vhost-user</c> device with the test's options, created by the VM actor like <c>vmm run</c>'s.</summary>
-    sealed class HostedSource(VhostUserDeviceOptions options) : IHostedDeviceSource
-    {
-        public string Kind => "blk";
-
-        public VirtioDeviceId DeviceId => VirtioDeviceId.Block;
-
-        public string Name => options.Name;
-
-        public string Where => options.SocketPath;
-
-        public IVirtioDevice Create() => throw new InvalidOperationException("Created by the VM actor.");
-
-        public void Configure(Vmm.VhostUser.Hosting.ManagedVmmBuilder vm) =>
-            vm.AddVhostUserDevice(options.Name, options.SocketPath, options.DeviceId, _ => options);
-
-        public IVhostUserDevice Connect(Vmm.VhostUser.Hosting.IManagedVmm vmm, CancellationToken cancellationToken = default) =>
-            vmm.GetDeviceAsync(options.Name, cancellationToken).GetAwaiter().GetResult();
     }
 }
