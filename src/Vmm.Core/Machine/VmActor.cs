@@ -58,6 +58,7 @@ public sealed class VmActor : ReceiveActor
         _notifiers = new EventNotifierLoop($"{Self.Path.Name} notifiers");
         ILoggingAdapter log = _log;
         _notifiers.CallbackFailed += e => log.Error(e, "A notifier callback of the VM failed");
+        _settings.Started?.Invoke(Resources);
     }
 
     /// <summary>
@@ -174,6 +175,9 @@ public sealed record VmSettings
 
     /// <summary>What a device that escalates an unexpected failure does (<see cref="DeviceEscalated"/>).</summary>
     public DeviceFailurePolicy UnexpectedDeviceFailure { get; init; } = DeviceFailurePolicy.GiveUp;
+
+    /// <summary>Called once the VM has created its interrupt controller and notifier loop (an embedding host registers them).</summary>
+    public Action<VmResources>? Started { get; init; }
 }
 
 /// <summary>

@@ -78,7 +78,9 @@ public static class ManagedVmmHostingExtensions
 
     private static void StartVm(ActorSystem system, IActorRegistry registry, ManagedVmmBuilder vm, ManagedVmmDevices devices)
     {
-        IActorRef actor = system.ActorOf(VmActor.Props(vm.ToVmSettings()), vm.ActorName);
+        // The interrupt controller is registered too (IRequiredActor<InterruptControllerKey>), as the VM creates it.
+        VmSettings settings = vm.ToVmSettings() with { Started = r => registry.TryRegister<InterruptControllerKey>(r.InterruptController) };
+        IActorRef actor = system.ActorOf(VmActor.Props(settings), vm.ActorName);
         foreach (VhostUserDeviceOptions options in vm.Devices)
         {
             TaskCompletionSource<DeviceInfo> firstReady = VhostUserDevice.CreateFirstReady();

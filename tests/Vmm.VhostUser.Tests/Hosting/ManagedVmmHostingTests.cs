@@ -18,19 +18,21 @@ public sealed class ManagedVmmHostingTests
     private static readonly TimeSpan Timeout = TimeSpan.FromSeconds(20);
 
     [Test]
-    public async Task The_VM_actor_is_registered_under_VmKey_with_its_interrupt_controller()
+    public async Task The_VM_actor_and_its_interrupt_controller_are_registered_for_IRequiredActor()
     {
         await using ManagedVmmHost host = await ManagedVmmHost.StartAsync(_ => { });
 
         IActorRef vm = await host.Registry.GetAsync<VmKey>();
         IActorRef required = await host.Services.GetRequiredService<IRequiredActor<VmKey>>().GetAsync();
         IActorRef controller = await host.Vmm.GetInterruptControllerAsync();
+        IActorRef registered = await host.Services.GetRequiredService<IRequiredActor<InterruptControllerKey>>().GetAsync();
 
         Assert.Multiple(() =>
         {
             Assert.That(vm.Path.ToStringWithoutAddress(), Is.EqualTo("/user/vm"));
             Assert.That(required, Is.EqualTo(vm));
             Assert.That(controller.Path.ToStringWithoutAddress(), Is.EqualTo("/user/vm/" + VmActor.InterruptsName));
+            Assert.That(registered, Is.EqualTo(controller));
         });
     }
 
