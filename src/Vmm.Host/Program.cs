@@ -14,7 +14,7 @@ public static class Program
         ParseResult parsed = root.Parse(args);
         if (parsed.Errors.Count > 0)
         {
-            // One sentence, exit 2 (DESIGN.md, "Exit codes"); the full usage is one --help away.
+            // One sentence, exit 2 (docs/cli.md, exit codes); the full usage is one --help away.
             // Some parser messages span lines (a list of allowed values): keep them to one.
             string message = string.Join(' ', parsed.Errors[0].Message.Split((char[])['\n', '\r', '\t'], StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries));
             await Console.Error.WriteLineAsync($"vmm: {message} (see vmm --help)").ConfigureAwait(false);

@@ -8,7 +8,7 @@ namespace Vmm.Host.Run;
 
 /// <summary>
 /// <c>vmm run</c>: builds a VM with the given devices, lets the guest driver initialise each one
-/// and runs a workload on the guest side (DESIGN.md, "Vmm.Host: the vmm command").
+/// and runs a workload on the guest side (docs/cli.md).
 /// Results go to stdout; messages to stderr.
 /// </summary>
 public static class RunCommand

@@ -77,7 +77,7 @@ public sealed class DeviceActorTests : AkkaTest
         await backend.ExpectAndDropAsync(VhostUserRequest.SET_VRING_ENABLE);
         await start;
 
-        // The back-end signals the call eventfd: the VirtqueueActor's waiter thread raises the line.
+        // The back-end signals the call eventfd: the notifier loop raises the line.
         call.Signal();
         await controller.ExpectMsgAsync<RaiseInterrupt>(m => Assert.That(m.Vector, Is.EqualTo(3)));
         call.Signal();
