@@ -98,23 +98,20 @@ public sealed unsafe class EventNotifierLoop : IDisposable
         // The fd is kept open while watched: were it closed, epoll would keep reporting the open
         // file (a back-end holds a duplicate) under a number that may be reused for another file.
         var registration = new EventNotifierRegistration(this, eventFd, onSignalled);
-        lock (_dispatch)
-        {
-            registration.Key = _nextKey++;
-            _registrations.Add(registration.Key, registration);
-        }
-
         try
         {
-            Add(registration.Fd, registration.Key);
+            // Under the dispatch lock: a Dispose of the loop either sees this registration (and
+            // releases it) or comes first and is seen here.
+            lock (_dispatch)
+            {
+                ObjectDisposedException.ThrowIf(Volatile.Read(ref _disposed) != 0, this);
+                registration.Key = _nextKey++;
+                Add(registration.Fd, registration.Key);
+                _registrations.Add(registration.Key, registration);
+            }
         }
         catch (Exception e)
         {
-            lock (_dispatch)
-            {
-                _registrations.Remove(registration.Key);
-            }
-
             registration.ReleaseFd();
             if (e is PosixException { Errno: EEXIST })
             {
