@@ -77,8 +77,9 @@ public sealed unsafe class EventNotifierLoop : IDisposable
     public long Rounds => Interlocked.Read(ref _rounds);
 
     /// <summary>
-    /// Raised on the loop thread when a callback throws. Without a handler the exception is
-    /// rethrown there and ends the process, as any unhandled exception on a thread does.
+    /// Raised on the loop thread when a callback throws (or reading a counter fails). Without a
+    /// handler the exception is rethrown there and ends the process, as any unhandled exception
+    /// on a thread does.
     /// </summary>
     public event Action<Exception>? CallbackFailed;
 
@@ -241,15 +242,17 @@ public sealed unsafe class EventNotifierLoop : IDisposable
                 }
 
                 // Unwatched after epoll_wait returned: its fd may already be closed.
-                if (!_registrations.TryGetValue(key, out EventNotifierRegistration? registration)
-                    || !registration.TryReadCounter(out ulong value))
+                if (!_registrations.TryGetValue(key, out EventNotifierRegistration? registration))
                 {
                     continue;
                 }
 
                 try
                 {
-                    registration.Callback(value);
+                    if (registration.TryReadCounter(out ulong value))
+                    {
+                        registration.Callback(value);
+                    }
                 }
                 catch (Exception e) when (CallbackFailed is not null)
                 {
