@@ -77,8 +77,9 @@ public sealed unsafe class EventNotifierLoop : IDisposable
     public long Rounds => Interlocked.Read(ref _rounds);
 
     /// <summary>
-    /// Raised on the loop thread when a callback throws. Without a handler the exception is
-    /// rethrown there and ends the process, as any unhandled exception on a thread does.
+    /// Raised on the loop thread when a callback throws (or reading a counter fails). Without a
+    /// handler the exception is rethrown there and ends the process, as any unhandled exception
+    /// on a thread does.
     /// </summary>
     public event Action<Exception>? CallbackFailed;
 
@@ -98,23 +99,20 @@ public sealed unsafe class EventNotifierLoop : IDisposable
         // The fd is kept open while watched: were it closed, epoll would keep reporting the open
         // file (a back-end holds a duplicate) under a number that may be reused for another file.
         var registration = new EventNotifierRegistration(this, eventFd, onSignalled);
-        lock (_dispatch)
-        {
-            registration.Key = _nextKey++;
-            _registrations.Add(registration.Key, registration);
-        }
-
         try
         {
-            Add(registration.Fd, registration.Key);
+            // Under the dispatch lock: a Dispose of the loop either sees this registration (and
+            // releases it) or comes first and is seen here.
+            lock (_dispatch)
+            {
+                ObjectDisposedException.ThrowIf(Volatile.Read(ref _disposed) != 0, this);
+                registration.Key = _nextKey++;
+                Add(registration.Fd, registration.Key);
+                _registrations.Add(registration.Key, registration);
+            }
         }
         catch (Exception e)
         {
-            lock (_dispatch)
-            {
-                _registrations.Remove(registration.Key);
-            }
-
             registration.ReleaseFd();
             if (e is PosixException { Errno: EEXIST })
             {
@@ -244,15 +242,17 @@ public sealed unsafe class EventNotifierLoop : IDisposable
                 }
 
                 // Unwatched after epoll_wait returned: its fd may already be closed.
-                if (!_registrations.TryGetValue(key, out EventNotifierRegistration? registration)
-                    || !registration.TryReadCounter(out ulong value))
+                if (!_registrations.TryGetValue(key, out EventNotifierRegistration? registration))
                 {
                     continue;
                 }
 
                 try
                 {
-                    registration.Callback(value);
+                    if (registration.TryReadCounter(out ulong value))
+                    {
+                        registration.Callback(value);
+                    }
                 }
                 catch (Exception e) when (CallbackFailed is not null)
                 {

@@ -22,7 +22,7 @@ namespace Vmm.Virtio.Transport;
 /// An event-backed VM line lends its eventfd to the entry's line, masked or not, so the
 /// eventfd a vhost-user back-end will be given is known as soon as the driver has programmed
 /// the entry (Linux programs entries masked and unmasks them once the queue is set up).
-/// Changing the message of an unmasked entry is undefined (§6.8.3.5); here it simply
+/// Changing the message of an unmasked entry is undefined (§6.8.3.2); here it simply
 /// retargets.</para>
 /// <para>The PBA is read-only (§6.8.2.10): bit n is entry n's pending bit. Table and PBA take
 /// aligned 4- and 8-byte accesses only (§6.8.2: other accesses are undefined; they are
