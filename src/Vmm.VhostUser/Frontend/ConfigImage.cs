@@ -67,38 +67,37 @@ public sealed class ConfigImage
     /// A back-end reported its config (a new connection's GET_CONFIG): its bytes, with the guest's
     /// written ranges laid over them, since the replay is about to give that back-end the same writes.
     /// </summary>
-    public ConfigImage Rebase(ReadOnlySpan<byte> backend)
-    {
-        byte[] bytes = backend.ToArray();
-        var written = ImmutableArray.CreateBuilder<ConfigWrite>(Written.Length);
-        foreach (ConfigWrite write in Written)
-        {
-            int length = Math.Clamp(bytes.Length - write.Offset, 0, write.Data.Length);
-            if (length > 0)
-            {
-                write.Data.AsSpan(0, length).CopyTo(bytes.AsSpan(write.Offset));
-                written.Add(length == write.Data.Length ? write : new ConfigWrite(write.Offset, write.Data[..length]));
-            }
-        }
-
-        return new ConfigImage(bytes, written.ToImmutable());
-    }
+    public ConfigImage Rebase(ReadOnlySpan<byte> backend) => WithBackend(backend, guestWins: true);
 
     /// <summary>
     /// The back-end announced a change (CONFIG_CHANGE_MSG) and was asked again: its bytes are the
     /// truth now, including for fields the guest wrote (it applied those writes itself).
     /// </summary>
-    public ConfigImage Refresh(ReadOnlySpan<byte> backend)
+    public ConfigImage Refresh(ReadOnlySpan<byte> backend) => WithBackend(backend, guestWins: false);
+
+    /// <summary>
+    /// The back-end's bytes with the written ranges (clipped to their length) kept: the guest's
+    /// bytes over the back-end's when <paramref name="guestWins"/>, else the back-end's in the ranges.
+    /// </summary>
+    private ConfigImage WithBackend(ReadOnlySpan<byte> backend, bool guestWins)
     {
         byte[] bytes = backend.ToArray();
         var written = ImmutableArray.CreateBuilder<ConfigWrite>(Written.Length);
         foreach (ConfigWrite write in Written)
         {
             int length = Math.Clamp(bytes.Length - write.Offset, 0, write.Data.Length);
-            if (length > 0)
+            if (length == 0)
             {
-                written.Add(new ConfigWrite(write.Offset, bytes.AsSpan(write.Offset, length).ToArray()));
+                continue;
             }
+
+            Span<byte> field = bytes.AsSpan(write.Offset, length);
+            if (guestWins)
+            {
+                write.Data.AsSpan(0, length).CopyTo(field);
+            }
+
+            written.Add(new ConfigWrite(write.Offset, field.ToArray()));
         }
 
         return new ConfigImage(bytes, written.ToImmutable());

@@ -83,7 +83,7 @@ public sealed class ConnectionActorTests : AkkaTest
     public async Task Connection_must_replay_the_snapshot_in_Replaying_before_it_is_Ready()
     {
         var backends = new BackendFactory();
-        using var rig = new Rig();
+        using var rig = new TestRing();
         VhostUserDeviceModel model = ModelWithRunningQueue(backends, rig, usedIndex: 9);
         Harness h = Start(backends, model);
         using ScriptedBackend backend = await backends.NextAsync();
@@ -112,7 +112,7 @@ public sealed class ConnectionActorTests : AkkaTest
     public async Task Connection_must_be_Busy_while_a_command_is_on_the_wire_and_keep_later_ones_in_order()
     {
         var backends = new BackendFactory();
-        using var rig = new Rig();
+        using var rig = new TestRing();
         (Harness h, ScriptedBackend backend) = await StartWithQueueAsync(backends, rig);
         using (backend)
         {
@@ -137,7 +137,7 @@ public sealed class ConnectionActorTests : AkkaTest
     {
         var backends = new BackendFactory();
         TaskCompletionSource held = backends.HoldNext();
-        using var rig = new Rig();
+        using var rig = new TestRing();
         Harness h = Start(backends, ModelWithRunningQueue(backends, rig, usedIndex: 0));
         await ExpectUnsupportedAsync(h.Connection, ConnectionPhase.Connecting);
         held.SetResult();
@@ -171,7 +171,7 @@ public sealed class ConnectionActorTests : AkkaTest
     public async Task Connection_must_hand_back_the_command_in_flight_then_the_waiting_ones_in_order_when_the_backend_dies()
     {
         var backends = new BackendFactory();
-        using var rig = new Rig();
+        using var rig = new TestRing();
         (Harness h, ScriptedBackend backend) = await StartWithQueueAsync(backends, rig);
         TestProbe first = CreateTestProbe();
         TestProbe second = CreateTestProbe();
@@ -201,7 +201,7 @@ public sealed class ConnectionActorTests : AkkaTest
     public async Task Connection_must_fail_its_askers_and_stop_on_a_protocol_violation()
     {
         var backends = new BackendFactory();
-        using var rig = new Rig();
+        using var rig = new TestRing();
         (Harness h, ScriptedBackend backend) = await StartWithQueueAsync(backends, rig);
         using (backend)
         {
@@ -243,7 +243,7 @@ public sealed class ConnectionActorTests : AkkaTest
     public async Task Connection_must_refuse_a_backend_that_no_longer_offers_a_negotiated_feature()
     {
         var backends = new BackendFactory();
-        using var rig = new Rig();
+        using var rig = new TestRing();
         VhostUserDeviceModel model = ModelWithRunningQueue(backends, rig, usedIndex: 0);
         Harness h = Start(backends, model);
         using ScriptedBackend backend = await backends.NextAsync();
@@ -263,7 +263,7 @@ public sealed class ConnectionActorTests : AkkaTest
     public async Task Connection_must_refuse_a_backend_without_INFLIGHT_SHMFD_when_the_snapshot_holds_an_inflight_region()
     {
         var backends = new BackendFactory();
-        using var rig = new Rig();
+        using var rig = new TestRing();
         VhostUserDeviceModel model = ModelWithRunningQueue(backends, rig, usedIndex: 0);
         model.RestoreInflight(new RestoreInflight(new byte[4096], 1, 64));
         Harness h = Start(backends, model);
@@ -321,16 +321,16 @@ public sealed class ConnectionActorTests : AkkaTest
     }
 
     /// <summary>A model as a supervisor holds it after queue 0 was started while disconnected: something to replay.</summary>
-    private static VhostUserDeviceModel ModelWithRunningQueue(BackendFactory backends, Rig rig, ushort usedIndex)
+    private static VhostUserDeviceModel ModelWithRunningQueue(BackendFactory backends, TestRing rig, ushort usedIndex)
     {
         var model = new VhostUserDeviceModel(backends.Options());
         model.Connected(new VhostUserBackendInfo(ScriptedBackend.DefaultFeatures, Offered, Offered, 1, null, s_config));
-        rig.Memory.WriteUInt16(0x3000 + 2, usedIndex);
+        rig.SetUsedIndex(usedIndex);
         Assert.That(model.ServeOffline(new StartQueue(0, rig.Resources, ScriptedBackend.DefaultFeatures)), Is.InstanceOf<QueueStarted>());
         return model;
     }
 
-    private async Task<(Harness, ScriptedBackend)> StartWithQueueAsync(BackendFactory backends, Rig rig)
+    private async Task<(Harness, ScriptedBackend)> StartWithQueueAsync(BackendFactory backends, TestRing rig)
     {
         Harness h = Start(backends);
         ScriptedBackend backend = await backends.NextAsync();
@@ -378,28 +378,6 @@ public sealed class ConnectionActorTests : AkkaTest
         await backend.ReplyAsync(VhostUserRequest.GET_VRING_BASE, reply);
     }
 
-    /// <summary>Guest memory with one split ring at 0x1000/0x2000/0x3000, its kick and a function-backed line.</summary>
-    private sealed class Rig : IDisposable
-    {
-        public Rig()
-        {
-            Memory = GuestMemory.Create(1 << 20);
-            Kick = new EventFd();
-            Resources = new VirtqueueResources(new VirtqueueParams(64, 0x1000, 0x2000, 0x3000), Memory, Kick, new FunctionBackedInterruptLine(0, _ => { }));
-        }
-
-        public GuestMemory Memory { get; }
-
-        public EventFd Kick { get; }
-
-        public VirtqueueResources Resources { get; }
-
-        public void Dispose()
-        {
-            Kick.Dispose();
-            Memory.Dispose();
-        }
-    }
 
     #endregion
 }

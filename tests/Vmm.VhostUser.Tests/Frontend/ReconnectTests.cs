@@ -35,7 +35,7 @@ public sealed class ReconnectTests : AkkaTest
         ScriptedBackend first = await backends.NextAsync();
         await first.ServeHandshakeAsync(protocolFeatures: Offered, config: s_config);
         using VhostUserDevice device = await connect;
-        using Rig rig = new(CreateTestProbe().Ref);
+        using var rig = new TestRing(FunctionBackedInterruptLine.ToController(0, CreateTestProbe().Ref));
 
         Task start = Task.Run(() => device.StartQueue(0, rig.Resources, ScriptedBackend.DefaultFeatures));
         await ServeInflightAsync(first);
@@ -54,7 +54,7 @@ public sealed class ReconnectTests : AkkaTest
         device.ConnectionRestored += a => restored.TrySetResult(a);
 
         // The guest saw 12 used buffers; the back-end dies. A kick made meanwhile stays in the eventfd.
-        rig.Memory.WriteUInt16(0x3000 + 2, 12);
+        rig.SetUsedIndex(12);
         first.Dispose();
         await lost.Task.WaitAsync(TimeSpan.FromSeconds(10));
         _ = rig.Kick.TryConsume();
@@ -166,7 +166,7 @@ public sealed class ReconnectTests : AkkaTest
         using VhostUserDevice device = await connect;
         var lost = new TaskCompletionSource<string>(TaskCreationOptions.RunContinuationsAsynchronously);
         device.ConnectionLost += r => lost.TrySetResult(r);
-        using Rig rig = new(CreateTestProbe().Ref);
+        using var rig = new TestRing(FunctionBackedInterruptLine.ToController(0, CreateTestProbe().Ref));
 
         backends.Refuse = true;
         first.Dispose();
@@ -220,7 +220,7 @@ public sealed class ReconnectTests : AkkaTest
         ScriptedBackend first = await backends.NextAsync();
         await first.ServeHandshakeAsync(protocolFeatures: Offered, config: s_config);
         using VhostUserDevice device = await connect;
-        using Rig rig = new(CreateTestProbe().Ref);
+        using var rig = new TestRing(FunctionBackedInterruptLine.ToController(0, CreateTestProbe().Ref));
         Task start = Task.Run(() => device.StartQueue(0, rig.Resources, ScriptedBackend.DefaultFeatures));
         await ServeInflightAsync(first);
         foreach (VhostUserRequest r in ScriptedBackend.RingStart)
@@ -233,7 +233,7 @@ public sealed class ReconnectTests : AkkaTest
         var restored = new TaskCompletionSource<int>(TaskCreationOptions.RunContinuationsAsynchronously);
         device.ConnectionLost += r => lost.TrySetResult(r);
         device.ConnectionRestored += a => restored.TrySetResult(a);
-        rig.Memory.WriteUInt16(0x3000 + 2, 7);
+        rig.SetUsedIndex(7);
         Task<VirtqueueState?> stop = Task.Run(() => device.StopQueue(0));
         await first.ExpectAndDropAsync(VhostUserRequest.SET_VRING_ENABLE);
         using (VhostUserMessage m = await first.ExpectAsync(VhostUserRequest.GET_VRING_BASE, ack: null))
@@ -269,7 +269,7 @@ public sealed class ReconnectTests : AkkaTest
         ScriptedBackend first = await backends.NextAsync();
         await first.ServeHandshakeAsync(protocolFeatures: Offered, config: s_config);
         using VhostUserDevice device = await connect;
-        using Rig rig = new(CreateTestProbe().Ref);
+        using var rig = new TestRing(FunctionBackedInterruptLine.ToController(0, CreateTestProbe().Ref));
         Task start = Task.Run(() => device.StartQueue(0, rig.Resources, ScriptedBackend.DefaultFeatures));
         await ServeInflightAsync(first);
         foreach (VhostUserRequest r in ScriptedBackend.RingStart)
@@ -364,7 +364,7 @@ public sealed class ReconnectTests : AkkaTest
         using VhostUserDevice device = await connect;
         var faulted = new TaskCompletionSource<DeviceFault>(TaskCreationOptions.RunContinuationsAsynchronously);
         device.Faulted += f => faulted.TrySetResult(f);
-        using Rig rig = new(CreateTestProbe().Ref);
+        using var rig = new TestRing(FunctionBackedInterruptLine.ToController(0, CreateTestProbe().Ref));
         Task start = Task.Run(() => device.StartQueue(0, rig.Resources, packed));
         foreach (VhostUserRequest r in ScriptedBackend.RingStart)
         {
@@ -400,29 +400,6 @@ public sealed class ReconnectTests : AkkaTest
         await backend.ExpectAndDropAsync(VhostUserRequest.SET_INFLIGHT_FD);
     }
 
-    /// <summary>Guest memory with one split ring at 0x1000/0x2000/0x3000, its kick and a function-backed line.</summary>
-    private sealed class Rig : IDisposable
-    {
-        public Rig(IActorRef controller)
-        {
-            Memory = GuestMemory.Create(1 << 20);
-            Kick = new EventFd();
-            Resources = new VirtqueueResources(
-                new VirtqueueParams(64, 0x1000, 0x2000, 0x3000), Memory, Kick, FunctionBackedInterruptLine.ToController(0, controller));
-        }
-
-        public GuestMemory Memory { get; }
-
-        public EventFd Kick { get; }
-
-        public VirtqueueResources Resources { get; }
-
-        public void Dispose()
-        {
-            Kick.Dispose();
-            Memory.Dispose();
-        }
-    }
 
     #endregion
 }

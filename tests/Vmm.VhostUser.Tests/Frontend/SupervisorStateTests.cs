@@ -110,17 +110,8 @@ public sealed class SupervisorStateTests : AkkaTest
         ulong features = ScriptedBackend.DefaultFeatures | (packed ? 1UL << 34 : 0);
         var backends = new BackendFactory();
         Harness h = Start(backends.Options());
-        ScriptedBackend first = await backends.NextAsync();
-        await first.ServeHandshakeAsync(features, Offered, config: s_config);
-        await h.FirstReady.Task.WaitAsync(RemainingOrDefault);
-        using var rig = new Rig();
-        h.Supervisor.Tell(new StartQueue(0, rig.Resources, features), TestActor);
-        foreach (VhostUserRequest r in ScriptedBackend.RingStart)
-        {
-            await first.ExpectAndDropAsync(r);
-        }
-
-        await ExpectMsgAsync<QueueStarted>();
+        using var rig = new TestRing();
+        ScriptedBackend first = await StartQueueAsync(h, backends, rig, features);
 
         // A config write is on the wire when the back-end dies: the command comes back to the
         // supervisor before (or after) the connection's end; either way the ready connection was lost.
@@ -143,7 +134,7 @@ public sealed class SupervisorStateTests : AkkaTest
         }
         else
         {
-            rig.Memory.WriteUInt16(0x3000 + 2, 4);
+            rig.SetUsedIndex(4);
             using ScriptedBackend second = await backends.NextAsync();
             await second.ServeHandshakeAsync(features, Offered, config: s_config);
             await second.ExpectAndDropAsync(VhostUserRequest.SET_FEATURES);
@@ -199,17 +190,8 @@ public sealed class SupervisorStateTests : AkkaTest
     {
         var backends = new BackendFactory();
         Harness h = Start(backends.Options());
-        ScriptedBackend first = await backends.NextAsync();
-        await first.ServeHandshakeAsync(protocolFeatures: Offered, config: s_config);
-        await h.FirstReady.Task.WaitAsync(RemainingOrDefault);
-        using var rig = new Rig();
-        h.Supervisor.Tell(new StartQueue(0, rig.Resources, ScriptedBackend.DefaultFeatures), TestActor);
-        foreach (VhostUserRequest r in ScriptedBackend.RingStart)
-        {
-            await first.ExpectAndDropAsync(r);
-        }
-
-        await ExpectMsgAsync<QueueStarted>();
+        using var rig = new TestRing();
+        ScriptedBackend first = await StartQueueAsync(h, backends, rig, ScriptedBackend.DefaultFeatures);
 
         // The back-end goes; the reconnect meets a failure of a kind the device cannot judge.
         backends.FailNextWith(new InvalidCastException("a failure nobody planned for"));
@@ -256,7 +238,7 @@ public sealed class SupervisorStateTests : AkkaTest
         ScriptedBackend first = await backends.NextAsync();
         await first.ServeHandshakeAsync(protocolFeatures: Offered, config: s_config);
         await firstReady.Task.WaitAsync(RemainingOrDefault);
-        using var rig = new Rig();
+        using var rig = new TestRing();
         attached.Device.Tell(new StartQueue(0, rig.Resources, ScriptedBackend.DefaultFeatures), TestActor);
         foreach (VhostUserRequest r in ScriptedBackend.RingStart)
         {
@@ -280,17 +262,8 @@ public sealed class SupervisorStateTests : AkkaTest
     {
         var backends = new BackendFactory();
         Harness h = Start(backends.Options());
-        ScriptedBackend first = await backends.NextAsync();
-        await first.ServeHandshakeAsync(protocolFeatures: Offered, config: s_config);
-        await h.FirstReady.Task.WaitAsync(RemainingOrDefault);
-        using var rig = new Rig();
-        h.Supervisor.Tell(new StartQueue(0, rig.Resources, ScriptedBackend.DefaultFeatures), TestActor);
-        foreach (VhostUserRequest r in ScriptedBackend.RingStart)
-        {
-            await first.ExpectAndDropAsync(r);
-        }
-
-        await ExpectMsgAsync<QueueStarted>();
+        using var rig = new TestRing();
+        ScriptedBackend first = await StartQueueAsync(h, backends, rig, ScriptedBackend.DefaultFeatures);
         first.Dispose();
         using ScriptedBackend second = await backends.NextAsync();
         await second.ServeHandshakeAsync(ScriptedBackend.DefaultFeatures & ~(1UL << 28), Offered, config: s_config);
@@ -386,6 +359,22 @@ public sealed class SupervisorStateTests : AkkaTest
         return new Harness(supervisor, parent, firstReady, lost, restored, failed);
     }
 
+    /// <summary>The first back-end's handshake, then queue 0 started on <paramref name="rig"/>; returns that back-end.</summary>
+    private async Task<ScriptedBackend> StartQueueAsync(Harness h, BackendFactory backends, TestRing rig, ulong features)
+    {
+        ScriptedBackend first = await backends.NextAsync();
+        await first.ServeHandshakeAsync(features, Offered, config: s_config);
+        await h.FirstReady.Task.WaitAsync(RemainingOrDefault);
+        h.Supervisor.Tell(new StartQueue(0, rig.Resources, features), TestActor);
+        foreach (VhostUserRequest r in ScriptedBackend.RingStart)
+        {
+            await first.ExpectAndDropAsync(r);
+        }
+
+        await ExpectMsgAsync<QueueStarted>();
+        return first;
+    }
+
     private async Task<SupervisorState> StateAsync(Harness h) =>
         await h.Supervisor.Ask<SupervisorState>(GetSupervisorState.Instance, RemainingOrDefault);
 
@@ -398,28 +387,6 @@ public sealed class SupervisorStateTests : AkkaTest
 
     private static bool SameData(ConfigData a, ConfigData b) => a.Offset == b.Offset && a.Data.SequenceEqual(b.Data);
 
-    /// <summary>Guest memory with one ring at 0x1000/0x2000/0x3000, its kick and a function-backed line.</summary>
-    private sealed class Rig : IDisposable
-    {
-        public Rig()
-        {
-            Memory = GuestMemory.Create(1 << 20);
-            Kick = new EventFd();
-            Resources = new VirtqueueResources(new VirtqueueParams(64, 0x1000, 0x2000, 0x3000), Memory, Kick, new FunctionBackedInterruptLine(0, _ => { }));
-        }
-
-        public GuestMemory Memory { get; }
-
-        public EventFd Kick { get; }
-
-        public VirtqueueResources Resources { get; }
-
-        public void Dispose()
-        {
-            Kick.Dispose();
-            Memory.Dispose();
-        }
-    }
 
     #endregion
 }

@@ -155,19 +155,7 @@ public sealed partial class EmbeddingSampleTests
 
         public static async Task<Watcher> StartAsync(string socket, params string[] settings)
         {
-            string dll = await FindOrBuildSampleAsync();
-            var start = new ProcessStartInfo("dotnet")
-            {
-                RedirectStandardOutput = true,
-                RedirectStandardError = true,
-                RedirectStandardInput = true,
-                WorkingDirectory = Root,
-            };
-            foreach (string a in (string[])[dll, socket, "--watch", .. settings])
-            {
-                start.ArgumentList.Add(a);
-            }
-
+            ProcessStartInfo start = SampleStartInfo(await FindOrBuildSampleAsync(), [socket, "--watch", .. settings]);
             return new Watcher(Process.Start(start)!);
         }
 
@@ -237,7 +225,12 @@ public sealed partial class EmbeddingSampleTests
 
     private static async Task<Result> RunSampleAsync(params string[] args)
     {
-        string dll = await FindOrBuildSampleAsync();
+        return await RunAsync(SampleStartInfo(await FindOrBuildSampleAsync(), args), TimeSpan.FromMinutes(1));
+    }
+
+    /// <summary>dotnet SAMPLE.dll ARGS..., every stream redirected, from the repository's root.</summary>
+    private static ProcessStartInfo SampleStartInfo(string dll, IEnumerable<string> args)
+    {
         var start = new ProcessStartInfo("dotnet")
         {
             RedirectStandardOutput = true,
@@ -251,7 +244,7 @@ public sealed partial class EmbeddingSampleTests
             start.ArgumentList.Add(a);
         }
 
-        return await RunAsync(start, TimeSpan.FromMinutes(1));
+        return start;
     }
 
     /// <summary>The sample's dll from this build's configuration (it is built with the tests), or built now.</summary>
