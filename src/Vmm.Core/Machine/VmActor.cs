@@ -41,6 +41,7 @@ public sealed class VmActor : ReceiveActor
         Receive<Terminated>(HandleTerminated);
         Receive<GetDevices>(_ => Sender.Tell(CurrentDevices()));
         Receive<GetInterruptController>(_ => Sender.Tell(new InterruptController(_interrupts)));
+        Receive<Status>(_ => { }); // a stray answer is not answered back
         ReceiveAny(m => Sender.Tell(new Status.Failure(new NotSupportedException($"The VM does not handle {m.GetType().Name}."))));
     }
 

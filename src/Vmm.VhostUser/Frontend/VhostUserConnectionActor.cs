@@ -134,9 +134,17 @@ public sealed partial class VhostUserConnectionActor : ReceiveActor, IWithUnboun
         Stash.UnstashAll();
     }
 
-    /// <summary>A message no state of this actor handles: answered, so no asker waits for a timeout.</summary>
-    private void Unsupported(object message) =>
-        Sender.Tell(new Status.Failure(new NotSupportedException($"The vhost-user connection of {_options.Name} does not handle {message.GetType().Name}.")));
+    /// <summary>
+    /// A message no state of this actor handles: answered, so no asker waits for a timeout.
+    /// A stray answer (a Status) is not answered back, or two such actors would answer each other forever.
+    /// </summary>
+    private void Unsupported(object message)
+    {
+        if (message is not Status)
+        {
+            Sender.Tell(new Status.Failure(new NotSupportedException($"The vhost-user connection of {_options.Name} does not handle {message.GetType().Name}.")));
+        }
+    }
 
     #endregion
 

@@ -287,11 +287,24 @@ public sealed class VhostUserDevice : IVhostUserDevice
         Faulted?.Invoke(new DeviceFault(-1, reason));
     }
 
+    /// <summary>The device's info as it is now; the last one known once the device has stopped or cannot answer.</summary>
     private DeviceInfo CurrentInfo()
     {
-        DeviceInfo info = Call<DeviceInfo>(GetDeviceInfo.Instance);
-        Volatile.Write(ref _info, info);
-        return info;
+        if (_stopped.IsCompleted || Volatile.Read(ref _disposed) != 0)
+        {
+            return Volatile.Read(ref _info);
+        }
+
+        try
+        {
+            DeviceInfo info = Call<DeviceInfo>(GetDeviceInfo.Instance);
+            Volatile.Write(ref _info, info);
+            return info;
+        }
+        catch (Exception e) when (e is VhostUserConnectionLostException or AskTimeoutException)
+        {
+            return Volatile.Read(ref _info);
+        }
     }
 
     private T Call<T>(object message)

@@ -244,6 +244,7 @@ public sealed class VhostUserDeviceSupervisor : ReceiveActor, IWithTimers, IWith
         Receive<Reconnect>(_ => { });
         Receive<DecisionTimeout>(_ => { });
         Receive<DeviceDecision>(_ => { });
+        Receive<Status>(_ => { }); // a stray answer is not answered back
         ReceiveAny(m => Sender.Tell(new Status.Failure(new NotSupportedException(
             $"vhost-user device {_options.Name} does not handle {m.GetType().Name} ({phase}).")), Self));
     }

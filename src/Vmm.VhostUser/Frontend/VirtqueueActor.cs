@@ -24,6 +24,7 @@ public sealed class VirtqueueActor : ReceiveActor
     {
         _router = router;
         Receive<GetQueueStatus>(HandleGetStatus);
+        Receive<Status>(_ => { }); // a stray answer is not answered back
         ReceiveAny(m => Sender.Tell(new Status.Failure(new NotSupportedException(
             $"Queue {_router.Index} does not handle {m.GetType().Name}."))));
     }

@@ -162,11 +162,15 @@ public sealed class VirtqueueCallRouter : IDisposable
             try
             {
                 // Blocking is right here: the caller is a vCPU thread in the middle of its MMIO
-                // write, which must not complete before the back-end follows the new route.
-                connection.SetRingCallAsync(_index, target.Handle).GetAwaiter().GetResult();
+                // write, which must not complete before the back-end follows the new route. The
+                // wait for the connection (a command's requests may be on the wire) is bounded too;
+                // one cut short in the middle of its exchange leaves the connection dead, and the
+                // next one sets the ring up with the route of that moment.
+                using var bound = new CancellationTokenSource(_timeout);
+                connection.SetRingCallAsync(_index, target.Handle, bound.Token).GetAwaiter().GetResult();
             }
             catch (Exception e) when (e is VhostUserConnectionLostException or VhostUserRequestFailedException or
-                VhostUserProtocolException or ObjectDisposedException or InvalidOperationException)
+                VhostUserProtocolException or ObjectDisposedException or InvalidOperationException or OperationCanceledException)
             {
                 _warn($"queue {_index}: SET_VRING_CALL for the new interrupt route failed: {e.Message}");
                 return;
