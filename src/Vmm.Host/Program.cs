@@ -23,7 +23,11 @@ public static class Program
 
         try
         {
-            return await parsed.InvokeAsync(new InvocationConfiguration { EnableDefaultExceptionHandler = false }).ConfigureAwait(false);
+            // SIGINT/SIGTERM cancel the command's token; its clean end (a workload stopped, devices
+            // reset over vhost-user, the actor system stopped) may take a few seconds on a loaded
+            // machine, and a command still running after this long is ended with exit code 143.
+            var invocation = new InvocationConfiguration { EnableDefaultExceptionHandler = false, ProcessTerminationTimeout = TimeSpan.FromSeconds(15) };
+            return await parsed.InvokeAsync(invocation).ConfigureAwait(false);
         }
         catch (UsageException e)
         {

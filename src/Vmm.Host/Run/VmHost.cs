@@ -61,7 +61,12 @@ public sealed class VmHost : IDisposable
         builder.Services
             .AddManagedVmm()
             .AddAkka("vmm", (akka, _) => akka
-                .AddHocon("akka.log-dead-letters = off\nakka.log-dead-letters-during-shutdown = off", HoconAddMode.Prepend)
+                // The command owns SIGTERM (its workload ends cleanly, the guest resets its devices,
+                // then the host stops): Akka must not start its own shutdown on the same signal,
+                // under devices the guest is still resetting.
+                .AddHocon(
+                    "akka.log-dead-letters = off\nakka.log-dead-letters-during-shutdown = off\nakka.coordinated-shutdown.run-by-clr-shutdown-hook = off",
+                    HoconAddMode.Prepend)
                 .ConfigureLoggers(l =>
                 {
                     l.LogLevel = Akka.Event.LogLevel.WarningLevel;

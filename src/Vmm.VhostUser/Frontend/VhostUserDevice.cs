@@ -250,7 +250,7 @@ public sealed class VhostUserDevice : IVhostUserDevice
 
         try
         {
-            Supervisor.Ask<DriverStatusSet>(new SetDriverStatus((byte)status), _options.CommandTimeout).GetAwaiter().GetResult();
+            Call<DriverStatusSet>(new SetDriverStatus((byte)status), faultOnFailure: false);
         }
         catch (Exception e) when (e is VhostUserConnectionLostException or VhostUserRequestFailedException or VhostUserProtocolException or
             AskTimeoutException or InvalidOperationException or NotSupportedException)
@@ -307,7 +307,8 @@ public sealed class VhostUserDevice : IVhostUserDevice
         }
     }
 
-    private T Call<T>(object message)
+    /// <param name="faultOnFailure">A protocol violation or a timeout raises <see cref="Faulted"/> (DEVICE_NEEDS_RESET).</param>
+    private T Call<T>(object message, bool faultOnFailure = true)
     {
         ObjectDisposedException.ThrowIf(Volatile.Read(ref _disposed) != 0, this);
         try
@@ -328,7 +329,7 @@ public sealed class VhostUserDevice : IVhostUserDevice
 
             return ask.GetAwaiter().GetResult();
         }
-        catch (Exception e) when (VhostUserDeviceSupervisor.IsProtocolViolation(e) || e is AskTimeoutException)
+        catch (Exception e) when (faultOnFailure && (VhostUserDeviceSupervisor.IsProtocolViolation(e) || e is AskTimeoutException))
         {
             Faulted?.Invoke(new DeviceFault(message is StartQueue s ? s.Index : message is StopQueue t ? t.Index : -1, e.Message, e));
             throw;
