@@ -17,7 +17,7 @@ public interface IVhostUserDevice : IVirtioDevice
     /// <summary>The device's name in its VM (the supervisor's actor name).</summary>
     string Name { get; }
 
-    /// <summary>What the first handshake found.</summary>
+    /// <summary>What the handshake found (the latest one the device was asked about: its features after a reset may differ).</summary>
     DeviceInfo Info { get; }
 
     /// <summary>The device's supervisor (the commands of Frontend/Messages.cs may be sent to it directly).</summary>
@@ -93,8 +93,6 @@ public sealed class VhostUserDevice : IVhostUserDevice
 
     public string Name => _options.Name;
 
-    /// <summary>What the handshake found.</summary>
-    /// <summary>What the last handshake found (the first one's until another connection is ready).</summary>
     public DeviceInfo Info => Volatile.Read(ref _info);
 
     public VirtioDeviceId DeviceId => _options.DeviceId;
