@@ -1,20 +1,24 @@
 // EmbeddingSample: a host that embeds ManagedVmm with Akka.Hosting (docs/embedding.md quotes
 // this file between its "snippet" markers; keep the two in sync).
 //
-//   dotnet EmbeddingSample.dll SOCKET
+//   dotnet EmbeddingSample.dll SOCKET [--watch] [--ManagedVmm:Devices:blk0:KEY=VALUE]...
 //
 // Attaches the vhost-user blk back-end listening on SOCKET, places it on a virtio-pci slot of a
 // VirtioMachine, initialises the guest driver, reads sector 0 and prints its first 16 bytes in hex.
+// With --watch it then stays, printing what happens to the device (connection lost and restored,
+// the back-end's config changes, a give-up), until its stdin is closed. The device's other options
+// come from configuration (e.g. --ManagedVmm:Devices:blk0:Reconnect=false).
 // Exit codes: 0 success, 1 the read failed, 2 bad usage or unreachable socket.
 using System.Buffers.Binary;
 using Akka.Actor;
 using Akka.Hosting;
+using Microsoft.Extensions.Configuration;
 using Microsoft.Extensions.DependencyInjection;
 using Microsoft.Extensions.Hosting;
 using Microsoft.Extensions.Logging;
+using Microsoft.Extensions.Logging.Console;
 using Vmm.Core.Machine;
 using Vmm.Core.Memory;
-using Vmm.Virtio;
 using Vmm.Virtio.Driver;
 using Vmm.Virtio.Driver.Blk;
 using Vmm.Virtio.Machine;
@@ -34,30 +38,45 @@ public static class Program
 
     public static async Task<int> Main(string[] args)
     {
-        if (args.Length != 1 || string.IsNullOrWhiteSpace(args[0]))
+        if (args.Length < 1 || string.IsNullOrWhiteSpace(args[0]) || args[0].StartsWith('-'))
         {
-            await Console.Error.WriteLineAsync("usage: EmbeddingSample SOCKET (a vhost-user blk back-end, e.g. ./vmm serve blk --socket SOCKET --disk FILE)");
+            await Console.Error.WriteLineAsync("usage: EmbeddingSample SOCKET [--watch] [--ManagedVmm:Devices:blk0:KEY=VALUE]... (a vhost-user blk back-end, e.g. ./vmm serve blk --socket SOCKET --disk FILE)");
             return 2;
         }
 
         string socketPath = args[0];
+        bool watch = args.Contains("--watch");
+        string[] settings = [.. args.Skip(1).Where(a => a != "--watch")];
 
         // <snippet:host>
-        HostApplicationBuilder builder = Host.CreateApplicationBuilder();
+        HostApplicationBuilder builder = Host.CreateApplicationBuilder(settings);
         builder.Logging.SetMinimumLevel(LogLevel.Warning);
+        builder.Services.Configure<ConsoleLoggerOptions>(o => o.LogToStandardErrorThreshold = LogLevel.Trace);
+
+        // The device in the options pattern: the "ManagedVmm" section of the configuration
+        // (appsettings.json, environment, command line) holds its settings; here the socket.
+        builder.Configuration.AddInMemoryCollection([
+            new($"{ManagedVmmOptions.SectionName}:Devices:{DeviceName}:SocketPath", socketPath),
+            new($"{ManagedVmmOptions.SectionName}:Devices:{DeviceName}:Queues", "1"),
+        ]);
         builder.Services
-            .AddManagedVmm()
+            .AddManagedVmm(builder.Configuration.GetSection(ManagedVmmOptions.SectionName))
             .AddAkka("vmm", (akka, sp) => akka
-                .ConfigureLoggers(l => l.LogLevel = Akka.Event.LogLevel.WarningLevel)
-                .WithManagedVmm(vm => vm
-                    .AddVhostUserDevice(DeviceName, socketPath, VirtioDeviceId.Block, o => o with { Queues = 1 })));
+                .ConfigureLoggers(l =>
+                {
+                    // Akka's own log goes through the host's ILogger.
+                    l.LogLevel = Akka.Event.LogLevel.WarningLevel;
+                    l.ClearLoggers();
+                    l.AddLoggerFactory();
+                })
+                .WithManagedVmm());
 
         using IHost host = builder.Build();
         await host.StartAsync();
         // </snippet:host>
         try
         {
-            return await RunAsync(host.Services.GetRequiredService<IManagedVmm>());
+            return await RunAsync(host.Services.GetRequiredService<IManagedVmm>(), watch);
         }
         finally
         {
@@ -68,10 +87,10 @@ public static class Program
         }
     }
 
-    private static async Task<int> RunAsync(IManagedVmm vmm)
+    private static async Task<int> RunAsync(IManagedVmm vmm, bool watch)
     {
         // <snippet:device>
-        IVirtioDevice device;
+        IVhostUserDevice device;
         try
         {
             device = await vmm.GetDeviceAsync(DeviceName);
@@ -90,6 +109,13 @@ public static class Program
         IActorRef interrupts = await vmm.GetInterruptControllerAsync();
         // </snippet:device>
 
+        // <snippet:events>
+        // The device's connection, as the host hears of it (on an actor's thread: keep handlers short).
+        device.ConnectionLost += reason => Console.WriteLine($"{DeviceName}: connection lost ({reason.TrimEnd('.')}); reconnecting");
+        device.ConnectionRestored += attempt => Console.WriteLine($"{DeviceName}: connection restored (attempt {attempt})");
+        device.Faulted += fault => Console.WriteLine($"{DeviceName}: gave up: {fault.Reason.TrimEnd('.')}");
+        // </snippet:events>
+
         // <snippet:machine>
         using GuestMemory memory = GuestMemory.Create(MemorySize);
         using var machine = new VirtioMachine(memory, GuestInterruptDelivery.FunctionBacked, interrupts);
@@ -104,7 +130,7 @@ public static class Program
         {
             try
             {
-                vcpu.SetResult(RunGuest(machine, memory));
+                vcpu.SetResult(RunGuest(machine, memory, watch));
             }
             catch (Exception e)
             {
@@ -118,7 +144,7 @@ public static class Program
     }
 
     /// <summary>What a vCPU does for the guest: register accesses through the bus, then I/O on the rings.</summary>
-    private static int RunGuest(VirtioMachine machine, GuestMemory memory)
+    private static int RunGuest(VirtioMachine machine, GuestMemory memory, bool watch)
     {
         VirtioDeviceLocation location = machine.Discover().Single();
 
@@ -142,9 +168,7 @@ public static class Program
         }
         // </snippet:driver>
 
-        Span<byte> config = stackalloc byte[VirtioBlkConfig.Size];
-        driver.ReadConfig(0, config);
-        Console.WriteLine($"{DeviceName}: {VirtioBlkConfig.Read(config).Capacity} sectors");
+        Console.WriteLine($"{DeviceName}: {Capacity(driver)} sectors");
 
         // <snippet:read>
         VirtioDriverQueue queue = driver.Queues[0];
@@ -171,6 +195,18 @@ public static class Program
         Console.WriteLine($"sector 0: {Convert.ToHexStringLower(sector.AsSpan(0, 16))}");
         // </snippet:read>
 
+        if (watch)
+        {
+            // <snippet:guest-events>
+            // What reaches the guest through the transport: a config interrupt for the back-end's
+            // change, DEVICE_NEEDS_RESET when the device gave up (a driver resets it then).
+            driver.ConfigChanged += () => Console.WriteLine($"{DeviceName}: config changed: {Capacity(driver)} sectors");
+            driver.DeviceNeedsReset += () => Console.WriteLine($"{DeviceName}: the device needs a reset (DEVICE_NEEDS_RESET)");
+            // </snippet:guest-events>
+            Console.WriteLine($"{DeviceName}: watching; close stdin to stop");
+            Console.In.ReadToEnd();
+        }
+
         // Status 0 resets the device: the back-end stops its queues before the host goes.
         driver.Shutdown();
         return 0;
@@ -190,6 +226,13 @@ public static class Program
         }
     }
     // </snippet:mmio-exit>
+
+    private static ulong Capacity(VirtioGuestDriver driver)
+    {
+        Span<byte> config = stackalloc byte[VirtioBlkConfig.Size];
+        driver.ReadConfig(0, config);
+        return VirtioBlkConfig.Read(config).Capacity;
+    }
 
     /// <summary>"Enable interrupts, re-check, sleep" (virtio 1.2, 2.7.14): the completion wait of a guest driver.</summary>
     private static VirtioBlkRequest? WaitForCompletion(VirtioDriverQueue queue, VirtioBlkRequests requests, TimeSpan timeout)

@@ -14,7 +14,7 @@ public static class Program
         ParseResult parsed = root.Parse(args);
         if (parsed.Errors.Count > 0)
         {
-            // One sentence, exit 2 (DESIGN.md, "Exit codes"); the full usage is one --help away.
+            // One sentence, exit 2 (docs/cli.md, exit codes); the full usage is one --help away.
             // Some parser messages span lines (a list of allowed values): keep them to one.
             string message = string.Join(' ', parsed.Errors[0].Message.Split((char[])['\n', '\r', '\t'], StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries));
             await Console.Error.WriteLineAsync($"vmm: {message} (see vmm --help)").ConfigureAwait(false);
@@ -23,7 +23,11 @@ public static class Program
 
         try
         {
-            return await parsed.InvokeAsync(new InvocationConfiguration { EnableDefaultExceptionHandler = false }).ConfigureAwait(false);
+            // SIGINT/SIGTERM cancel the command's token; its clean end (a workload stopped, devices
+            // reset over vhost-user, the actor system stopped) may take a few seconds on a loaded
+            // machine, and a command still running after this long is ended with exit code 143.
+            var invocation = new InvocationConfiguration { EnableDefaultExceptionHandler = false, ProcessTerminationTimeout = TimeSpan.FromSeconds(15) };
+            return await parsed.InvokeAsync(invocation).ConfigureAwait(false);
         }
         catch (UsageException e)
         {

@@ -55,6 +55,15 @@ public interface IVirtioDevice : IDisposable
     /// <summary>Restores what <see cref="SaveState"/> returned, before queues are started.</summary>
     void RestoreState(ReadOnlySpan<byte> state);
 
+    /// <summary>
+    /// The driver's device status after each status write (virtio 1.2, 2.1; 0 after a reset),
+    /// called by the transport on the writing thread. Most devices need nothing here; a vhost-user
+    /// device passes it on with SET_STATUS. Must not throw.
+    /// </summary>
+    void DriverStatusChanged(VirtioDeviceStatus status)
+    {
+    }
+
     /// <summary>Raised when the configuration space changed on the device's initiative.</summary>
     event Action? ConfigChanged;
 

@@ -24,15 +24,16 @@ public abstract class InterruptLine
     private const int MaskedBit = 1;
     private const int PendingBit = 2;
 
+    private readonly int _vector;
     private int _state;
 
     protected InterruptLine(int vector)
     {
-        Vector = vector;
+        _vector = vector;
     }
 
-    /// <summary>The vector (MSI-X entry or interrupt number) this line raises.</summary>
-    public int Vector { get; }
+    /// <summary>The vector (interrupt number) this line raises; a forwarding line reports its target's.</summary>
+    public virtual int Vector => _vector;
 
     /// <summary>The eventfd that raises this line, when it has one; null for function-backed lines.</summary>
     public virtual EventFd? EventFd => null;
@@ -74,7 +75,7 @@ public abstract class InterruptLine
     }
 
     /// <summary>Masks the line: raises from now on only set the pending bit.</summary>
-    public void Mask()
+    public virtual void Mask()
     {
         if ((Interlocked.Or(ref _state, MaskedBit) & MaskedBit) == 0)
         {
@@ -85,9 +86,11 @@ public abstract class InterruptLine
     /// <summary>
     /// Unmasks the line. The handlers of <see cref="RoutingChanged"/> run first (so direct writers
     /// are back on <see cref="EventFd"/>), then one interrupt is delivered if any was pending
-    /// (PCI 3.0 §6.8.2.9: a pending message is sent when its vector is unmasked).
+    /// (PCI 3.0 §6.8.3.4: a vector unmasked with its pending bit set sends the message once and
+    /// clears the bit). A raise racing with the unmask is either the pending one or delivered
+    /// directly: never lost, never delivered twice for one pending bit.
     /// </summary>
-    public void Unmask()
+    public virtual void Unmask()
     {
         int old = Interlocked.And(ref _state, ~MaskedBit);
         if ((old & MaskedBit) == 0)
@@ -96,14 +99,28 @@ public abstract class InterruptLine
         }
 
         OnRoutingChanged();
-        if ((Interlocked.And(ref _state, ~PendingBit) & PendingBit) != 0)
+        while (true)
         {
-            Deliver();
+            // Masked again meanwhile (another unmask/mask pair): the pending bit waits for that unmask.
+            int state = Volatile.Read(ref _state);
+            if ((state & (MaskedBit | PendingBit)) != PendingBit)
+            {
+                return;
+            }
+
+            if (Interlocked.CompareExchange(ref _state, state & ~PendingBit, state) == state)
+            {
+                Deliver();
+                return;
+            }
         }
     }
 
-    /// <summary>Clears a pending interrupt without delivering it (a reset of the function).</summary>
-    public void ClearPending() => Interlocked.And(ref _state, ~PendingBit);
+    /// <summary>
+    /// Clears a pending interrupt without delivering it: its cause was dealt with some other way
+    /// (PCI 3.0 §6.8.3.4), as after a device reset. True when one was pending.
+    /// </summary>
+    public virtual bool ClearPending() => (Interlocked.And(ref _state, ~PendingBit) & PendingBit) != 0;
 
     /// <summary>Tells the <see cref="RoutingChanged"/> listeners that the mask or the eventfd changed.</summary>
     protected void OnRoutingChanged() => RoutingChanged?.Invoke(this);

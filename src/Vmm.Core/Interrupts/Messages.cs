@@ -16,6 +16,15 @@ public sealed class DetachInterruptSink
     }
 }
 
+/// <summary>
+/// Serve <paramref name="Port"/>: its lines' raises are delivered to this controller's sink from
+/// now on (those made before are delivered at once). A port is served by one controller.
+/// </summary>
+public sealed record AttachInterruptPort(InterruptPort Port);
+
+/// <summary>Stop serving <paramref name="Port"/>: its raises are counted there and kept pending, not delivered.</summary>
+public sealed record DetachInterruptPort(InterruptPort Port);
+
 /// <summary>Query: how many interrupts each vector received; answered with <see cref="InterruptCounts"/>.</summary>
 public sealed class GetInterruptCounts
 {
@@ -32,4 +41,13 @@ public sealed record InterruptCounts(IReadOnlyDictionary<int, long> ByVector);
 public interface IInterruptSink
 {
     void Deliver(int vector);
+}
+
+/// <summary>
+/// A sink whose <see cref="IInterruptSink.Deliver"/> is safe on any thread, concurrently: the
+/// controller's <see cref="InterruptPort"/> then calls it straight from the raising thread (a
+/// notifier loop, a device worker) instead of through the controller's mailbox.
+/// </summary>
+public interface IConcurrentInterruptSink : IInterruptSink
+{
 }

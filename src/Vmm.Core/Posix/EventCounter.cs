@@ -57,10 +57,19 @@ internal static unsafe class EventCounter
     public static bool TryRead(SafeFileDescriptor fd, out ulong value)
     {
         using FdLease lease = fd.Lease();
+        return TryRead(lease.Fd, out value);
+    }
+
+    /// <summary>
+    /// As <see cref="TryRead(SafeFileDescriptor, out ulong)"/> on a descriptor number the caller
+    /// keeps valid by a reference of its own (the notifier loop's registrations hold one).
+    /// </summary>
+    public static bool TryRead(int fd, out ulong value)
+    {
         ulong v = 0;
         while (true)
         {
-            nint n = Interop.Libc.Read(lease.Fd, &v, sizeof(ulong));
+            nint n = Interop.Libc.Read(fd, &v, sizeof(ulong));
             if (n == sizeof(ulong))
             {
                 value = v;

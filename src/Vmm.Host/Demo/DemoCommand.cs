@@ -85,7 +85,7 @@ public static class DemoCommand
                 GuestDevice device = vm.Devices[0];
                 var blk = new BlkGuest(device, vm.Memory, vm.Allocator);
                 features = $"0x{device.Driver.NegotiatedFeatures:x} {FeatureNames.Describe(device.Driver.NegotiatedFeatures, device.Location.DeviceId)}";
-                protocol = device.Device is VhostUserDevice remote ? $"0x{(ulong)remote.Info.ProtocolFeatures:x} ({remote.Info.ProtocolFeatures})" : "";
+                protocol = device.Remote is { } remote ? $"0x{(ulong)remote.Info.ProtocolFeatures:x} ({remote.Info.ProtocolFeatures})" : "";
                 if (phase.Workload == RunWorkload.Verify)
                 {
                     try

@@ -22,7 +22,7 @@ public sealed class BlkGuest
         Span<byte> config = stackalloc byte[VirtioBlkConfig.Size];
         device.Driver.ReadConfig(0, config);
         Config = VirtioBlkConfig.Read(config);
-        Queues = [.. device.Driver.Queues.Select(q => new BlkQueue(q, memory, allocator, (device.Driver.NegotiatedFeatures & VirtioFeatures.RING_INDIRECT_DESC) != 0))];
+        Queues = [.. device.Driver.Queues.Select(q => new BlkQueue(q, memory, allocator, (device.Driver.NegotiatedFeatures & VirtioFeatures.RING_INDIRECT_DESC) != 0, device.Health))];
     }
 
     public GuestDevice Device { get; }
@@ -40,14 +40,18 @@ public sealed class BlkGuest
 /// One virtio-blk request queue driven from a single guest thread: submit, kick, and wait for
 /// completions with "enable interrupts, re-check, sleep" (virtio 1.2, 2.7.14). Headers and status
 /// bytes come from a fixed slab, so a steady stream of requests allocates only the request records.
+/// A wait ends early with <see cref="DeviceNeedsResetException"/> when the device asks for a reset:
+/// what was in flight will not complete then.
 /// </summary>
 public sealed class BlkQueue
 {
     private readonly VirtioDriverQueue _queue;
     private readonly VirtioBlkRequests _requests;
+    private readonly DeviceHealth? _health;
 
-    public BlkQueue(VirtioDriverQueue queue, GuestMemory memory, GuestMemoryAllocator allocator, bool indirect)
+    public BlkQueue(VirtioDriverQueue queue, GuestMemory memory, GuestMemoryAllocator allocator, bool indirect, DeviceHealth? health = null)
     {
+        _health = health;
         MaxRequests = indirect ? queue.Queue.Size : Math.Max(1, queue.Queue.Size / 3);
         ArgumentNullException.ThrowIfNull(queue);
         _queue = queue;
@@ -107,7 +111,11 @@ public sealed class BlkQueue
         }
     }
 
-    /// <summary>The next completion, sleeping on the queue's interrupt meanwhile; null after <paramref name="timeout"/> or shutdown.</summary>
+    /// <summary>
+    /// The next completion, sleeping on the queue's interrupt meanwhile; null after <paramref name="timeout"/>.
+    /// Throws <see cref="DeviceNeedsResetException"/> once the device set DEVICE_NEEDS_RESET (checked
+    /// at least every <see cref="DeviceHealth.CheckInterval"/> while asleep).
+    /// </summary>
     public VirtioBlkRequest? WaitForCompletion(TimeSpan timeout)
     {
         long deadline = Environment.TickCount64 + (long)timeout.TotalMilliseconds;
@@ -126,8 +134,10 @@ public sealed class BlkQueue
                 }
             }
 
-            long left = deadline - Environment.TickCount64;
-            bool woke = left > 0 && _queue.WaitForInterrupt(TimeSpan.FromMilliseconds(left));
+            // Asleep until the interrupt: the ring is looked at again only when one came (or at
+            // the deadline), so a lost interrupt shows as a timeout rather than being polled over.
+            bool woke = DeviceHealth.SleepUntilInterrupt(_queue, _health, deadline);
+
             lock (_queue.SyncRoot)
             {
                 // Awake and about to reap: no interrupts until the next sleep (Linux's virtblk_done).

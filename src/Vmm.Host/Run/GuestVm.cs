@@ -1,6 +1,4 @@
 using Akka.Actor;
-using Akka.Configuration;
-using Vmm.Core.Interrupts;
 using Vmm.Core.Memory;
 using Vmm.Host.Cli;
 using Vmm.Virtio;
@@ -11,34 +9,33 @@ using Vmm.VhostUser.Protocol;
 
 namespace Vmm.Host.Run;
 
-/// <summary>One device as the guest sees it: its driver, initialised, and where it sits.</summary>
-public sealed record GuestDevice(IDeviceSource Source, IVirtioDevice Device, VirtioDeviceLocation Location, VirtioGuestDriver Driver);
+/// <summary>
+/// One device as the guest sees it: its driver, initialised, and where it sits. <see cref="Remote"/>
+/// is the same device as a vhost-user device (its connection and inflight region), null for an
+/// in-process one; <see cref="Health"/> says whether it asked for a reset.
+/// </summary>
+public sealed record GuestDevice(
+    IDeviceSource Source, IVirtioDevice Device, VirtioDeviceLocation Location, VirtioGuestDriver Driver, IVhostUserDevice? Remote, DeviceHealth Health);
 
 /// <summary>
-/// The VM <c>vmm run</c> builds: guest memory, an actor system with the InterruptControllerActor,
-/// a <see cref="VirtioMachine"/> with every device on its bus, and one initialised guest driver
-/// per device. Actors carry only interrupt delivery (function-backed lines); the data plane is
-/// the drivers' rings, the devices' workers and the workload's own threads.
+/// The VM <c>vmm run</c> builds: guest memory; the actor tree of an embedding host
+/// (<see cref="VmHost"/>: <c>/user/vm</c> with its interrupt controller and one supervisor per
+/// vhost-user device); a <see cref="VirtioMachine"/> with every device on its bus; and one
+/// initialised guest driver per device. Actors carry lifecycle and, with function-backed lines,
+/// interrupt delivery; the data plane is the drivers' rings, the devices' workers and the
+/// workload's own threads.
 /// </summary>
 public sealed class GuestVm : IDisposable
 {
     /// <summary>Guest-physical memory below this is left to rings' neighbours; the allocator hands out the rest.</summary>
     private const ulong AllocatorBase = 1UL << 20;
 
-    // Akka's default logger writes to stdout, which carries workload results, and prints stack
-    // traces for expected failures (an unreachable socket): it stays off. Device failures reach the
-    // user as exceptions (one sentence) and, for vhost-user connections, through VhostUserConnectionLog on stderr.
-    private static readonly Config QuietAkka = ConfigurationFactory.ParseString("""
-        akka.loglevel = OFF
-        akka.stdout-loglevel = OFF
-        akka.log-dead-letters = off
-        akka.log-dead-letters-during-shutdown = off
-        akka.actor.debug.unhandled = off
-        """);
+    /// <summary>How many times in a row a workload starts again after its device needed a reset.</summary>
+    private const int MaxResets = 1;
 
     private readonly List<IVirtioDevice> _devices = [];
     private readonly List<GuestDevice> _guestDevices = [];
-    private ActorSystem? _system;
+    private VmHost? _host;
     private VirtioMachine? _machine;
     private bool _disposed;
     private GuestVmHooks? _hooks;
@@ -58,7 +55,13 @@ public sealed class GuestVm : IDisposable
 
     public VirtioMachine Machine => _machine ?? throw new InvalidOperationException("The VM is not built.");
 
+    /// <summary>The actor side (the VM actor and its devices).</summary>
+    public VmHost Host => _host ?? throw new InvalidOperationException("The VM is not built.");
+
     public IReadOnlyList<GuestDevice> Devices => _guestDevices;
+
+    /// <summary>Where the VM's one-line messages go (a device reset during a workload); stderr by default.</summary>
+    public TextWriter Messages { get; set; } = Console.Error;
 
     /// <summary>Builds the VM and runs the guest driver's initialisation on every device, in order.</summary>
     public static GuestVm Start(RunOptions options) => Start(options, null);
@@ -99,35 +102,60 @@ public sealed class GuestVm : IDisposable
         }
     }
 
+    /// <summary>
+    /// Runs <paramref name="workload"/> on <paramref name="device"/>; when the device asks for a
+    /// reset meanwhile (DEVICE_NEEDS_RESET: a back-end that gave up), the guest resets and
+    /// re-initialises it, as a driver does, and the workload starts again, once. A second request
+    /// for a reset ends it with one sentence.
+    /// </summary>
+    public string RunWithResets(GuestDevice device, string what, Func<GuestDevice, string> workload)
+    {
+        ArgumentNullException.ThrowIfNull(device);
+        ArgumentNullException.ThrowIfNull(workload);
+        for (int resets = 0; ; resets++)
+        {
+            try
+            {
+                return workload(device);
+            }
+            catch (DeviceNeedsResetException e) when (resets < MaxResets)
+            {
+                Messages.WriteLine($"vmm: {Name(device)}: {e.Message.TrimEnd('.')}; resetting and re-initialising it, then starting {what} again.");
+                Reinitialize(device);
+            }
+            catch (DeviceNeedsResetException e)
+            {
+                throw new WorkloadFailedException($"{what} on {Name(device)} failed: after a reset, {e.Message.TrimEnd('.')} again.", e);
+            }
+        }
+    }
+
     private void Build()
     {
-        IActorRef? controller = null;
-        List<VhostUserDeviceSource> remote = Options.Devices.OfType<VhostUserDeviceSource>().ToList();
-        if (Options.Delivery == GuestInterruptDelivery.FunctionBacked || Options.Devices.Any(d => d is IActorDeviceSource))
-        {
-            _system = ActorSystem.Create("vmm", QuietAkka);
-        }
-
-        if (Options.Delivery == GuestInterruptDelivery.FunctionBacked)
-        {
-            controller = _system!.ActorOf(InterruptControllerActor.Props(), "interrupts");
-        }
-
-        IActorRef? connectionLog = null;
-        if (remote.Count > 0)
-        {
-            connectionLog = VhostUserConnectionLogging.Start(_system!, remote.ToDictionary(r => r.Name, r => r.Spec.SocketPath), Console.Error);
-        }
+        List<IHostedDeviceSource> hosted = [.. Options.Devices.OfType<IHostedDeviceSource>()];
+        _host = VmHost.Start(hosted, Console.Error);
+        IActorRef? controller = Options.Delivery == GuestInterruptDelivery.FunctionBacked
+            ? _host.Vmm.GetInterruptControllerAsync().GetAwaiter().GetResult()
+            : null;
 
         _machine = new VirtioMachine(Memory, Options.Delivery, controller);
+        var remotes = new List<IVhostUserDevice?>();
+        var healths = new List<DeviceHealth>();
         foreach (IDeviceSource source in Options.Devices)
         {
-            IVirtioDevice device = source is IActorDeviceSource actors ? actors.Create(_system!) : source.Create();
-            device = _hooks?.WrapDevice?.Invoke(device, _devices.Count) ?? device;
+            IVhostUserDevice? remote = source is IHostedDeviceSource h ? h.Connect(_host.Vmm) : null;
+            IVirtioDevice device = remote ?? source.Create();
+            device = _hooks?.WrapDevice?.Invoke(device, _devices.Count, remote) ?? device;
             _devices.Add(device);
-            if (source is VhostUserDeviceSource attached)
+            remotes.Add(remote);
+
+            // Subscribed before the transport, so the reason is known when the driver sees the status bit.
+            var health = new DeviceHealth();
+            device.Faulted += fault => health.Faulted(fault.Reason);
+            healths.Add(health);
+            if (source is IHostedDeviceSource attached)
             {
-                connectionLog?.Tell(new VhostUserConnectionLog.DeviceAttached(attached.Name));
+                _host.ConnectionLog?.Tell(new VhostUserConnectionLog.DeviceAttached(attached.Name));
             }
 
             if (Options.Transport == VirtioTransportKind.Mmio)
@@ -163,7 +191,9 @@ public sealed class GuestVm : IDisposable
             {
                 QueueSize = _devices[i].GetMaxQueueSize(0),
             }));
-            _guestDevices.Add(new GuestDevice(source, _devices[i], location, driver));
+            driver.DeviceNeedsReset += healths[i].SetNeedsReset;
+            var guestDevice = new GuestDevice(source, _devices[i], location, driver, remotes[i], healths[i]);
+            _guestDevices.Add(guestDevice);
             try
             {
                 driver.Initialize();
@@ -174,6 +204,24 @@ public sealed class GuestVm : IDisposable
             }
         }
     }
+
+    /// <summary>What a guest driver does for DEVICE_NEEDS_RESET: status 0, then the whole initialisation again.</summary>
+    public void Reinitialize(GuestDevice device)
+    {
+        ArgumentNullException.ThrowIfNull(device);
+        device.Health.Clear();
+        try
+        {
+            device.Driver.ResetAndReinitialize();
+        }
+        catch (VirtioDriverException e)
+        {
+            throw new WorkloadFailedException($"The guest driver could not re-initialise {Name(device)} after its reset: {e.Message}", e);
+        }
+    }
+
+    private static string Name(GuestDevice device) =>
+        device.Source is IHostedDeviceSource hosted ? $"{hosted.Name} ({hosted.Where})" : $"the {device.Source.Kind} device";
 
     /// <summary>Drivers reset their devices (status 0 stops every queue), then everything is released.</summary>
     public void Dispose()
@@ -190,7 +238,7 @@ public sealed class GuestVm : IDisposable
             {
                 d.Driver.Dispose();
             }
-            catch (Exception e) when (d.Device is VhostUserDevice && e is VhostUserConnectionLostException or AskTimeoutException)
+            catch (Exception e) when (d.Remote is not null && e is VhostUserConnectionLostException or AskTimeoutException)
             {
                 // The back-end is gone and the device gave up (already reported on stderr): nothing left to reset.
             }
@@ -202,12 +250,7 @@ public sealed class GuestVm : IDisposable
             device.Dispose();
         }
 
-        if (_system is not null)
-        {
-            _system.Terminate().Wait(TimeSpan.FromSeconds(5));
-            _system.Dispose();
-        }
-
+        _host?.Dispose();
         Memory.Dispose();
     }
 }
@@ -218,8 +261,8 @@ public sealed record GuestVmHooks
     /// <summary>Called on the new guest memory before anything else touches it.</summary>
     public Action<GuestMemory>? PrepareMemory { get; init; }
 
-    /// <summary>Wraps device number <c>n</c> (in option order) before it goes on the bus.</summary>
-    public Func<IVirtioDevice, int, IVirtioDevice>? WrapDevice { get; init; }
+    /// <summary>Wraps device number <c>n</c> (in option order; with its vhost-user side, if it has one) before it goes on the bus.</summary>
+    public Func<IVirtioDevice, int, IVhostUserDevice?, IVirtioDevice>? WrapDevice { get; init; }
 
     /// <summary>Makes the factory the guest drivers place their rings with.</summary>
     public Func<GuestMemory, GuestMemoryAllocator, IDriverQueueFactory>? QueueFactory { get; init; }

@@ -16,11 +16,11 @@ public static class ProbeWorkload
         CultureInfo c = CultureInfo.InvariantCulture;
         VirtioDeviceId id = device.Location.DeviceId;
         text.AppendLine(c, $"device {device.Source.Kind}: virtio device id {(int)id} ({id}) on {RunOptions.Name(device.Location.Kind)} slot {device.Location.Slot} at 0x{device.Location.Address:x}");
-        if (device.Device is VhostUserDevice remote && device.Source is VhostUserDeviceSource source)
+        if (device.Remote is { } remote && device.Source is IHostedDeviceSource source)
         {
             // What the back-end itself offers, vhost-user-only bits included (the guest sees them masked).
             DeviceInfo info = remote.Info;
-            text.AppendLine(c, $"  vhost-user socket   {source.Spec.SocketPath}");
+            text.AppendLine(c, $"  vhost-user socket   {source.Where}");
             string names = FeatureNames.Describe(info.Features, id)
                 .Replace("bit26", "LOG_ALL", StringComparison.Ordinal)
                 .Replace("bit30", "PROTOCOL_FEATURES", StringComparison.Ordinal);

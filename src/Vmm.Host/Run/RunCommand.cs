@@ -8,7 +8,7 @@ namespace Vmm.Host.Run;
 
 /// <summary>
 /// <c>vmm run</c>: builds a VM with the given devices, lets the guest driver initialise each one
-/// and runs a workload on the guest side (DESIGN.md, "Vmm.Host: the vmm command").
+/// and runs a workload on the guest side (docs/cli.md).
 /// Results go to stdout; messages to stderr.
 /// </summary>
 public static class RunCommand
@@ -192,9 +192,9 @@ public static class RunCommand
             case RunWorkload.Verify:
                 foreach (GuestDevice d in vm.Devices)
                 {
-                    output.WriteLine(d.Source.Kind == "blk"
-                        ? Workloads.VerifyBlk(vm, new BlkGuest(d, vm.Memory, vm.Allocator))
-                        : Workloads.VerifyRng(vm, d));
+                    output.WriteLine(vm.RunWithResets(d, "verify", g => g.Source.Kind == "blk"
+                        ? Workloads.VerifyBlk(vm, new BlkGuest(g, vm.Memory, vm.Allocator))
+                        : Workloads.VerifyRng(vm, g)));
                 }
 
                 break;
@@ -202,15 +202,19 @@ public static class RunCommand
             case RunWorkload.Checksum:
                 foreach (GuestDevice d in vm.Devices.Where(d => d.Source.Kind == "blk"))
                 {
-                    output.WriteLine(Workloads.ChecksumBlk(vm, new BlkGuest(d, vm.Memory, vm.Allocator)));
+                    output.WriteLine(vm.RunWithResets(d, "checksum", g => Workloads.ChecksumBlk(vm, new BlkGuest(g, vm.Memory, vm.Allocator))));
                 }
 
                 break;
 
             case RunWorkload.Bench when vm.Devices[0].Source.Kind == "blk":
-                GuestDevice device = vm.Devices[0];
-                BenchResult result = BenchWorkload.RunWithProgress(vm, new BlkGuest(device, vm.Memory, vm.Allocator), cancellationToken);
-                BenchWorkload.Write(output, options, result);
+                BenchResult? result = null;
+                vm.RunWithResets(vm.Devices[0], "bench", g =>
+                {
+                    result = BenchWorkload.RunWithProgress(vm, new BlkGuest(g, vm.Memory, vm.Allocator), cancellationToken);
+                    return string.Empty;
+                });
+                BenchWorkload.Write(output, options, result!);
                 break;
 
             case RunWorkload.Bench or RunWorkload.Fs or RunWorkload.FsVerify or RunWorkload.Net:

@@ -4,6 +4,7 @@ using Vmm.Virtio;
 using Vmm.Virtio.Driver;
 using Vmm.Virtio.Queues;
 using Vmm.Virtio.Spec;
+using Vmm.VhostUser.Frontend;
 using static Vmm.Virtio.Spec.VirtqueueLayout;
 
 namespace Vmm.Host.Run;
@@ -14,13 +15,11 @@ namespace Vmm.Host.Run;
 /// vhost-user back-end), and each queue starts from its saved state rather than from zero.
 /// Everything else passes through.
 /// </summary>
-internal sealed class RestoredDevice(IVirtioDevice inner, DeviceSnapshotRecord saved) : IVirtioDevice
+internal sealed class RestoredDevice(IVirtioDevice inner, DeviceSnapshotRecord saved, IVhostUserDevice? remote) : IVirtioDevice
 {
     private readonly Dictionary<int, VirtqueueState> _pending = saved.Queues.Select((q, i) => (q, i)).ToDictionary(x => x.i, x => x.q.State);
 
     private bool _stateRestored;
-
-    public IVirtioDevice Inner => inner;
 
     public VirtioDeviceId DeviceId => inner.DeviceId;
 
@@ -57,7 +56,7 @@ internal sealed class RestoredDevice(IVirtioDevice inner, DeviceSnapshotRecord s
             inner.RestoreState(saved.State);
 
             // The rings resume at their saved positions, so the saved inflight region agrees with them.
-            if (saved.Inflight.Length > 0 && inner is Vmm.VhostUser.Frontend.VhostUserDevice remote)
+            if (saved.Inflight.Length > 0 && remote is not null)
             {
                 remote.RestoreInflight(saved.Inflight, saved.InflightShape.NumQueues, saved.InflightShape.QueueSize);
             }
@@ -76,6 +75,8 @@ internal sealed class RestoredDevice(IVirtioDevice inner, DeviceSnapshotRecord s
     public VirtqueueState? StopQueue(int index) => inner.StopQueue(index);
 
     public void Reset() => inner.Reset();
+
+    public void DriverStatusChanged(VirtioDeviceStatus status) => inner.DriverStatusChanged(status);
 
     public byte[] SaveState() => inner.SaveState();
 

@@ -130,7 +130,7 @@ public static class SaveRestoreRun
                 memory.Write(page.Address, page.Data);
             }
         },
-        WrapDevice = (device, index) => new RestoredDevice(device, snapshot.Devices[index]),
+        WrapDevice = (device, index, remote) => new RestoredDevice(device, snapshot.Devices[index], remote),
         QueueFactory = (memory, allocator) => new RestoringQueueFactory(memory, allocator, snapshot.Devices[0]),
     };
 
@@ -224,10 +224,10 @@ public static class SaveRestoreRun
 
         // After every ring stopped: a vhost-user back-end moves its state only when suspended.
         byte[] deviceState = d.Device.SaveState();
-        (byte[] inflight, (ushort, ushort) shape) = ReadInflight(d.Device is RestoredDevice r ? r.Inner : d.Device);
-        var device = new DeviceSnapshotRecord(d.Source.Kind, (ushort)d.Device.DeviceId, d.Driver.NegotiatedFeatures, queues, deviceState, inflight)
+        InflightContents inflight = d.Remote?.ReadInflight() ?? new InflightContents([], 0, 0);
+        var device = new DeviceSnapshotRecord(d.Source.Kind, (ushort)d.Device.DeviceId, d.Driver.NegotiatedFeatures, queues, deviceState, inflight.Contents)
         {
-            InflightShape = shape,
+            InflightShape = (inflight.NumQueues, inflight.QueueSize),
         };
         var machine = new MachineSnapshot(
             vm.Options.MemorySize, vm.Options.Transport == Vmm.Virtio.Driver.VirtioTransportKind.Pci, vm.Options.PackedRing,
@@ -253,26 +253,5 @@ public static class SaveRestoreRun
         }
 
         return pages;
-    }
-
-    /// <summary>A vhost-user device's inflight region, copied; empty when it has none.</summary>
-    private static (byte[] Contents, (ushort NumQueues, ushort QueueSize) Shape) ReadInflight(Vmm.Virtio.IVirtioDevice device)
-    {
-        if (device is not VhostUserDevice remote)
-        {
-            return ([], default);
-        }
-
-        DeviceSnapshot snapshot = remote.Supervisor.Ask<DeviceSnapshot>(GetDeviceSnapshot.Instance, TimeSpan.FromSeconds(10)).GetAwaiter().GetResult();
-        if (snapshot.Inflight is not { } region || region.MmapSize == 0 || region.MmapSize > int.MaxValue)
-        {
-            return ([], default);
-        }
-
-        using SharedMapping map = SharedMapping.Map(region.Fd, region.MmapOffset, region.MmapSize);
-        unsafe
-        {
-            return (new ReadOnlySpan<byte>(map.Address, (int)region.MmapSize).ToArray(), (region.NumQueues, region.QueueSize));
-        }
     }
 }

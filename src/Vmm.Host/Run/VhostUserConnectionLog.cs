@@ -22,6 +22,7 @@ public sealed class VhostUserConnectionLog : ReceiveActor
         Receive<DeviceConnectionLost>(HandleLost);
         Receive<DeviceConnectionRestored>(HandleRestored);
         Receive<DeviceFailed>(HandleFailed);
+        Receive<DeviceRecovered>(m => Write(m.Name, "device works again after the guest's reset."));
         Receive<DeviceAttached>(m => _attached.Add(m.Name));
     }
 
@@ -72,6 +73,7 @@ public static class VhostUserConnectionLogging
         system.EventStream.Subscribe(log, typeof(DeviceConnectionLost));
         system.EventStream.Subscribe(log, typeof(DeviceConnectionRestored));
         system.EventStream.Subscribe(log, typeof(DeviceFailed));
+        system.EventStream.Subscribe(log, typeof(DeviceRecovered));
         return log;
     }
 }

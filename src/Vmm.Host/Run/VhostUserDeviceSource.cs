@@ -1,47 +1,69 @@
-using Akka.Actor;
 using Vmm.Host.Cli;
 using Vmm.Virtio;
 using Vmm.Virtio.Spec;
 using Vmm.VhostUser.Frontend;
+using Vmm.VhostUser.Hosting;
 using Vmm.VhostUser.Protocol;
 
 namespace Vmm.Host.Run;
 
-/// <summary>A device source whose device lives in the VM's actor system (its actors are created there).</summary>
-public interface IActorDeviceSource : IDeviceSource
+/// <summary>
+/// A device source whose device the VM actor creates (a vhost-user device under <c>/user/vm</c>):
+/// it adds its device to the VM's composition, then gets it from the running VM.
+/// </summary>
+public interface IHostedDeviceSource : IDeviceSource
 {
-    /// <summary>Makes the device with its actors under <paramref name="system"/>; errors as <see cref="IDeviceSource.Create()"/>.</summary>
-    IVirtioDevice Create(ActorSystem system);
+    /// <summary>The device's name in the VM (its supervisor's actor name: blk0, rng1, ...).</summary>
+    string Name { get; }
+
+    /// <summary>Where its back-end is, for messages.</summary>
+    string Where { get; }
+
+    /// <summary>Adds the device to the VM being composed.</summary>
+    void Configure(ManagedVmmBuilder vm);
+
+    /// <summary>
+    /// The device, once its first handshake is done. Throws <see cref="UsageException"/> (exit code
+    /// 2) when it cannot be reached or used, with one sentence.
+    /// </summary>
+    IVhostUserDevice Connect(IManagedVmm vmm, CancellationToken cancellationToken = default);
 }
 
 /// <summary>
-/// A vhost-user device from a <c>--vhost-user</c> option: a <see cref="VhostUserDevice"/> whose
-/// supervisor runs in the VM's actor system, attached to the machine like any in-process device.
-/// Connection failures become one-sentence usage errors (exit code 2).
+/// A vhost-user device from a <c>--vhost-user</c> option: its supervisor is a child of the VM
+/// actor, and the device is attached to the machine like any in-process device. Connection
+/// failures become one-sentence usage errors (exit code 2).
 /// </summary>
-public sealed class VhostUserDeviceSource(VhostUserSpec spec, string name) : IActorDeviceSource
+public sealed class VhostUserDeviceSource(VhostUserSpec spec, string name) : IHostedDeviceSource
 {
     public VhostUserSpec Spec { get; } = spec ?? throw new ArgumentNullException(nameof(spec));
 
-    /// <summary>The supervisor's actor name, unique in the VM (blk0, rng1, ...), as connection messages name it.</summary>
     public string Name { get; } = name ?? throw new ArgumentNullException(nameof(name));
+
+    public string Where => Spec.SocketPath;
 
     public string Kind => Spec.Kind;
 
     public VirtioDeviceId DeviceId => Spec.DeviceId;
 
     public IVirtioDevice Create() =>
-        throw new InvalidOperationException("A vhost-user device needs the VM's actor system: call Create(ActorSystem).");
+        throw new InvalidOperationException("A vhost-user device is created by the VM actor: call Configure, then Connect.");
 
-    public IVirtioDevice Create(ActorSystem system)
+    public void Configure(ManagedVmmBuilder vm)
     {
-        ArgumentNullException.ThrowIfNull(system);
+        ArgumentNullException.ThrowIfNull(vm);
+        vm.AddVhostUserDevice(Name, Spec.SocketPath, Spec.DeviceId, _ => Spec.ToOptions(Name));
+    }
+
+    public IVhostUserDevice Connect(IManagedVmm vmm, CancellationToken cancellationToken = default)
+    {
+        ArgumentNullException.ThrowIfNull(vmm);
         string path = Spec.SocketPath;
-        VhostUserDevice device;
+        IVhostUserDevice device;
         try
         {
             // Called on the command's thread, not in an actor: blocking on the handshake is fine here.
-            device = VhostUserDevice.ConnectAsync(system, Spec.ToOptions(Name)).GetAwaiter().GetResult();
+            device = vmm.GetDeviceAsync(Name, cancellationToken).GetAwaiter().GetResult();
         }
         catch (VhostUserConnectException e)
         {
@@ -58,9 +80,7 @@ public sealed class VhostUserDeviceSource(VhostUserSpec spec, string name) : IAc
 
         if (Spec.Queues is int wanted && device.QueueCount < wanted)
         {
-            int has = device.QueueCount;
-            device.Dispose();
-            throw new UsageException($"--vhost-user {path}: queues={wanted} asked, but the back-end has {has} queue(s).");
+            throw new UsageException($"--vhost-user {path}: queues={wanted} asked, but the back-end has {device.QueueCount} queue(s).");
         }
 
         return device;

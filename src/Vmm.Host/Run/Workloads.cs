@@ -133,7 +133,7 @@ public static class Workloads
             }
 
             queue.Notify();
-            if (!queue.WaitForCompletion(RequestTimeout, out _, out uint written))
+            if (!WaitForCompletion(queue, rng.Health, RequestTimeout, out uint written))
             {
                 throw new WorkloadFailedException($"the entropy device did not fill a buffer within {RequestTimeout.TotalSeconds:0} s.");
             }
@@ -157,6 +157,39 @@ public static class Workloads
         return string.Create(
             CultureInfo.InvariantCulture,
             $"verify: read {RngVerifyBytes / 1024} KiB of entropy in {stopwatch.ElapsedMilliseconds} ms: not constant");
+    }
+
+    /// <summary>
+    /// "Enable interrupts, re-check, sleep" (virtio 1.2, 2.7.14) on a driver queue, waking at least
+    /// every <see cref="DeviceHealth.CheckInterval"/> to see whether the device asked for a reset
+    /// (<see cref="DeviceNeedsResetException"/>) rather than waiting out the timeout.
+    /// </summary>
+    private static bool WaitForCompletion(VirtioDriverQueue queue, DeviceHealth health, TimeSpan timeout, out uint written)
+    {
+        long deadline = Environment.TickCount64 + (long)timeout.TotalMilliseconds;
+        while (true)
+        {
+            lock (queue.SyncRoot)
+            {
+                if (queue.Queue.TryTakeUsed(out _, out written))
+                {
+                    return true;
+                }
+
+                if (queue.Queue.EnableInterrupts())
+                {
+                    continue;
+                }
+            }
+
+            if (!DeviceHealth.SleepUntilInterrupt(queue, health, deadline))
+            {
+                lock (queue.SyncRoot)
+                {
+                    return queue.Queue.TryTakeUsed(out _, out written);
+                }
+            }
+        }
     }
 
     /// <summary>

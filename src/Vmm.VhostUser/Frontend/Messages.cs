@@ -5,20 +5,27 @@ using Vmm.VhostUser.Protocol;
 namespace Vmm.VhostUser.Frontend;
 
 // Commands to a vhost-user device (its VhostUserDeviceSupervisor, which forwards them to the
-// connection). Each is answered to the asker with the reply named below or a Status.Failure.
+// connection or serves them from its model while no connection is ready). Each is answered to
+// the asker with the reply named below or a Status.Failure, in every state of both actors.
+
+/// <summary>
+/// A command to a vhost-user device: the supervisor forwards it to a ready connection, keeps it
+/// while a connection attempt is under way, and otherwise serves it from the device's model.
+/// </summary>
+public interface IDeviceCommand;
 
 /// <summary>Start queue <paramref name="Index"/>; answered with <see cref="QueueStarted"/>.</summary>
-public sealed record StartQueue(int Index, VirtqueueResources Resources, ulong Features, VirtqueueState? InitialState = null);
+public sealed record StartQueue(int Index, VirtqueueResources Resources, ulong Features, VirtqueueState? InitialState = null) : IDeviceCommand;
 
 public sealed record QueueStarted(int Index);
 
 /// <summary>Stop queue <paramref name="Index"/>; answered with <see cref="QueueStopped"/> (State null: it was not running).</summary>
-public sealed record StopQueue(int Index);
+public sealed record StopQueue(int Index) : IDeviceCommand;
 
 public sealed record QueueStopped(int Index, VirtqueueState? State);
 
 /// <summary>Reset the device (RESET_DEVICE, or stop every ring); answered with <see cref="DeviceReset"/>.</summary>
-public sealed class ResetDevice
+public sealed class ResetDevice : IDeviceCommand
 {
     public static readonly ResetDevice Instance = new();
 
@@ -37,13 +44,13 @@ public sealed class DeviceReset
 }
 
 /// <summary>Read <paramref name="Length"/> config bytes at <paramref name="Offset"/>; answered with <see cref="ConfigData"/>.</summary>
-public sealed record ReadConfig(int Offset, int Length);
+public sealed record ReadConfig(int Offset, int Length) : IDeviceCommand;
 
 /// <summary>Config bytes; shorter than asked when the back-end has fewer (the rest reads as zero).</summary>
 public sealed record ConfigData(int Offset, byte[] Data);
 
 /// <summary>Write config bytes (SET_CONFIG); answered with <see cref="ConfigWritten"/>.</summary>
-public sealed record WriteConfig(int Offset, byte[] Data);
+public sealed record WriteConfig(int Offset, byte[] Data) : IDeviceCommand;
 
 public sealed class ConfigWritten
 {
@@ -55,7 +62,7 @@ public sealed class ConfigWritten
 }
 
 /// <summary>Query: what the handshake found; answered with <see cref="DeviceInfo"/> once the device is ready.</summary>
-public sealed class GetDeviceInfo
+public sealed class GetDeviceInfo : IDeviceCommand
 {
     public static readonly GetDeviceInfo Instance = new();
 
@@ -82,9 +89,6 @@ public sealed class GetConnectionCount
 
 public sealed record ConnectionCount(int Started, int Ready);
 
-/// <summary>Connection actor → supervisor: the device state to keep across a reconnect.</summary>
-public sealed record SnapshotUpdated(DeviceSnapshot Snapshot);
-
 /// <summary>Connection actor → supervisor: the handshake (and any replay) completed.</summary>
 public sealed record ConnectionReady(DeviceInfo Info);
 
@@ -104,11 +108,14 @@ public sealed class GetQueueStatus
     }
 }
 
-/// <summary>Whether the queue's call eventfd is proxied by a thread, and how many interrupts it raised so far.</summary>
-public sealed record QueueStatus(int Index, bool Proxied, long InterruptsRaised);
+/// <summary>
+/// Whether the back-end's call currently goes to the proxy (else to the guest's vector eventfd),
+/// how many interrupts the proxy raised, and how many times the route changed after set-up.
+/// </summary>
+public sealed record QueueStatus(int Index, bool Proxied, long ProxiedInterrupts, long Reroutes);
 
-/// <summary>Query to a <see cref="VhostUserDeviceSupervisor"/>: its current <see cref="DeviceSnapshot"/>.</summary>
-public sealed class GetDeviceSnapshot
+/// <summary>Query to a device: its current <see cref="DeviceSnapshot"/> (from the model, wherever it is).</summary>
+public sealed class GetDeviceSnapshot : IDeviceCommand
 {
     public static readonly GetDeviceSnapshot Instance = new();
 
@@ -131,13 +138,13 @@ public sealed record DeviceConnectionRestored(string Name, int Attempts);
 /// Connection actor → supervisor: a command the dying connection did not finish (or had not
 /// started), sent with its original asker as Sender; the supervisor serves it from the snapshot.
 /// </summary>
-public sealed record CommandRequeued(IActorRef From, object Command);
+public sealed record CommandRequeued(IActorRef From, IDeviceCommand Command);
 
 /// <summary>
 /// Save the back-end's internal state over DEVICE_STATE (all rings stopped first); answered with
 /// <see cref="DeviceStateSaved"/>, whose bytes are empty when DEVICE_STATE was not negotiated.
 /// </summary>
-public sealed class SaveDeviceState
+public sealed class SaveDeviceState : IDeviceCommand
 {
     public static readonly SaveDeviceState Instance = new();
 
@@ -149,7 +156,7 @@ public sealed class SaveDeviceState
 public sealed record DeviceStateSaved(byte[] State);
 
 /// <summary>Load <paramref name="State"/> into the back-end over DEVICE_STATE before its rings start; answered with <see cref="DeviceStateLoaded"/>.</summary>
-public sealed record LoadDeviceState(byte[] State);
+public sealed record LoadDeviceState(byte[] State) : IDeviceCommand;
 
 public sealed class DeviceStateLoaded
 {
@@ -166,7 +173,7 @@ public sealed class DeviceStateLoaded
 /// ring start hands it to the back-end with SET_INFLIGHT_FD, so what was in flight is resubmitted.
 /// Answered with <see cref="InflightRestored"/>.
 /// </summary>
-public sealed record RestoreInflight(byte[] Contents, ushort NumQueues, ushort QueueSize);
+public sealed record RestoreInflight(byte[] Contents, ushort NumQueues, ushort QueueSize) : IDeviceCommand;
 
 public sealed class InflightRestored
 {
@@ -176,3 +183,117 @@ public sealed class InflightRestored
     {
     }
 }
+
+/// <summary>A copy of the device's inflight region; answered with <see cref="InflightContents"/> (empty when it has none).</summary>
+public sealed class ReadInflight : IDeviceCommand
+{
+    public static readonly ReadInflight Instance = new();
+
+    private ReadInflight()
+    {
+    }
+}
+
+/// <summary>An inflight region's bytes and shape (VhostUserInflight's queue count and queue size).</summary>
+public sealed record InflightContents(byte[] Contents, ushort NumQueues, ushort QueueSize);
+
+/// <summary>
+/// The guest driver wrote the device status <paramref name="Status"/> (virtio 1.2, 2.1): sent with
+/// SET_STATUS when STATUS was negotiated, kept for the next back-end otherwise; answered with
+/// <see cref="DriverStatusSet"/>.
+/// </summary>
+public sealed record SetDriverStatus(byte Status) : IDeviceCommand;
+
+public sealed class DriverStatusSet
+{
+    public static readonly DriverStatusSet Instance = new();
+
+    private DriverStatusSet()
+    {
+    }
+}
+
+/// <summary>
+/// To a device's supervisor: try to connect now instead of at the end of the current backoff (for
+/// a host that saw the back-end's socket appear). Answered with <see cref="ReconnectScheduled"/>.
+/// </summary>
+public sealed class ReconnectNow
+{
+    public static readonly ReconnectNow Instance = new();
+
+    private ReconnectNow()
+    {
+    }
+}
+
+/// <summary>Whether <see cref="ReconnectNow"/> started an attempt (false: one is under way, the device is connected, or it gave up).</summary>
+public sealed record ReconnectScheduled(bool Started);
+
+/// <summary>The phases of a device's supervisor (<see cref="VhostUserDeviceSupervisor"/>).</summary>
+public enum SupervisorPhase
+{
+    /// <summary>The first connection attempt is under way (or waiting for a back-end that is not up yet).</summary>
+    Starting,
+
+    /// <summary>A reconnect attempt is under way; commands wait for its outcome.</summary>
+    Connecting,
+
+    /// <summary>A connection is ready; commands go to it.</summary>
+    Ready,
+
+    /// <summary>The connection died with commands in hand; they wait for its end, then are served without it.</summary>
+    Losing,
+
+    /// <summary>Waiting before the next attempt; commands are served from the model.</summary>
+    BackingOff,
+
+    /// <summary>A failure the device cannot judge went to the VM, which decides; commands are served from the model.</summary>
+    AwaitingDecision,
+
+    /// <summary>The device needs a reset (DEVICE_NEEDS_RESET); commands are served from the model; the guest's reset connects again.</summary>
+    GaveUp,
+}
+
+/// <summary>Query to a device's supervisor; answered with <see cref="SupervisorState"/> in every phase.</summary>
+public sealed class GetSupervisorState
+{
+    public static readonly GetSupervisorState Instance = new();
+
+    private GetSupervisorState()
+    {
+    }
+}
+
+/// <summary>The supervisor's phase, the reconnect attempt counter, and why it last lost or gave up.</summary>
+public sealed record SupervisorState(SupervisorPhase Phase, int Attempt, string? Reason);
+
+/// <summary>The phases of a connection actor (<see cref="VhostUserConnectionActor"/>).</summary>
+public enum ConnectionPhase
+{
+    /// <summary>Opening the socket.</summary>
+    Connecting,
+
+    /// <summary>The handshake is under way.</summary>
+    Negotiating,
+
+    /// <summary>The device's state is being replayed to the new back-end.</summary>
+    Replaying,
+
+    /// <summary>Idle: commands are taken.</summary>
+    Ready,
+
+    /// <summary>A command's requests are on the wire; later commands wait in order.</summary>
+    Busy,
+}
+
+/// <summary>Query to a connection actor; answered with <see cref="ConnectionPhaseReply"/> in every phase.</summary>
+public sealed class GetConnectionPhase
+{
+    public static readonly GetConnectionPhase Instance = new();
+
+    private GetConnectionPhase()
+    {
+    }
+}
+
+public sealed record ConnectionPhaseReply(ConnectionPhase Phase);

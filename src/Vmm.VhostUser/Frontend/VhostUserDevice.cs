@@ -8,9 +8,50 @@ using Vmm.VhostUser.Protocol;
 namespace Vmm.VhostUser.Frontend;
 
 /// <summary>
+/// A vhost-user device as a host sees it: an <see cref="IVirtioDevice"/> for its transport, plus
+/// what only a device with a back-end in another process has (its connection's events and state,
+/// the inflight region). What <c>IManagedVmm.GetDeviceAsync</c> hands out.
+/// </summary>
+public interface IVhostUserDevice : IVirtioDevice
+{
+    /// <summary>The device's name in its VM (the supervisor's actor name).</summary>
+    string Name { get; }
+
+    /// <summary>What the handshake found (the latest one the device was asked about: its features after a reset may differ).</summary>
+    DeviceInfo Info { get; }
+
+    /// <summary>The device's supervisor (the commands of Frontend/Messages.cs may be sent to it directly).</summary>
+    IActorRef Supervisor { get; }
+
+    /// <summary>False from a connection loss until the next connection is ready, and while the device has given up.</summary>
+    bool IsConnected { get; }
+
+    /// <summary>Completes when the device has stopped (disposed, or its VM stopped); calls fail at once from then on.</summary>
+    Task Stopped { get; }
+
+    /// <summary>
+    /// The back-end went away; the device stays attached and reconnects (kicks are kept, config
+    /// reads and queue commands are served from its snapshot meanwhile). Raised on an actor thread.
+    /// </summary>
+    event Action<string>? ConnectionLost;
+
+    /// <summary>A back-end is connected again and the device state replayed (also after a give-up and the guest's reset); the argument is the attempt that succeeded.</summary>
+    event Action<int>? ConnectionRestored;
+
+    /// <summary>A copy of the inflight region (what a save keeps); empty when the device has none.</summary>
+    InflightContents ReadInflight();
+
+    /// <summary>
+    /// Installs a saved inflight region before the queues start: the back-end receives it with
+    /// SET_INFLIGHT_FD and resubmits what it records as in flight.
+    /// </summary>
+    void RestoreInflight(ReadOnlySpan<byte> contents, ushort numQueues, ushort queueSize);
+}
+
+/// <summary>
 /// A vhost-user device as the VMM and its transport see it: an <see cref="IVirtioDevice"/> whose
 /// every call is a message to the device's <see cref="VhostUserDeviceSupervisor"/>, which owns
-/// the socket (DESIGN.md, "Vmm.VhostUser").
+/// the socket through its connection actor.
 /// </summary>
 /// <remarks>
 /// The IVirtioDevice calls come from the transport on a vCPU or guest-driver thread, never from
@@ -18,10 +59,10 @@ namespace Vmm.VhostUser.Frontend;
 /// <see cref="VhostUserDeviceOptions.CommandTimeout"/> as the bound. The data plane never comes
 /// this way: kicks and calls are eventfds shared with the back-end.
 /// </remarks>
-public sealed class VhostUserDevice : IVirtioDevice
+public sealed class VhostUserDevice : IVhostUserDevice
 {
     private readonly VhostUserDeviceOptions _options;
-    private readonly DeviceInfo _info;
+    private DeviceInfo _info;
     private readonly Task _stopped;
     private int _disposed;
     private int _connected = 1;
@@ -48,11 +89,11 @@ public sealed class VhostUserDevice : IVirtioDevice
     /// </summary>
     public Task Stopped => _stopped;
 
-    /// <summary>The device's supervisor (the commands of Frontend/Messages.cs may be sent to it directly).</summary>
     public IActorRef Supervisor { get; }
 
-    /// <summary>What the handshake found.</summary>
-    public DeviceInfo Info => _info;
+    public string Name => _options.Name;
+
+    public DeviceInfo Info => Volatile.Read(ref _info);
 
     public VirtioDeviceId DeviceId => _options.DeviceId;
 
@@ -60,16 +101,22 @@ public sealed class VhostUserDevice : IVirtioDevice
     /// The back-end's features without the vhost-user-only bits (PROTOCOL_FEATURES, 30, and
     /// LOG_ALL, 26): those belong to the vhost-user session and mean other things to a guest.
     /// </summary>
-    public ulong DeviceFeatures => _info.Features & ~VhostUserVirtioFeatures.TransportMask;
+    /// <remarks>
+    /// Asked of the device each time (the transport reads it while the guest negotiates): after a
+    /// give-up and the guest's reset the next back-end may offer less, and the guest must negotiate
+    /// against what it offers, so the answer waits for that connection's handshake.
+    /// </remarks>
+    public ulong DeviceFeatures => CurrentInfo().Features & ~VhostUserVirtioFeatures.TransportMask;
 
-    public int QueueCount => _info.QueueCount;
+    /// <summary>The queue count of the first handshake: a transport's queues are fixed for its life.</summary>
+    public int QueueCount => Volatile.Read(ref _info).QueueCount;
 
-    public int ConfigSize => _info.Config?.Length ?? _options.EffectiveConfigSize;
+    public int ConfigSize => Volatile.Read(ref _info).Config?.Length ?? _options.EffectiveConfigSize;
 
     /// <summary>
     /// The back-end announced a config change on the back-end channel (BACKEND_CONFIG_CHANGE_MSG,
-    /// with BACKEND_REQ negotiated); the cached config was read again (GET_CONFIG) before this is
-    /// raised, so <see cref="ReadConfig"/> returns the new bytes. Raised on an actor thread.
+    /// with BACKEND_REQ negotiated); the config was read again (GET_CONFIG) before this is raised,
+    /// so <see cref="ReadConfig"/> returns the new bytes. Raised on an actor thread.
     /// </summary>
     public event Action? ConfigChanged;
 
@@ -80,16 +127,10 @@ public sealed class VhostUserDevice : IVirtioDevice
     /// </summary>
     public event Action<DeviceFault>? Faulted;
 
-    /// <summary>
-    /// The back-end went away; the device stays attached and reconnects (kicks are kept, config
-    /// reads and queue commands are served from the snapshot meanwhile). Raised on an actor thread.
-    /// </summary>
     public event Action<string>? ConnectionLost;
 
-    /// <summary>A new back-end is connected and the device state replayed; the argument is the attempt that succeeded.</summary>
     public event Action<int>? ConnectionRestored;
 
-    /// <summary>False from a connection loss until the next connection is ready, or until the device gives up and is reset.</summary>
     public bool IsConnected => Volatile.Read(ref _connected) != 0;
 
     /// <summary>
@@ -115,11 +156,12 @@ public sealed class VhostUserDevice : IVirtioDevice
 
     /// <summary>
     /// Wraps a supervisor created elsewhere, for example by the VmActor from
-    /// <c>AttachDevice(name, VhostUserDeviceSupervisor.Props(options, firstReady))</c>, once its
-    /// handshake is done. Without <paramref name="firstReady"/> it asks the supervisor, which
-    /// must still be alive to answer. <paramref name="events"/> is the one given to the
-    /// supervisor's Props, if any: without it the device raises neither the connection events
-    /// nor <see cref="Faulted"/> when the supervisor gives up.
+    /// <c>AttachDevice(name, VhostUserDeviceSupervisor.Props(options, firstReady, events, ...))</c>,
+    /// once its handshake is done. Without <paramref name="firstReady"/> it asks the supervisor,
+    /// which must still be alive to answer. <paramref name="events"/> is the one given to the
+    /// supervisor's Props: the device raises its connection events and <see cref="Faulted"/> from it.
+    /// The wait is bounded by <see cref="VhostUserDeviceOptions.CommandTimeout"/>, except with
+    /// <see cref="VhostUserDeviceOptions.WaitForBackend"/>, where only <paramref name="cancellationToken"/> ends it.
     /// </summary>
     public static async Task<VhostUserDevice> FromSupervisorAsync(
         IActorRef supervisor, VhostUserDeviceOptions options, Task<DeviceInfo>? firstReady = null,
@@ -127,9 +169,10 @@ public sealed class VhostUserDevice : IVirtioDevice
     {
         try
         {
+            TimeSpan timeout = options.WaitForBackend ? Timeout.InfiniteTimeSpan : options.CommandTimeout;
             DeviceInfo info = firstReady is not null
-                ? await firstReady.WaitAsync(options.CommandTimeout, cancellationToken).ConfigureAwait(false)
-                : await supervisor.Ask<DeviceInfo>(GetDeviceInfo.Instance, options.CommandTimeout, cancellationToken).ConfigureAwait(false);
+                ? await firstReady.WaitAsync(timeout, cancellationToken).ConfigureAwait(false)
+                : await supervisor.Ask<DeviceInfo>(GetDeviceInfo.Instance, timeout, cancellationToken).ConfigureAwait(false);
             return new VhostUserDevice(supervisor, options, info, events);
         }
         catch (Exception e)
@@ -186,12 +229,33 @@ public sealed class VhostUserDevice : IVirtioDevice
     /// <summary>Loads what <see cref="SaveState"/> returned into the back-end (LOAD), before queues start; empty loads nothing.</summary>
     public void RestoreState(ReadOnlySpan<byte> state) => Call<DeviceStateLoaded>(new LoadDeviceState(state.ToArray()));
 
-    /// <summary>
-    /// Installs a saved inflight region (<see cref="RestoreInflight"/>) before the queues start:
-    /// the back-end receives it with SET_INFLIGHT_FD and resubmits what it records as in flight.
-    /// </summary>
     public void RestoreInflight(ReadOnlySpan<byte> contents, ushort numQueues, ushort queueSize) =>
         Call<InflightRestored>(new RestoreInflight(contents.ToArray(), numQueues, queueSize));
+
+    public InflightContents ReadInflight() => Call<InflightContents>(Frontend.ReadInflight.Instance);
+
+    /// <summary>
+    /// The guest's status goes to the back-end (SET_STATUS, when STATUS was negotiated). It is
+    /// informative only: a failure to pass it on is not the guest's problem and is not thrown
+    /// into its status write (a lost back-end hears the status with the replay).
+    /// </summary>
+    public void DriverStatusChanged(Virtio.Spec.VirtioDeviceStatus status)
+    {
+        if (Volatile.Read(ref _disposed) != 0 || _stopped.IsCompleted)
+        {
+            return;
+        }
+
+        try
+        {
+            Call<DriverStatusSet>(new SetDriverStatus((byte)status), faultOnFailure: false);
+        }
+        catch (Exception e) when (e is VhostUserConnectionLostException or VhostUserRequestFailedException or VhostUserProtocolException or
+            AskTimeoutException or InvalidOperationException or NotSupportedException)
+        {
+            // Nothing to do: see above.
+        }
+    }
 
     public void Dispose()
     {
@@ -221,7 +285,30 @@ public sealed class VhostUserDevice : IVirtioDevice
         Faulted?.Invoke(new DeviceFault(-1, reason));
     }
 
-    private T Call<T>(object message)
+    /// <summary>The device's info as it is now; the last one known once the device has stopped or cannot answer.</summary>
+    private DeviceInfo CurrentInfo()
+    {
+        if (_stopped.IsCompleted || Volatile.Read(ref _disposed) != 0)
+        {
+            return Volatile.Read(ref _info);
+        }
+
+        try
+        {
+            DeviceInfo info = Call<DeviceInfo>(GetDeviceInfo.Instance);
+            Volatile.Write(ref _info, info);
+            return info;
+        }
+        catch (Exception e) when (e is VhostUserConnectionLostException or AskTimeoutException)
+        {
+            return Volatile.Read(ref _info);
+        }
+    }
+
+    /// <summary>Asks the supervisor <paramref name="message"/> and waits for its answer on the caller's (vCPU) thread.</summary>
+    /// <param name="message">The command.</param>
+    /// <param name="faultOnFailure">A protocol violation or a timeout raises <see cref="Faulted"/> (DEVICE_NEEDS_RESET).</param>
+    private T Call<T>(object message, bool faultOnFailure = true)
     {
         ObjectDisposedException.ThrowIf(Volatile.Read(ref _disposed) != 0, this);
         try
@@ -242,7 +329,7 @@ public sealed class VhostUserDevice : IVirtioDevice
 
             return ask.GetAwaiter().GetResult();
         }
-        catch (Exception e) when (VhostUserDeviceSupervisor.IsProtocolViolation(e) || e is AskTimeoutException)
+        catch (Exception e) when (faultOnFailure && (VhostUserDeviceSupervisor.IsProtocolViolation(e) || e is AskTimeoutException))
         {
             Faulted?.Invoke(new DeviceFault(message is StartQueue s ? s.Index : message is StopQueue t ? t.Index : -1, e.Message, e));
             throw;

@@ -23,6 +23,14 @@ public sealed record VhostUserDeviceOptions(string SocketPath, VirtioDeviceId De
     /// <summary>Reconnect when the back-end goes away (<c>reconnect=off</c> turns it off).</summary>
     public bool Reconnect { get; init; } = true;
 
+    /// <summary>
+    /// Wait for a back-end that is not up yet at start-up (its socket missing or refusing): keep
+    /// trying with the reconnect backoff instead of failing the device (<c>wait=on</c>). Commands
+    /// and <c>GetDeviceAsync</c> wait meanwhile. Off by default: a missing socket is then a
+    /// configuration error reported at once.
+    /// </summary>
+    public bool WaitForBackend { get; init; }
+
     /// <summary>Reconnect attempts in a row before giving up; null: unlimited (<c>reconnect-max=N</c>).</summary>
     public int? ReconnectMax { get; init; }
 

@@ -1,69 +1,67 @@
 using System.Net.Sockets;
 using Akka.Actor;
 using Akka.Event;
+using Vmm.Core.Events;
 using Vmm.Core.Machine;
-using Vmm.Core.Memory;
-using Vmm.Virtio.Queues;
 using Vmm.VhostUser.Protocol;
 
 namespace Vmm.VhostUser.Frontend;
 
 /// <summary>
-/// One vhost-user device's supervisor: keeps the <see cref="DeviceSnapshot"/> outside the
-/// connection actor that may die, and decides by exception type when it does (cloud-hypervisor's
-/// <c>Error::is_transport_lost()</c>):
-/// <list type="bullet">
-/// <item>transport lost (EOF, ECONNRESET, a request past its deadline, a socket that is gone or
-/// refusing): a new connection after a jittered exponential backoff (min 100 ms, interval capped
-/// at 5 s), unlimited by default and with no deadline (<see cref="VhostUserDeviceOptions.ReconnectMax"/>
-/// limits the attempts in a row, <see cref="VhostUserDeviceOptions.Reconnect"/> off gives up at
-/// once). The new connection replays the snapshot.</item>
-/// <item>protocol violation or an incompatible back-end: no reconnect; the device gives up.</item>
-/// <item>anything else: escalated.</item>
-/// </list>
-/// While no connection is ready the device stays attached: commands are served from the snapshot
-/// (config reads from the last known config; StartQueue, StopQueue, WriteConfig and Reset change
-/// the snapshot, which the next connection replays); during a connection attempt they wait in the
-/// stash. A device that gives up reports <see cref="DeviceFailed"/> and raises
-/// <see cref="VhostUserDeviceEvents.Failed"/> (the transport then sets DEVICE_NEEDS_RESET), and
-/// lives on: the guest's reset clears the snapshot and makes a fresh connection attempt.
-/// Before the first connection was ever ready, any failure stops the device: a socket that is
-/// missing at start-up is a configuration error the caller must see, not something to wait for.
+/// One vhost-user device's supervisor: it holds the device's <see cref="VhostUserDeviceModel"/>
+/// outside the connection actor that may die, and decides what each end of a connection means.
+/// Become states (see <see cref="SupervisorPhase"/>):
+/// <code>
+/// Starting ──ready──► Ready ──requeued──► Losing
+///    │                  │                   │
+///    │ (first attempt   └──── terminated ───┴──► transport lost ──► BackingOff ──timer──► Connecting ──ready──► Ready
+///    │  fails: stop,                        ├──► protocol violation, incompatible, reconnect off/exhausted ──► GaveUp
+///    │  or BackingOff                       └──► anything else ──► AwaitingDecision ──(VM decides)──► BackingOff | GaveUp
+///    │  with WaitForBackend)                                                 GaveUp ──guest's reset──► Connecting
+/// </code>
+/// Decisions by exception type, as cloud-hypervisor's <c>Error::is_transport_lost()</c>: a lost
+/// transport reconnects after a jittered exponential backoff (100 ms to 5 s, unlimited unless
+/// <see cref="VhostUserDeviceOptions.ReconnectMax"/>); a protocol violation or an incompatible
+/// back-end gives up (DEVICE_NEEDS_RESET); anything else goes to the VM (<see cref="DeviceEscalated"/>),
+/// which decides. Never an Akka restart: a restart would drop the model (the snapshot and the
+/// inflight region).
 /// </summary>
+/// <remarks>
+/// Commands (<see cref="IDeviceCommand"/>) go to a ready connection; wait in the stash while an
+/// attempt is under way or a dying connection hands its commands back; and are otherwise served
+/// from the model, so the guest driver never waits for a back-end that may be gone for minutes.
+/// A command forwarded to a connection that died before reading it comes back as a dead letter
+/// and is served the same way. Every state answers every message.
+/// </remarks>
 public sealed class VhostUserDeviceSupervisor : ReceiveActor, IWithTimers, IWithUnboundedStash
 {
     public const string ConnectionName = "connection";
     private const string ReconnectTimerKey = "reconnect";
+    private const string DecisionTimerKey = "decision";
 
     private readonly ILoggingAdapter _log = Context.GetLogger();
     private readonly VhostUserDeviceOptions _options;
     private readonly TaskCompletionSource<DeviceInfo>? _firstReady;
     private readonly VhostUserDeviceEvents? _events;
-    private DeviceSnapshot _snapshot = DeviceSnapshot.Empty;
+    private readonly VhostUserDeviceModel _model;
+    private WatchCallNotifier? _watch;
+    private EventNotifierLoop? _ownNotifiers;
     private IActorRef? _connection;
-    private bool _connectionReady;
     private Exception? _lastFailure;
-    private DeviceInfo? _info;
-    private byte[]? _config;
-    private bool _gaveUp;
+    private string? _reason;
     private int _attempt;
     private int _started;
     private int _ready;
 
-    public VhostUserDeviceSupervisor(VhostUserDeviceOptions options, TaskCompletionSource<DeviceInfo>? firstReady, VhostUserDeviceEvents? events)
+    public VhostUserDeviceSupervisor(
+        VhostUserDeviceOptions options, TaskCompletionSource<DeviceInfo>? firstReady, VhostUserDeviceEvents? events, WatchCallNotifier? watch)
     {
         _options = options;
         _firstReady = firstReady;
         _events = events;
-        Receive<SnapshotUpdated>(m => _snapshot = m.Snapshot);
-        Receive<ConnectionReady>(HandleConnectionReady);
-        Receive<ConfigRefreshed>(HandleConfigRefreshed);
-        Receive<CommandRequeued>(HandleRequeued);
-        Receive<Terminated>(HandleTerminated);
-        Receive<Reconnect>(HandleReconnect);
-        Receive<GetConnectionCount>(_ => Sender.Tell(new ConnectionCount(_started, _ready)));
-        Receive<GetDeviceSnapshot>(_ => Sender.Tell(_snapshot));
-        ReceiveAny(HandleCommand);
+        _watch = watch;
+        _model = new VhostUserDeviceModel(options);
+        Become(Starting);
     }
 
     public ITimerScheduler Timers { get; set; } = null!;
@@ -72,45 +70,55 @@ public sealed class VhostUserDeviceSupervisor : ReceiveActor, IWithTimers, IWith
 
     /// <summary>
     /// Props for one device. <paramref name="firstReady"/>, when given, completes with the device's
-    /// info once the first handshake is done, or fails with the cause when the device gives up
-    /// first: a caller outside the actor system learns the outcome even if the device stopped
-    /// before its first message could reach it (see <see cref="VhostUserDevice.ConnectAsync(IActorRefFactory, VhostUserDeviceOptions, CancellationToken)"/>).
-    /// <paramref name="events"/>, when given, hears of connection loss, recovery and failure.
+    /// info once the first handshake is done, or fails with the cause when the device stops first:
+    /// a caller outside the actor system learns the outcome even if the device stopped before its
+    /// first message could reach it. <paramref name="events"/>, when given, hears of connection loss,
+    /// recovery, configuration changes and give-ups. <paramref name="watch"/> watches the queues'
+    /// proxy call notifiers (the VM's notifier loop); without one the device runs a loop of its own.
     /// </summary>
     public static Props Props(
-        VhostUserDeviceOptions options, TaskCompletionSource<DeviceInfo>? firstReady = null, VhostUserDeviceEvents? events = null) =>
-        Akka.Actor.Props.Create(() => new VhostUserDeviceSupervisor(options, firstReady, events));
+        VhostUserDeviceOptions options, TaskCompletionSource<DeviceInfo>? firstReady = null, VhostUserDeviceEvents? events = null,
+        WatchCallNotifier? watch = null) =>
+        Akka.Actor.Props.Create(() => new VhostUserDeviceSupervisor(options, firstReady, events, watch));
 
-    protected override void PreStart() => StartConnection();
+    protected override void PreStart()
+    {
+        if (_watch is null)
+        {
+            // A device outside a VM (VhostUserDevice.ConnectAsync on any actor factory): its own loop.
+            _ownNotifiers = new EventNotifierLoop($"{_options.Name} notifiers");
+            _watch = _ownNotifiers.Watch;
+        }
 
-    /// <summary>The inflight region's fd belongs to the snapshot, and the snapshot to this actor.</summary>
+        Context.System.EventStream.Subscribe(Self, typeof(DeadLetter));
+        StartConnection();
+    }
+
+    /// <summary>The model (and with it the inflight region's fd) ends with the device.</summary>
     protected override void PostStop()
     {
-        _snapshot.Inflight?.Dispose();
+        Context.System.EventStream.Unsubscribe(Self);
+        _model.Dispose();
+
+        // After the children stopped: no queue of this device watches a notifier any more.
+        _ownNotifiers?.Dispose();
         _firstReady?.TrySetException(new VhostUserConnectionLostException($"vhost-user device {_options.Name} was stopped."));
     }
 
-    /// <summary>Not logged by Akka (a stack trace per lost back-end): this actor logs each decision in one line.</summary>
+    /// <summary>
+    /// Runs in this actor's context (the parent handles its child's Failed message), so it may
+    /// record the cause for the Terminated that follows. Every failure stops the connection: the
+    /// decision is made when it has terminated and the model is back (a reconnect is a fresh actor
+    /// after a backoff, never an immediate restart). Not logged by Akka (a stack trace per lost
+    /// back-end): each decision is logged here in one line.
+    /// </summary>
     protected override SupervisorStrategy SupervisorStrategy() =>
         new OneForOneStrategy(-1, -1, Decide, loggingEnabled: false);
 
-    /// <summary>
-    /// Runs in this actor's context (the parent handles its child's Failed message), so it may
-    /// record the cause for <see cref="HandleTerminated"/>. Every handled case stops the child:
-    /// the reconnect is a fresh actor after a backoff, never an immediate restart.
-    /// </summary>
     private Directive Decide(Exception cause)
     {
-        if (IsTransportLost(cause) || IsProtocolViolation(cause))
-        {
-            _lastFailure = cause;
-            return Directive.Stop;
-        }
-
-        // Akka's own lifecycle exceptions keep their usual handling; anything unknown goes up.
-        return cause is ActorInitializationException or ActorKilledException or DeathPactException
-            ? Akka.Actor.SupervisorStrategy.DefaultStrategy.Decider.Decide(cause)
-            : Directive.Escalate;
+        _lastFailure = cause;
+        return Directive.Stop;
     }
 
     /// <summary>The peer is gone or unreachable: worth a reconnect.</summary>
@@ -128,120 +136,267 @@ public sealed class VhostUserDeviceSupervisor : ReceiveActor, IWithTimers, IWith
     public static bool IsProtocolViolation(Exception cause) =>
         cause is VhostUserProtocolException or VhostUserIncompatibleBackendException or VhostUserRequestFailedException;
 
+    /// <summary>min · 2^attempt capped at max, plus up to 20 % jitter (akka.net BackoffSupervisor's randomFactor 0.2).</summary>
+    public static TimeSpan Backoff(int attempt, TimeSpan min, TimeSpan max, Random? random = null)
+    {
+        double exponential = min.TotalMilliseconds * Math.Pow(2, Math.Min(attempt, 30));
+        double capped = Math.Min(max.TotalMilliseconds, exponential);
+        double jitter = 1 + ((random ?? Random.Shared).NextDouble() * 0.2);
+        return TimeSpan.FromMilliseconds(Math.Min(max.TotalMilliseconds * 1.2, capped * jitter));
+    }
+
+    #region States
+
+    /// <summary>The first connection attempt (or, with <see cref="VhostUserDeviceOptions.WaitForBackend"/>, the wait for a back-end).</summary>
+    private void Starting()
+    {
+        Receive<ConnectionReady>(m => HandleConnectionReady(m, recovering: false));
+        Receive<Terminated>(HandleFirstAttemptEnded);
+        Receive<CommandRequeued>(_ => Stash.Stash());
+        Receive<IDeviceCommand>(_ => Stash.Stash());
+        Receive<ReconnectNow>(_ => Sender.Tell(new ReconnectScheduled(false)));
+        Common(SupervisorPhase.Starting);
+    }
+
+    /// <summary>A reconnect attempt (or a fresh start after the guest's reset, when <paramref name="recovering"/>).</summary>
+    private void Connecting(bool recovering)
+    {
+        Receive<ConnectionReady>(m => HandleConnectionReady(m, recovering));
+        Receive<Terminated>(m => HandleConnectionEnded(m, wasReady: false, recovering));
+        Receive<CommandRequeued>(_ => Stash.Stash());
+        Receive<IDeviceCommand>(_ => Stash.Stash());
+        Receive<ReconnectNow>(_ => Sender.Tell(new ReconnectScheduled(false)));
+        Common(SupervisorPhase.Connecting);
+    }
+
+    private void Ready()
+    {
+        Receive<IDeviceCommand>(m => _connection!.Forward(m));
+        Receive<CommandRequeued>(HandleRequeuedWhileReady);
+        Receive<ConfigRefreshed>(HandleConfigRefreshed);
+        Receive<Terminated>(m => HandleConnectionEnded(m, wasReady: true, recovering: false));
+        Receive<ReconnectNow>(_ => Sender.Tell(new ReconnectScheduled(false)));
+        Common(SupervisorPhase.Ready);
+    }
+
+    /// <summary>The connection handed commands back: it is going down; everything waits for its Terminated.</summary>
+    private void Losing()
+    {
+        Receive<Terminated>(m => HandleConnectionEnded(m, wasReady: true, recovering: false));
+        Receive<CommandRequeued>(_ => Stash.Stash());
+        Receive<IDeviceCommand>(_ => Stash.Stash());
+        Receive<ConfigRefreshed>(_ => { });
+        Receive<ReconnectNow>(_ => Sender.Tell(new ReconnectScheduled(false)));
+        Common(SupervisorPhase.Losing);
+    }
+
+    /// <summary>Between attempts; <paramref name="recovering"/>: the device had given up and the VM was told so.</summary>
+    private void BackingOff(bool recovering)
+    {
+        Receive<Reconnect>(_ => StartReconnect(recovering));
+        Receive<ReconnectNow>(_ =>
+        {
+            // A host saw the back-end come back: no reason to sit out the rest of the backoff.
+            Timers.Cancel(ReconnectTimerKey);
+            Sender.Tell(new ReconnectScheduled(true));
+            StartReconnect(recovering);
+        });
+        Offline();
+        Common(SupervisorPhase.BackingOff);
+    }
+
+    private void AwaitingDecision()
+    {
+        Receive<DeviceDecision>(HandleDecision);
+        Receive<DecisionTimeout>(_ =>
+        {
+            _log.Warning("Device {0}: no decision from the VM; giving up", _options.Name);
+            GiveUp(_reason ?? "an unexpected failure");
+        });
+        Receive<ReconnectNow>(_ => Sender.Tell(new ReconnectScheduled(false)));
+        Offline();
+        Common(SupervisorPhase.AwaitingDecision);
+    }
+
+    private void GaveUp()
+    {
+        Receive<ResetDevice>(HandleResetAfterGiveUp);
+        Receive<ReconnectNow>(_ => Sender.Tell(new ReconnectScheduled(false)));
+        Offline();
+        Common(SupervisorPhase.GaveUp);
+    }
+
+    /// <summary>No connection: commands (and those a dead connection handed back) are served from the model.</summary>
+    private void Offline()
+    {
+        Receive<IDeviceCommand>(m => Sender.Tell(_model.ServeOffline(m)));
+        Receive<CommandRequeued>(m => Sender.Tell(_model.ServeOffline(m.Command)));
+        Receive<ConfigRefreshed>(_ => { });
+        Receive<Terminated>(_ => { });
+    }
+
+    /// <summary>What every state answers, and the catch-all that answers the rest.</summary>
+    private void Common(SupervisorPhase phase)
+    {
+        Receive<GetConnectionCount>(_ => Sender.Tell(new ConnectionCount(_started, _ready)));
+        Receive<GetSupervisorState>(_ => Sender.Tell(new SupervisorState(phase, _attempt, _reason)));
+        Receive<DeadLetter>(HandleDeadLetter);
+        Receive<Reconnect>(_ => { });
+        Receive<DecisionTimeout>(_ => { });
+        Receive<DeviceDecision>(_ => { });
+        Receive<Status>(_ => { }); // a stray answer is not answered back
+        ReceiveAny(m => Sender.Tell(new Status.Failure(new NotSupportedException(
+            $"vhost-user device {_options.Name} does not handle {m.GetType().Name} ({phase}).")), Self));
+    }
+
+    #endregion
+
+    #region Transitions
+
     private void StartConnection()
     {
         _started++;
         _lastFailure = null;
-        _connectionReady = false;
-        _connection = Context.ActorOf(VhostUserDeviceActor.Props(_options, _snapshot), ConnectionName);
+        _connection = Context.ActorOf(VhostUserConnectionActor.Props(_options, _model, _watch!), ConnectionName);
         Context.Watch(_connection);
     }
 
-    private void HandleCommand(object message)
+    private void StartReconnect(bool recovering)
     {
-        if (_connection is not null && _connectionReady)
-        {
-            _connection.Forward(message);
-        }
-        else if (_ready == 0 || _connection is not null)
-        {
-            // The first connection, or a reconnect attempt under way: wait for its outcome.
-            Stash.Stash();
-        }
-        else
-        {
-            ServeDisconnected(message);
-        }
+        StartConnection();
+        Become(() => Connecting(recovering));
     }
 
-    /// <summary>A command the dying connection did not finish: served as if it had arrived after the loss.</summary>
-    private void HandleRequeued(CommandRequeued message)
-    {
-        if (message.From.Equals(_connection))
-        {
-            // The connection is going down: no more forwarding to it; its Terminated follows.
-            _connectionReady = false;
-            ServeDisconnected(message.Command);
-        }
-        else if (_connection is not null && !_connectionReady)
-        {
-            // A newer attempt is under way and replays the snapshot as it was when it began:
-            // wait for its outcome rather than change the snapshot under it.
-            Stash.Stash();
-        }
-        else if (_connection is not null)
-        {
-            _connection.Forward(message.Command);
-        }
-        else
-        {
-            ServeDisconnected(message.Command);
-        }
-    }
-
-    private void HandleConnectionReady(ConnectionReady message)
-    {
-        // Auto-reset of the backoff: a connection that became ready counts as a success.
-        int attempts = _attempt;
-        bool reconnected = _ready > 0;
-        _ready++;
-        _attempt = 0;
-        _gaveUp = false;
-        _connectionReady = true;
-        _info = message.Info;
-        _config = message.Info.Config?.ToArray();
-        foreach (ConfigWrite write in _snapshot.ConfigWrites)
-        {
-            PatchConfig(write);
-        }
-
-        _firstReady?.TrySetResult(message.Info);
-        if (reconnected)
-        {
-            _log.Info("Device {0}: connection restored (attempt {1})", _options.Name, Math.Max(1, attempts));
-            Context.System.EventStream.Publish(new DeviceConnectionRestored(_options.Name, Math.Max(1, attempts)));
-            _events?.RaiseConnectionRestored(Math.Max(1, attempts));
-        }
-
-        Stash.UnstashAll();
-    }
-
-    private void HandleConfigRefreshed(ConfigRefreshed message)
+    private void HandleConnectionReady(ConnectionReady message, bool recovering)
     {
         if (!Sender.Equals(_connection))
         {
             return;
         }
 
-        if (message.Config is not null)
+        // Auto-reset of the backoff: a connection that became ready counts as a success.
+        int attempts = Math.Max(1, _attempt);
+        bool reconnected = _ready > 0;
+        _ready++;
+        _attempt = 0;
+        _reason = null;
+        _firstReady?.TrySetResult(message.Info);
+        if (recovering)
         {
-            _config = message.Config.ToArray();
-            _info = _info is null ? null : _info with { Config = message.Config.ToArray() };
+            _log.Info("Device {0}: working again after the guest's reset", _options.Name);
+            Context.Parent.Tell(new DeviceRecovered(_options.Name));
+            Context.System.EventStream.Publish(new DeviceRecovered(_options.Name));
+            _events?.RaiseConnectionRestored(attempts);
+        }
+        else if (reconnected)
+        {
+            _log.Info("Device {0}: connection restored (attempt {1})", _options.Name, attempts);
+            Context.System.EventStream.Publish(new DeviceConnectionRestored(_options.Name, attempts));
+            _events?.RaiseConnectionRestored(attempts);
         }
 
-        _events?.RaiseConfigChanged();
+        Become(Ready);
+        Stash.UnstashAll();
     }
 
-    private void HandleTerminated(Terminated message)
+    /// <summary>
+    /// The connection is going down with commands in hand. It was ready, so the loss is a loss of a
+    /// ready connection whatever arrives first: the commands wait for Terminated (which restores
+    /// the model to this actor) and are then served in their order.
+    /// </summary>
+    private void HandleRequeuedWhileReady(CommandRequeued message)
+    {
+        if (message.From.Equals(_connection))
+        {
+            Stash.Stash();
+            Become(Losing);
+        }
+        else
+        {
+            // From an older connection (a dead letter that arrived late): a command like any other.
+            _connection!.Forward(message.Command);
+        }
+    }
+
+    private void HandleConfigRefreshed(ConfigRefreshed message)
+    {
+        if (Sender.Equals(_connection))
+        {
+            _events?.RaiseConfigChanged();
+        }
+    }
+
+    private void HandleFirstAttemptEnded(Terminated message)
     {
         if (!message.ActorRef.Equals(_connection))
         {
             return;
         }
 
-        bool wasReady = _connectionReady;
         _connection = null;
-        _connectionReady = false;
         Exception? cause = _lastFailure;
-        if (cause is null)
+        if (_options.WaitForBackend && cause is not null && IsTransportLost(cause))
         {
-            GiveUp("the connection actor stopped", null);
+            // Asked to wait for a back-end that is not up yet: keep trying, commands wait.
+            TimeSpan delay = Backoff(_attempt, _options.ReconnectMinBackoff, _options.ReconnectMaxBackoff);
+            _attempt++;
+            _reason = cause.Message;
+            _log.Info("Device {0}: waiting for the back-end ({1}); next attempt in {2} ms", _options.Name, cause.Message.TrimEnd('.'), (int)delay.TotalMilliseconds);
+            Timers.StartSingleTimer(ReconnectTimerKey, Reconnect.Instance, delay);
+            Become(WaitingForBackend);
             return;
         }
 
-        if (IsProtocolViolation(cause) || _ready == 0)
+        // Never connected: a configuration error the caller must see, not something to wait for.
+        string reason = cause?.Message ?? "the connection actor stopped";
+        Stop(reason, cause);
+    }
+
+    /// <summary>Before the first connection, with WaitForBackend: as Starting, between attempts.</summary>
+    private void WaitingForBackend()
+    {
+        Receive<Reconnect>(_ =>
         {
-            GiveUp(cause.Message, cause);
+            StartConnection();
+            Become(Starting);
+        });
+        Receive<ReconnectNow>(_ =>
+        {
+            Timers.Cancel(ReconnectTimerKey);
+            Sender.Tell(new ReconnectScheduled(true));
+            StartConnection();
+            Become(Starting);
+        });
+        Receive<IDeviceCommand>(_ => Stash.Stash());
+        Receive<CommandRequeued>(_ => Stash.Stash());
+        Receive<Terminated>(_ => { });
+        Common(SupervisorPhase.Starting);
+    }
+
+    private void HandleConnectionEnded(Terminated message, bool wasReady, bool recovering)
+    {
+        if (!message.ActorRef.Equals(_connection))
+        {
+            return;
+        }
+
+        _connection = null;
+        Exception? cause = _lastFailure;
+        if (cause is null)
+        {
+            GiveUp("the connection actor stopped");
+            return;
+        }
+
+        if (IsProtocolViolation(cause))
+        {
+            GiveUp(cause.Message);
+            return;
+        }
+
+        if (!IsTransportLost(cause))
+        {
+            Escalate(cause);
             return;
         }
 
@@ -252,205 +407,124 @@ public sealed class VhostUserDeviceSupervisor : ReceiveActor, IWithTimers, IWith
 
         if (!_options.Reconnect)
         {
-            GiveUp($"connection lost and reconnect is off: {cause.Message}", cause);
+            GiveUp($"connection lost and reconnect is off: {cause.Message}");
             return;
         }
 
-        if (wasReady && _snapshot.Queues.Values.Any(q => VhostUserFrontendConnection.IsPacked(q.Features)))
+        if (wasReady && _model.Snapshot.Queues.Values.Any(q => VhostUserFrontendConnection.IsPacked(q.Features)))
         {
             // A packed ring has no used index in guest memory to resume from, and its position
             // died with the back-end: resuming from the start state could run old descriptors
             // again. Only the guest's reset (fresh rings) is safe.
-            GiveUp($"connection lost while a packed ring was running; it cannot resume without a reset: {cause.Message}", cause);
+            GiveUp($"connection lost while a packed ring was running; it cannot resume without a reset: {cause.Message}");
             return;
         }
 
         if (_options.ReconnectMax is int max && _attempt >= max)
         {
-            GiveUp($"connection lost, {max} reconnect attempt(s) failed: {cause.Message}", cause);
+            GiveUp($"connection lost, {max} reconnect attempt(s) failed: {cause.Message}");
             return;
         }
 
+        ScheduleReconnect(cause.Message, recovering);
+    }
+
+    private void ScheduleReconnect(string reason, bool recovering)
+    {
         TimeSpan delay = Backoff(_attempt, _options.ReconnectMinBackoff, _options.ReconnectMaxBackoff);
         _attempt++;
-        _log.Warning("Device {0}: {1}; reconnecting in {2} ms (attempt {3})", _options.Name, cause.Message.TrimEnd('.'), (int)delay.TotalMilliseconds, _attempt);
-        Context.System.EventStream.Publish(new DeviceConnectionLost(_options.Name, cause.Message, _attempt, delay));
+        _reason = reason;
+        _log.Warning("Device {0}: {1}; reconnecting in {2} ms (attempt {3})", _options.Name, reason.TrimEnd('.'), (int)delay.TotalMilliseconds, _attempt);
+        Context.System.EventStream.Publish(new DeviceConnectionLost(_options.Name, reason, _attempt, delay));
         Timers.StartSingleTimer(ReconnectTimerKey, Reconnect.Instance, delay);
+        Become(() => BackingOff(recovering));
 
-        // Whatever waited for the failed attempt is served from the snapshot now.
+        // Whatever waited for the failed attempt is served from the model now.
         Stash.UnstashAll();
     }
 
-    private void HandleReconnect(Reconnect message)
+    /// <summary>The device needs a reset: DEVICE_NEEDS_RESET for the guest, DeviceFailed for the VM; it stays attached.</summary>
+    private void GiveUp(string reason)
     {
-        if (_connection is null && !_gaveUp)
-        {
-            StartConnection();
-        }
-    }
-
-    /// <summary>min · 2^attempt capped at max, plus up to 20 % jitter (akka.net BackoffSupervisor's randomFactor 0.2).</summary>
-    public static TimeSpan Backoff(int attempt, TimeSpan min, TimeSpan max, Random? random = null)
-    {
-        double exponential = min.TotalMilliseconds * Math.Pow(2, Math.Min(attempt, 30));
-        double capped = Math.Min(max.TotalMilliseconds, exponential);
-        double jitter = 1 + ((random ?? Random.Shared).NextDouble() * 0.2);
-        return TimeSpan.FromMilliseconds(Math.Min(max.TotalMilliseconds * 1.2, capped * jitter));
-    }
-
-    /// <summary>
-    /// No connection is ready and none is being attempted (waiting for the backoff, or given up):
-    /// the command is answered from the snapshot at once, so the guest driver never waits for a
-    /// back-end that may be gone for minutes. The next connection replays what changed.
-    /// </summary>
-    private void ServeDisconnected(object message)
-    {
-        DeviceInfo? info = _info;
-        switch (message)
-        {
-            case GetDeviceInfo when info is not null:
-                Sender.Tell(info with { Config = _config?.ToArray() });
-                break;
-
-            case ReadConfig read:
-                if (read.Offset < 0 || read.Length < 0)
-                {
-                    Sender.Tell(new Status.Failure(new ArgumentOutOfRangeException(nameof(message), "Negative config offset or length.")));
-                    break;
-                }
-
-                byte[] config = _config ?? [];
-                int available = Math.Clamp(config.Length - read.Offset, 0, read.Length);
-                Sender.Tell(new ConfigData(read.Offset, config.AsSpan(Math.Min(read.Offset, config.Length), available).ToArray()));
-                break;
-
-            case WriteConfig write:
-                var recorded = new ConfigWrite(write.Offset, write.Data.ToArray());
-                PatchConfig(recorded);
-                _snapshot = _snapshot with { ConfigWrites = _snapshot.ConfigWrites.Add(recorded) };
-                Sender.Tell(ConfigWritten.Instance);
-                break;
-
-            case StartQueue start when info is not null:
-                if (start.Index < 0 || start.Index >= info.QueueCount)
-                {
-                    Sender.Tell(new Status.Failure(new ArgumentOutOfRangeException(
-                        nameof(message), start.Index, $"The device has {info.QueueCount} queue(s).")));
-                }
-                else if (_snapshot.Queues.ContainsKey(start.Index))
-                {
-                    Sender.Tell(new Status.Failure(new InvalidOperationException($"Queue {start.Index} is already running.")));
-                }
-                else
-                {
-                    _snapshot = _snapshot with
-                    {
-                        GuestFeatures = start.Features,
-                        Memory = start.Resources.Memory,
-                        Queues = _snapshot.Queues.SetItem(start.Index, new QueueSnapshot(start.Index, start.Resources, start.Features, start.InitialState)),
-                    };
-                    Sender.Tell(new QueueStarted(start.Index));
-                }
-
-                break;
-
-            case StopQueue stop:
-                if (_snapshot.Queues.TryGetValue(stop.Index, out QueueSnapshot? queue))
-                {
-                    _snapshot = _snapshot with { Queues = _snapshot.Queues.Remove(stop.Index) };
-                    Sender.Tell(new QueueStopped(stop.Index, StateInGuestMemory(queue)));
-                }
-                else
-                {
-                    Sender.Tell(new QueueStopped(stop.Index, null));
-                }
-
-                break;
-
-            case ResetDevice:
-                _snapshot.Inflight?.Dispose();
-                _snapshot = DeviceSnapshot.Empty;
-                _config = _info?.Config?.ToArray();
-                Sender.Tell(DeviceReset.Instance);
-                if (_gaveUp)
-                {
-                    // The guest reset a device that had given up: a fresh start, as on attach.
-                    _log.Info("Device {0}: reset by the guest; connecting again", _options.Name);
-                    _gaveUp = false;
-                    _attempt = 0;
-                    Timers.Cancel(ReconnectTimerKey);
-                    StartConnection();
-                }
-
-                break;
-
-            default:
-                Sender.Tell(new Status.Failure(new VhostUserConnectionLostException(
-                    $"vhost-user device {_options.Name} is not connected; {message.GetType().Name} cannot be served.")));
-                break;
-        }
-    }
-
-    /// <summary>
-    /// Where a queue stopped while disconnected stands: for a split ring, the used index the guest
-    /// sees (what follows it was not completed and is made available again at the next start); a
-    /// packed ring keeps the state it was started with.
-    /// </summary>
-    private static VirtqueueState? StateInGuestMemory(QueueSnapshot queue)
-    {
-        if (VhostUserFrontendConnection.IsPacked(queue.Features))
-        {
-            return queue.InitialState ?? default;
-        }
-
-        try
-        {
-            ushort used = queue.Resources.Memory.ReadUInt16Acquire(queue.Resources.Params.DeviceArea + 2);
-            return new VirtqueueState(used, used);
-        }
-        catch (GuestMemoryException)
-        {
-            return null;
-        }
-    }
-
-    private void PatchConfig(ConfigWrite write)
-    {
-        if (_config is null || write.Offset < 0 || write.Offset + write.Data.Length > _config.Length)
-        {
-            return;
-        }
-
-        write.Data.CopyTo(_config, write.Offset);
-    }
-
-    private void GiveUp(string reason, Exception? cause)
-    {
+        _reason = reason;
+        Timers.CancelAll();
         var failed = new DeviceFailed(_options.Name, reason);
         _log.Warning("Device {0} gave up: {1}", _options.Name, reason);
         Context.Parent.Tell(failed);
         Context.System.EventStream.Publish(failed);
-        Exception error = cause ?? new VhostUserConnectionLostException($"vhost-user device {_options.Name} stopped: {reason}");
-        if (_ready == 0 || cause is null)
-        {
-            // Never connected (a configuration error), or stopped on purpose: the device ends here.
-            _firstReady?.TrySetException(error);
-            foreach (Envelope envelope in Stash.ClearStash())
-            {
-                if (!envelope.Sender.IsNobody())
-                {
-                    envelope.Sender.Tell(new Status.Failure(error));
-                }
-            }
-
-            Context.Stop(Self);
-            return;
-        }
-
-        _gaveUp = true;
         _events?.RaiseFailed(reason);
+        Become(GaveUp);
         Stash.UnstashAll();
     }
+
+    /// <summary>A failure of an unknown kind: the VM decides, the model (snapshot, inflight region) is kept meanwhile.</summary>
+    private void Escalate(Exception cause)
+    {
+        string reason = $"{cause.GetType().Name}: {cause.Message}";
+        _reason = reason;
+        _log.Error(cause, "Device {0}: unexpected failure of its connection; asking the VM", _options.Name);
+        Context.Parent.Tell(new DeviceEscalated(_options.Name, reason));
+        Timers.StartSingleTimer(DecisionTimerKey, DecisionTimeout.Instance, _options.CommandTimeout);
+        Become(AwaitingDecision);
+        Stash.UnstashAll();
+    }
+
+    private void HandleDecision(DeviceDecision message)
+    {
+        Timers.Cancel(DecisionTimerKey);
+        if (message.Policy == DeviceFailurePolicy.Reconnect)
+        {
+            ScheduleReconnect(_reason ?? "reconnect decided by the VM", recovering: false);
+        }
+        else
+        {
+            GiveUp(_reason ?? "given up by the VM");
+        }
+    }
+
+    /// <summary>The guest reset a device that had given up: the model is cleared and a fresh attempt starts, as on attach.</summary>
+    private void HandleResetAfterGiveUp(ResetDevice message)
+    {
+        Sender.Tell(_model.ServeOffline(message));
+        _log.Info("Device {0}: reset by the guest; connecting again", _options.Name);
+        _attempt = 0;
+        StartReconnect(recovering: true);
+    }
+
+    /// <summary>The device ends here (it never came up): the caller of the first start hears why.</summary>
+    private void Stop(string reason, Exception? cause)
+    {
+        var failed = new DeviceFailed(_options.Name, reason);
+        _log.Warning("Device {0} stopped: {1}", _options.Name, reason);
+        Context.Parent.Tell(failed);
+        Context.System.EventStream.Publish(failed);
+        Exception error = cause ?? new VhostUserConnectionLostException($"vhost-user device {_options.Name} stopped: {reason}");
+        _firstReady?.TrySetException(error);
+        foreach (Envelope envelope in Stash.ClearStash())
+        {
+            if (!envelope.Sender.IsNobody())
+            {
+                envelope.Sender.Tell(new Status.Failure(error));
+            }
+        }
+
+        Context.Stop(Self);
+    }
+
+    /// <summary>
+    /// A command forwarded to a connection that had already stopped lands in dead letters: it comes
+    /// back as a requeued command (with its asker), so it is served rather than left to time out.
+    /// </summary>
+    private void HandleDeadLetter(DeadLetter message)
+    {
+        if (message.Message is IDeviceCommand command &&
+            message.Recipient.Path.Parent.Equals(Self.Path) && message.Recipient.Path.Name == ConnectionName)
+        {
+            Self.Tell(new CommandRequeued(message.Recipient, command), message.Sender);
+        }
+    }
+
+    #endregion
 
     #region Messages
 
@@ -459,6 +533,15 @@ public sealed class VhostUserDeviceSupervisor : ReceiveActor, IWithTimers, IWith
         public static readonly Reconnect Instance = new();
 
         private Reconnect()
+        {
+        }
+    }
+
+    private sealed class DecisionTimeout
+    {
+        public static readonly DecisionTimeout Instance = new();
+
+        private DecisionTimeout()
         {
         }
     }

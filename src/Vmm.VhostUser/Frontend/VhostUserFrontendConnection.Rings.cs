@@ -126,17 +126,38 @@ public sealed partial class VhostUserFrontendConnection
             : state.AvailableIndex;
 
     /// <summary>
-    /// Starts one ring: SET_VRING_NUM, SET_VRING_ADDR, SET_VRING_BASE, SET_VRING_KICK,
-    /// SET_VRING_CALL, then SET_VRING_ENABLE(1) when VHOST_USER_F_PROTOCOL_FEATURES was acked
-    /// (without it rings start enabled, vhost-user.rst "Ring states"). SET_FEATURES and the
-    /// memory table must already be in place.
+    /// Starts one ring: <see cref="SetUpRingAsync"/> (SET_VRING_NUM, ADDR, BASE, CALL, KICK), then
+    /// SET_VRING_ENABLE(1) when VHOST_USER_F_PROTOCOL_FEATURES was acked (without it rings start
+    /// enabled, vhost-user.rst "Ring states"). SET_FEATURES and the memory table must already be in place.
     /// </summary>
     public async Task StartRingAsync(VhostUserRingSetup ring, CancellationToken cancellationToken = default)
     {
-        // SET_VRING_KICK/CALL carry the index in bits 0-7 (VHOST_USER_VRING_IDX_MASK).
-        ArgumentOutOfRangeException.ThrowIfNegative(ring.Index);
-        ArgumentOutOfRangeException.ThrowIfGreaterThan(ring.Index, (int)VhostUserVringFile.VHOST_USER_VRING_IDX_MASK);
-        uint index = (uint)ring.Index;
+        await SetUpRingAsync(ring, cancellationToken).ConfigureAwait(false);
+        if (RingsNeedEnable)
+        {
+            await SetRingEnableAsync(ring.Index, true, cancellationToken).ConfigureAwait(false);
+        }
+    }
+
+    /// <summary>
+    /// Sets one ring up without enabling it: SET_VRING_NUM, SET_VRING_ADDR, SET_VRING_BASE,
+    /// SET_VRING_CALL, SET_VRING_KICK. The call fd goes before the kick, as QEMU's vhost-user
+    /// devices do (they unmask the guest notifiers, which sends SET_VRING_CALL, before
+    /// vhost_dev_start sends SET_VRING_KICK): a back-end that starts the ring on its kick, and
+    /// finds a request already made available, may complete it at once and must have a call fd
+    /// to signal (qemu-storage-daemon drops the connection with "Error writing eventfd" otherwise).
+    /// </summary>
+    public async Task SetUpRingAsync(VhostUserRingSetup ring, CancellationToken cancellationToken = default)
+    {
+        await SetRingAddressesAsync(ring.Addresses, cancellationToken).ConfigureAwait(false);
+        await SetRingCallAsync(ring.Index, ring.Call, cancellationToken).ConfigureAwait(false);
+        await SetRingKickAsync(ring.Index, ring.Kick, cancellationToken).ConfigureAwait(false);
+    }
+
+    /// <summary>SET_VRING_NUM, SET_VRING_ADDR and SET_VRING_BASE of one ring: where it is and where it resumes.</summary>
+    public async Task SetRingAddressesAsync(VhostUserRingAddresses ring, CancellationToken cancellationToken = default)
+    {
+        uint index = RingIndex(ring.Index);
         await SendAsync(VhostUserRequest.SET_VRING_NUM, Encode(new VhostUserVringState(index, ring.Size), VhostUserVringState.Size),
             cancellationToken: cancellationToken).ConfigureAwait(false);
         var addr = new VhostUserVringAddr(index, 0, ring.DescriptorUserAddress, ring.DeviceUserAddress, ring.DriverUserAddress, 0);
@@ -144,13 +165,29 @@ public sealed partial class VhostUserFrontendConnection
             .ConfigureAwait(false);
         await SendAsync(VhostUserRequest.SET_VRING_BASE, Encode(new VhostUserVringState(index, ring.Base), VhostUserVringState.Size),
             cancellationToken: cancellationToken).ConfigureAwait(false);
-        ulong file = new VhostUserVringFile((byte)index, NoFd: false).ToU64();
-        await SendU64Async(VhostUserRequest.SET_VRING_KICK, file, [ring.Kick], cancellationToken).ConfigureAwait(false);
-        await SendU64Async(VhostUserRequest.SET_VRING_CALL, file, [ring.Call], cancellationToken).ConfigureAwait(false);
-        if (RingsNeedEnable)
-        {
-            await SetRingEnableAsync(ring.Index, true, cancellationToken).ConfigureAwait(false);
-        }
+    }
+
+    /// <summary>SET_VRING_CALL: the eventfd the back-end signals when it used buffers of ring <paramref name="index"/>.</summary>
+    public Task SetRingCallAsync(int index, SafeHandle call, CancellationToken cancellationToken = default) =>
+        SendU64Async(VhostUserRequest.SET_VRING_CALL, new VhostUserVringFile((byte)RingIndex(index), NoFd: false).ToU64(), [call], cancellationToken);
+
+    /// <summary>SET_VRING_KICK: the eventfd the guest's notifications arrive on; a back-end may start the ring on it.</summary>
+    public Task SetRingKickAsync(int index, SafeHandle kick, CancellationToken cancellationToken = default) =>
+        SendU64Async(VhostUserRequest.SET_VRING_KICK, new VhostUserVringFile((byte)RingIndex(index), NoFd: false).ToU64(), [kick], cancellationToken);
+
+    /// <summary>SET_STATUS (needs STATUS): the driver's device status byte (virtio 1.2, 2.1).</summary>
+    public Task SetStatusAsync(byte status, CancellationToken cancellationToken = default)
+    {
+        RequireProtocolFeature(VhostUserProtocolFeatures.STATUS, VhostUserRequest.SET_STATUS);
+        return SendU64Async(VhostUserRequest.SET_STATUS, status, cancellationToken: cancellationToken);
+    }
+
+    /// <summary>SET_VRING_KICK/CALL carry the index in bits 0-7 (VHOST_USER_VRING_IDX_MASK).</summary>
+    private static uint RingIndex(int index)
+    {
+        ArgumentOutOfRangeException.ThrowIfNegative(index);
+        ArgumentOutOfRangeException.ThrowIfGreaterThan(index, (int)VhostUserVringFile.VHOST_USER_VRING_IDX_MASK);
+        return (uint)index;
     }
 
     /// <summary>SET_VRING_ENABLE for ring <paramref name="index"/>.</summary>

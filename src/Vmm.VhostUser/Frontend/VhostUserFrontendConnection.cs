@@ -1,8 +1,10 @@
 using System.Net.Sockets;
 using System.Runtime.InteropServices;
+using Vmm.Core.Memory;
 using Vmm.Core.Posix;
 using Vmm.Core.Posix.Sockets;
 using Vmm.VhostUser.Channel;
+using Vmm.Virtio.Queues;
 using Vmm.VhostUser.Protocol;
 
 namespace Vmm.VhostUser.Frontend;
@@ -84,6 +86,29 @@ public sealed record VhostUserInflightRegion(SafeFileDescriptor Fd, ulong MmapSi
 }
 
 /// <summary>
+/// Where one ring lives in the back-end's address space and where it resumes (vhost-user.rst,
+/// SET_VRING_NUM, SET_VRING_ADDR, SET_VRING_BASE): size, ring addresses already translated to
+/// our user addresses, and the encoded base.
+/// </summary>
+public sealed record VhostUserRingAddresses(
+    int Index,
+    ushort Size,
+    ulong DescriptorUserAddress,
+    ulong DriverUserAddress,
+    ulong DeviceUserAddress,
+    uint Base)
+{
+    /// <summary>The addresses of ring <paramref name="index"/> at <paramref name="queue"/>, resuming at <paramref name="state"/>.</summary>
+    public static VhostUserRingAddresses For(int index, GuestMemory memory, VirtqueueParams queue, bool packed, VirtqueueState state)
+    {
+        ArgumentNullException.ThrowIfNull(memory);
+        ArgumentNullException.ThrowIfNull(queue);
+        (ulong descriptor, ulong driver, ulong device) = VhostUserFrontendConnection.TranslateRing(memory, queue, packed);
+        return new VhostUserRingAddresses(index, queue.Size, descriptor, driver, device, VhostUserFrontendConnection.EncodeBase(state, packed));
+    }
+}
+
+/// <summary>
 /// Everything one ring needs to run in the back-end (vhost-user.rst, "Starting and stopping
 /// rings"): size, ring addresses already translated to our user addresses, where to resume,
 /// and the kick and call eventfds.
@@ -96,7 +121,10 @@ public sealed record VhostUserRingSetup(
     ulong DeviceUserAddress,
     uint Base,
     SafeFileDescriptor Kick,
-    SafeFileDescriptor Call);
+    SafeFileDescriptor Call)
+{
+    public VhostUserRingAddresses Addresses => new(Index, Size, DescriptorUserAddress, DriverUserAddress, DeviceUserAddress, Base);
+}
 
 /// <summary>
 /// The front-end's side of one vhost-user connection, without actors: request helpers in the
@@ -119,6 +147,7 @@ public sealed partial class VhostUserFrontendConnection : IDisposable
         VhostUserProtocolFeatures.CONFIG |
         VhostUserProtocolFeatures.RESET_DEVICE |
         VhostUserProtocolFeatures.CONFIGURE_MEM_SLOTS |
+        VhostUserProtocolFeatures.STATUS |
         VhostUserProtocolFeatures.INFLIGHT_SHMFD |
         VhostUserProtocolFeatures.DEVICE_STATE;
 

@@ -1,100 +1,44 @@
 using Akka.Actor;
-using Akka.Event;
-using Vmm.Core.Events;
-using Vmm.Core.Interrupts;
-using Vmm.Virtio.Queues;
 
 namespace Vmm.VhostUser.Frontend;
 
 /// <summary>
-/// One started queue of a vhost-user device, child of its <see cref="VhostUserDeviceActor"/>.
-/// It owns the queue's notification plumbing, never its data: the back-end reads the rings.
+/// One started queue of a vhost-user device, child of its <see cref="VhostUserConnectionActor"/>.
+/// It owns the queue's notifiers, never its data (the back-end reads the rings):
 /// <list type="bullet">
-/// <item>Kick: the transport's own eventfd (<see cref="VirtqueueResources.Kick"/>) goes to
-/// SET_VRING_KICK as it is; the transport signals it, the back-end waits on it.</item>
-/// <item>Call, event-backed line: the line's eventfd goes to SET_VRING_CALL directly (an irqfd
-/// in all but name); nothing runs here.</item>
-/// <item>Call, function-backed line: this actor creates an eventfd for SET_VRING_CALL and a
-/// dedicated thread that blocks on it and calls <see cref="InterruptLine.Raise"/> (a Tell to the
-/// InterruptControllerActor). No actor message per interrupt passes through this mailbox
-/// (DESIGN.md, "Data plane off the mailbox"; STACK.md section 4: a blocked thread is the fastest waker).</item>
+/// <item>Kick: the transport's own eventfd goes to SET_VRING_KICK as it is; the transport signals
+/// it, the back-end waits on it.</item>
+/// <item>Call: its <see cref="VirtqueueCallRouter"/> decides where the back-end's call goes (the
+/// guest's vector eventfd while that is unmasked, else a proxy watched by the VM's notifier loop)
+/// and sends SET_VRING_CALL again whenever the guest masks, unmasks or re-targets the vector.</item>
 /// </list>
+/// No message per interrupt passes through this mailbox: the fast path has nothing of ours on
+/// it, and the proxy's watch raises the line from the notifier loop's thread. The actor carries
+/// the queue's lifecycle: its notifiers live exactly as long as it does.
 /// </summary>
 public sealed class VirtqueueActor : ReceiveActor
 {
-    private readonly ILoggingAdapter _log = Context.GetLogger();
-    private readonly int _index;
-    private readonly InterruptLine _line;
-    private readonly EventFd? _proxyCall;
-    private Thread? _waiter;
-    private long _raised;
+    private readonly VirtqueueCallRouter _router;
 
-    public VirtqueueActor(int index, VirtqueueResources resources, EventFd? proxyCall)
+    public VirtqueueActor(VirtqueueCallRouter router)
     {
-        _index = index;
-        _line = resources.Interrupt;
-        _proxyCall = proxyCall;
+        _router = router;
         Receive<GetQueueStatus>(HandleGetStatus);
+        Receive<Status>(_ => { }); // a stray answer is not answered back
+        ReceiveAny(m => Sender.Tell(new Status.Failure(new NotSupportedException(
+            $"Queue {_router.Index} does not handle {m.GetType().Name}."))));
     }
 
     /// <summary>
-    /// Props for queue <paramref name="index"/>. <paramref name="proxyCall"/> comes from
-    /// <see cref="CreateProxyCall"/>; the actor owns it from now on (disposed when it stops).
+    /// Props for the queue that <paramref name="router"/> routes. The router is made by the
+    /// connection (it must exist before the ring's SET_VRING_CALL); the actor owns it from now on
+    /// and closes it when it stops.
     /// </summary>
-    public static Props Props(int index, VirtqueueResources resources, EventFd? proxyCall) =>
-        Akka.Actor.Props.Create(() => new VirtqueueActor(index, resources, proxyCall));
+    public static Props Props(VirtqueueCallRouter router) =>
+        Akka.Actor.Props.Create(() => new VirtqueueActor(router));
 
-    /// <summary>
-    /// The eventfd to hand to SET_VRING_CALL for <paramref name="line"/>: its own for an
-    /// event-backed line (<paramref name="proxy"/> null), a new one to proxy otherwise.
-    /// </summary>
-    public static EventFd CallEventFdFor(InterruptLine line, out EventFd? proxy)
-    {
-        proxy = line.EventFd is null ? CreateProxyCall() : null;
-        return line.EventFd ?? proxy!;
-    }
-
-    /// <summary>A fresh eventfd for a function-backed line's calls.</summary>
-    public static EventFd CreateProxyCall() => new();
-
-    protected override void PreStart()
-    {
-        if (_proxyCall is null)
-        {
-            return;
-        }
-
-        EventFd call = _proxyCall;
-        InterruptLine line = _line;
-        _waiter = new Thread(() => WaitForCalls(call, line))
-        {
-            IsBackground = true,
-            Name = $"vhost-user call {Self.Path.Parent.Parent.Name}/{_index}",
-        };
-        _waiter.Start();
-    }
-
-    protected override void PostStop()
-    {
-        // Dispose wakes the waiter (Wait returns false), which then ends.
-        _proxyCall?.Dispose();
-        if (_waiter is not null && !_waiter.Join(TimeSpan.FromSeconds(2)))
-        {
-            _log.Warning("Call waiter of queue {0} did not end within 2 s", _index);
-        }
-    }
-
-    private void WaitForCalls(EventFd call, InterruptLine line)
-    {
-        // The back-end may have set O_NONBLOCK on the shared open file (qemu-storage-daemon 7.2
-        // does); EventFd.Wait polls first, so it keeps blocking correctly.
-        while (call.Wait())
-        {
-            Interlocked.Increment(ref _raised);
-            line.Raise();
-        }
-    }
+    protected override void PostStop() => _router.Dispose();
 
     private void HandleGetStatus(GetQueueStatus message) =>
-        Sender.Tell(new QueueStatus(_index, _proxyCall is not null, Interlocked.Read(ref _raised)));
+        Sender.Tell(new QueueStatus(_router.Index, _router.IsProxied, _router.ProxiedInterrupts, _router.Reroutes));
 }

@@ -7,7 +7,9 @@ namespace Vmm.VhostUser.Hosting;
 
 /// <summary>
 /// What <see cref="ManagedVmmHostingExtensions.WithManagedVmm"/> builds: the VM actor's name, the
-/// interrupt sink, and the vhost-user devices attached to the VM at start-up.
+/// interrupt sink, the VM's policy for unexpected device failures, and the vhost-user devices
+/// attached to the VM at start-up. It starts from <see cref="ManagedVmmOptions"/> (configuration);
+/// the <c>WithManagedVmm</c> callback adds to it.
 /// </summary>
 public sealed class ManagedVmmBuilder
 {
@@ -28,6 +30,33 @@ public sealed class ManagedVmmBuilder
 
     /// <summary>The devices, in the order they were added; each one's <see cref="VhostUserDeviceOptions.Name"/> is its device name.</summary>
     public IReadOnlyList<VhostUserDeviceOptions> Devices => _devices;
+
+    /// <summary>What the VM decides for a device that fails in a way it cannot judge itself (default: it needs the guest's reset).</summary>
+    public DeviceFailurePolicy UnexpectedDeviceFailure { get; private set; } = DeviceFailurePolicy.GiveUp;
+
+    /// <summary>A builder holding what <paramref name="options"/> configure: the actor name, the policy and the devices (in name order).</summary>
+    public static ManagedVmmBuilder FromOptions(ManagedVmmOptions options)
+    {
+        ArgumentNullException.ThrowIfNull(options);
+        var vm = new ManagedVmmBuilder().WithActorName(options.ActorName).WithUnexpectedDeviceFailure(options.UnexpectedDeviceFailure);
+        foreach ((string name, VhostUserDeviceSettings settings) in options.Devices.OrderBy(d => d.Key, StringComparer.Ordinal))
+        {
+            VhostUserDeviceOptions device = settings.ToOptions(name);
+            vm.AddVhostUserDevice(name, device.SocketPath, device.DeviceId, _ => device);
+        }
+
+        return vm;
+    }
+
+    /// <summary>What the VM decides when a device escalates a failure it cannot judge (see <see cref="DeviceEscalated"/>).</summary>
+    public ManagedVmmBuilder WithUnexpectedDeviceFailure(DeviceFailurePolicy policy)
+    {
+        UnexpectedDeviceFailure = policy;
+        return this;
+    }
+
+    /// <summary>The VM actor's settings.</summary>
+    public VmSettings ToVmSettings() => new() { InterruptSink = InterruptSink, UnexpectedDeviceFailure = UnexpectedDeviceFailure };
 
     /// <summary>Names the top-level VM actor (default <see cref="DefaultActorName"/>).</summary>
     public ManagedVmmBuilder WithActorName(string name)

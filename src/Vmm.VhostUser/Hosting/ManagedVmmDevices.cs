@@ -7,13 +7,14 @@ namespace Vmm.VhostUser.Hosting;
 
 /// <summary>
 /// The devices <see cref="ManagedVmmHostingExtensions.WithManagedVmm"/> attached in one
-/// ActorSystem: for each, its options, the supervisor the VmActor created and the completion of
-/// its first handshake. An ActorSystem extension, so that the service handing the devices out
-/// (<see cref="ManagedVmm"/>) needs nothing from DI but the ActorSystem.
+/// ActorSystem: for each, its options, the supervisor the VmActor created, the completion of its
+/// first handshake and the events its supervisor raises. An ActorSystem extension, so that the
+/// service handing the devices out (<see cref="ManagedVmm"/>) needs nothing from DI but the ActorSystem.
 /// </summary>
 public sealed class ManagedVmmDevices : IExtension
 {
     private readonly ConcurrentDictionary<string, Entry> _entries = new(StringComparer.Ordinal);
+    private Exception? _startFailure;
 
     /// <summary>The devices of <paramref name="system"/> (none until the VM was started there).</summary>
     public static ManagedVmmDevices For(ActorSystem system)
@@ -25,11 +26,16 @@ public sealed class ManagedVmmDevices : IExtension
     /// <summary>The configured device names, in no particular order.</summary>
     public IReadOnlyCollection<string> Names => [.. _entries.Keys];
 
-    internal void Add(VhostUserDeviceOptions options, Task<DeviceAttached> attached, TaskCompletionSource<DeviceInfo> firstReady)
+    /// <summary>Why the VM could not be started (its configuration was refused), if that happened.</summary>
+    public Exception? StartFailure => Volatile.Read(ref _startFailure);
+
+    internal void Failed(Exception cause) => Volatile.Write(ref _startFailure, cause);
+
+    internal void Add(Entry entry)
     {
-        if (!_entries.TryAdd(options.Name, new Entry(options, attached, firstReady)))
+        if (!_entries.TryAdd(entry.Options.Name, entry))
         {
-            throw new InvalidOperationException($"A device named '{options.Name}' is already attached.");
+            throw new InvalidOperationException($"A device named '{entry.Options.Name}' is already attached.");
         }
     }
 
@@ -40,20 +46,21 @@ public sealed class ManagedVmmDevices : IExtension
     {
         private readonly Lazy<Task<VhostUserDevice>> _device;
 
-        public Entry(VhostUserDeviceOptions options, Task<DeviceAttached> attached, TaskCompletionSource<DeviceInfo> firstReady)
+        public Entry(VhostUserDeviceOptions options, Task<DeviceAttached> attached, TaskCompletionSource<DeviceInfo> firstReady, VhostUserDeviceEvents events)
         {
             Options = options;
-            _device = new Lazy<Task<VhostUserDevice>>(() => CreateAsync(options, attached, firstReady.Task));
+            _device = new Lazy<Task<VhostUserDevice>>(() => CreateAsync(options, attached, firstReady.Task, events));
         }
 
         public VhostUserDeviceOptions Options { get; }
 
         public Task<VhostUserDevice> Device => _device.Value;
 
-        private static async Task<VhostUserDevice> CreateAsync(VhostUserDeviceOptions options, Task<DeviceAttached> attached, Task<DeviceInfo> firstReady)
+        private static async Task<VhostUserDevice> CreateAsync(
+            VhostUserDeviceOptions options, Task<DeviceAttached> attached, Task<DeviceInfo> firstReady, VhostUserDeviceEvents events)
         {
             DeviceAttached a = await attached.ConfigureAwait(false);
-            return await VhostUserDevice.FromSupervisorAsync(a.Device, options, firstReady).ConfigureAwait(false);
+            return await VhostUserDevice.FromSupervisorAsync(a.Device, options, firstReady, events: events).ConfigureAwait(false);
         }
     }
 }

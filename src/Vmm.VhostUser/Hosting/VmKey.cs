@@ -12,3 +12,14 @@ public sealed class VmKey
     {
     }
 }
+
+/// <summary>
+/// The ActorRegistry key of the VM's InterruptControllerActor (<c>/user/vm/interrupts</c>): consumers
+/// take <c>IRequiredActor&lt;InterruptControllerKey&gt;</c>. A marker type: it has no instances.
+/// </summary>
+public sealed class InterruptControllerKey
+{
+    private InterruptControllerKey()
+    {
+    }
+}

@@ -1,3 +1,4 @@
+using Vmm.Core.Interrupts;
 using Vmm.Virtio.Queues;
 
 namespace Vmm.Virtio.Driver;
@@ -40,14 +41,30 @@ internal interface IDriverTransport
 
     void WriteConfig(uint offset, ReadOnlySpan<byte> data);
 
-    /// <summary>
-    /// Enables per-vector interrupts when the transport has them (PCI MSI-X): the config vector is
-    /// programmed and the vector numbers returned (index 0 config, then queues). Null: one
-    /// shared interrupt whose reason is in the interrupt status (<see cref="ReadAndAckInterruptStatus"/>).
-    /// </summary>
-    IReadOnlyList<int>? SetupVectors(int queueCount);
+    /// <summary>MSI-X table entries the function has; 0 when it has no MSI-X (virtio-mmio, a PCI function without the capability).</summary>
+    int MsixTableSize { get; }
 
-    /// <summary>The shared interrupt's number when <see cref="SetupVectors"/> returned null.</summary>
+    /// <summary>
+    /// Enables MSI-X and programs entries 0 to <c>messages.Count - 1</c> with
+    /// <paramref name="messages"/>, in Linux's order (msix_capability_init): enable with the
+    /// function masked, mask every entry, write each message, clear the function mask. The
+    /// entries stay masked until <see cref="MaskMsixEntry"/> unmasks them (Linux: request_irq).
+    /// </summary>
+    void EnableMsix(IReadOnlyList<MsiMessage> messages);
+
+    /// <summary>Masks every entry and clears MSI-X Enable (Linux's pci_msix_shutdown); the function falls back to its INTx.</summary>
+    void DisableMsix();
+
+    /// <summary>Sets or clears entry <paramref name="entry"/>'s mask bit (PCI 3.0 §6.8.2.9).</summary>
+    void MaskMsixEntry(int entry, bool masked);
+
+    /// <summary>Sets or clears the MSI-X function mask (PCI 3.0 §6.8.2.3).</summary>
+    void MaskMsixFunction(bool masked);
+
+    /// <summary>Maps configuration changes to MSI-X entry <paramref name="entry"/>; throws when the device refuses (4.1.5.1.2.2).</summary>
+    void SetConfigMsixVector(ushort entry);
+
+    /// <summary>The shared interrupt's number, used without MSI-X; -1 when the function has none.</summary>
     int SharedIrq { get; }
 
     /// <summary>Reads and acknowledges the interrupt reasons: bit 0 used buffer, bit 1 configuration change.</summary>

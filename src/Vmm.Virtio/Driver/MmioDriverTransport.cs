@@ -1,3 +1,4 @@
+using Vmm.Core.Interrupts;
 using Vmm.Core.Machine;
 using Vmm.Virtio.Queues;
 using R = Vmm.Virtio.Spec.VirtioMmioRegisters;
@@ -112,7 +113,17 @@ internal sealed class MmioDriverTransport : IDriverTransport
 
     public void WriteConfig(uint offset, ReadOnlySpan<byte> data) => _bus.Write(_base + R.Config + offset, data);
 
-    public IReadOnlyList<int>? SetupVectors(int queueCount) => null;
+    public int MsixTableSize => 0;
+
+    public void EnableMsix(IReadOnlyList<MsiMessage> messages) => throw NoMsix();
+
+    public void DisableMsix() => throw NoMsix();
+
+    public void MaskMsixEntry(int entry, bool masked) => throw NoMsix();
+
+    public void MaskMsixFunction(bool masked) => throw NoMsix();
+
+    public void SetConfigMsixVector(ushort entry) => throw NoMsix();
 
     public uint ReadAndAckInterruptStatus()
     {
@@ -125,6 +136,8 @@ internal sealed class MmioDriverTransport : IDriverTransport
 
         return status;
     }
+
+    private NotSupportedException NoMsix() => new($"{Name}: virtio-mmio has no MSI-X.");
 
     private uint Read(uint register) => _bus.ReadUInt32(_base + register);
 

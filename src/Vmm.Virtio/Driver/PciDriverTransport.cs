@@ -1,4 +1,5 @@
 using System.Buffers.Binary;
+using Vmm.Core.Interrupts;
 using Vmm.Core.Machine;
 using Vmm.Virtio.Queues;
 using Vmm.Virtio.Spec;
@@ -64,7 +65,7 @@ internal sealed class PciDriverTransport : IDriverTransport
             else if (id == L.PciCapIdMsix)
             {
                 _msixCap = cap;
-                _msixTableSize = (ReadConfig16(cap + L.MsixMessageControl) & 0x7ff) + 1;
+                _msixTableSize = (ReadConfig16(cap + L.MsixMessageControl) & L.MsixControlTableSize) + 1;
                 uint table = ReadConfig32(cap + L.MsixTable);
                 _msixTable = (table & 7) == 0 ? bar0 + (table & ~7u) : 0;
             }
@@ -194,31 +195,82 @@ internal sealed class PciDriverTransport : IDriverTransport
         }
     }
 
-    public IReadOnlyList<int>? SetupVectors(int queueCount)
+    public int MsixTableSize => _msixCap != 0 && _msixTable != 0 ? _msixTableSize : 0;
+
+    public void EnableMsix(IReadOnlyList<MsiMessage> messages)
     {
-        // One vector for configuration changes and one per queue, or none: the shared ISR path
-        // (Linux tries the same first, vp_find_vqs_msix with per_vq_vectors).
-        if (_msixCap == 0 || _msixTable == 0 || _msixTableSize < queueCount + 1)
+        ArgumentNullException.ThrowIfNull(messages);
+        if (messages.Count > MsixTableSize)
         {
-            return null;
+            throw new VirtioDriverException($"{Name}: {messages.Count} MSI-X messages for a table of {MsixTableSize}.");
+        }
+
+        // 1. Enabled with the function masked: no entry fires while the table is written.
+        ushort control = ReadConfig16(_msixCap + L.MsixMessageControl);
+        WriteConfig16(_msixCap + L.MsixMessageControl, (ushort)(control | L.MsixControlEnable | L.MsixControlFunctionMask));
+
+        // 2. Every entry masked (msix_mask_all), whatever was left in the table.
+        for (int i = 0; i < _msixTableSize; i++)
+        {
+            WriteEntry(i, L.MsixEntryVectorControl, L.MsixVectorControlMask);
+        }
+
+        // 3. The messages, each into a masked entry (__pci_write_msi_msg), so no half-written one is sent.
+        for (int i = 0; i < messages.Count; i++)
+        {
+            WriteEntry(i, L.MsixEntryAddressLow, (uint)messages[i].Address);
+            WriteEntry(i, L.MsixEntryAddressHigh, (uint)(messages[i].Address >> 32));
+            WriteEntry(i, L.MsixEntryData, messages[i].Data);
+        }
+
+        // 4. The function mask off; each entry is unmasked when its interrupt is wanted (request_irq).
+        MaskMsixFunction(false);
+    }
+
+    public void DisableMsix()
+    {
+        if (MsixTableSize == 0)
+        {
+            return;
+        }
+
+        // pci_msix_shutdown: every entry masked, then MSI-X Enable cleared.
+        for (int i = 0; i < _msixTableSize; i++)
+        {
+            WriteEntry(i, L.MsixEntryVectorControl, L.MsixVectorControlMask);
         }
 
         ushort control = ReadConfig16(_msixCap + L.MsixMessageControl);
-        WriteConfig16(_msixCap + L.MsixMessageControl, (ushort)((control | L.MsixControlEnable) & ~L.MsixControlFunctionMask));
-        var vectors = new int[queueCount + 1];
-        for (int i = 0; i < vectors.Length; i++)
+        WriteConfig16(_msixCap + L.MsixMessageControl, (ushort)(control & ~(L.MsixControlEnable | L.MsixControlFunctionMask)));
+    }
+
+    public void MaskMsixEntry(int entry, bool masked)
+    {
+        if ((uint)entry >= (uint)MsixTableSize)
         {
-            // The message data of each table entry is the vector it raises.
-            vectors[i] = (int)_bus.ReadUInt32(_msixTable + ((ulong)i * L.MsixEntrySize) + 8);
+            throw new ArgumentOutOfRangeException(nameof(entry), $"{Name}: the MSI-X table has {MsixTableSize} entries.");
         }
 
-        WriteCommon16(L.CommonConfigMsixVector, 0);
-        if (ReadCommon16(L.CommonConfigMsixVector) != 0)
-        {
-            throw new VirtioDriverException($"{Name}: the device refused MSI-X vector 0 for configuration changes.");
-        }
+        WriteEntry(entry, L.MsixEntryVectorControl, masked ? L.MsixVectorControlMask : 0);
 
-        return vectors;
+        // Read back, as Linux does after a mask write: on real hardware it flushes the posted write.
+        _ = _bus.ReadUInt32(EntryAddress(entry, L.MsixEntryVectorControl));
+    }
+
+    public void MaskMsixFunction(bool masked)
+    {
+        ushort control = ReadConfig16(_msixCap + L.MsixMessageControl);
+        control = masked ? (ushort)(control | L.MsixControlFunctionMask) : (ushort)(control & ~L.MsixControlFunctionMask);
+        WriteConfig16(_msixCap + L.MsixMessageControl, control);
+    }
+
+    public void SetConfigMsixVector(ushort entry)
+    {
+        WriteCommon16(L.CommonConfigMsixVector, entry);
+        if (ReadCommon16(L.CommonConfigMsixVector) != entry)
+        {
+            throw new VirtioDriverException($"{Name}: the device refused MSI-X vector {entry} for configuration changes.");
+        }
     }
 
     public uint ReadAndAckInterruptStatus()
@@ -228,6 +280,10 @@ internal sealed class PciDriverTransport : IDriverTransport
         _bus.Read(_isr, b);
         return b[0];
     }
+
+    private ulong EntryAddress(int entry, int field) => _msixTable + ((ulong)entry * L.MsixEntrySize) + (ulong)field;
+
+    private void WriteEntry(int entry, int field, uint value) => _bus.WriteUInt32(EntryAddress(entry, field), value);
 
     private ulong ReadBar0()
     {

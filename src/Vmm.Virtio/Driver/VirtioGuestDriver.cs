@@ -1,4 +1,5 @@
 using Vmm.Core.Events;
+using Vmm.Core.Interrupts;
 using Vmm.Core.Machine;
 using Vmm.Virtio.Spec;
 
@@ -10,11 +11,14 @@ namespace Vmm.Virtio.Driver;
 /// queues, and delivers interrupts to per-queue waits. It never calls the device: only the bus.
 /// </summary>
 /// <remarks>
-/// Interrupts: with per-queue MSI-X vectors each queue's wait sleeps on its vector's eventfd
-/// directly and a small thread serves the configuration vector. With one shared interrupt
-/// (virtio-mmio, or PCI without MSI-X) that thread is the interrupt handler: it reads and
-/// acknowledges the interrupt status and wakes the queues or handles the configuration change,
-/// as Linux's vm_interrupt / vp_interrupt do.
+/// Interrupts: with MSI-X (one entry for configuration changes, one per queue, as Linux's
+/// vp_find_vqs_msix asks first) the driver allocates a vector per entry, programs and unmasks
+/// the entries as Linux does, and each queue's wait sleeps on its vector's eventfd directly
+/// while a small thread serves the configuration vector. <see cref="MaskQueueVector"/> and
+/// <see cref="SetFunctionMask"/> mask at run time, as Linux does on affinity changes. With one
+/// shared interrupt (virtio-mmio, or PCI without MSI-X) that thread is the interrupt handler:
+/// it reads and acknowledges the interrupt status and wakes the queues or handles the
+/// configuration change, as Linux's vm_interrupt / vp_interrupt do.
 /// </remarks>
 public sealed class VirtioGuestDriver : IDisposable
 {
@@ -22,7 +26,9 @@ public sealed class VirtioGuestDriver : IDisposable
     private readonly IDriverQueueFactory _queueFactory;
     private readonly GuestInterruptEvents _interrupts;
     private readonly object _lifecycle = new();
+    private readonly object _msixControl = new();
     private readonly List<EventFd> _localWakes = [];
+    private IReadOnlyList<int>? _msixVectors;
     private VirtioDriverQueue[] _queues = [];
     private EventFd? _stop;
     private Thread? _irqThread;
@@ -65,6 +71,43 @@ public sealed class VirtioGuestDriver : IDisposable
     /// 1.2, 2.1.2); the owner decides when to call <see cref="ResetAndReinitialize"/>.
     /// </summary>
     public event Action? DeviceNeedsReset;
+
+    /// <summary>Whether the queues' interrupts are MSI-X vectors (valid after <see cref="Initialize"/>).</summary>
+    public bool UsesMsix { get; private set; }
+
+    /// <summary>
+    /// Masks (or unmasks) queue <paramref name="queue"/>'s MSI-X vector: its table entry's mask
+    /// bit (PCI 3.0 §6.8.2.9). While masked the device's interrupts for it are held pending and
+    /// the queue's waits do not wake; the unmask delivers one if any came. Safe to call from any
+    /// thread while the queues run.
+    /// </summary>
+    /// <exception cref="InvalidOperationException">The queues do not use MSI-X.</exception>
+    public void MaskQueueVector(int queue, bool masked)
+    {
+        VirtioDriverQueue[] queues = _queues;
+        if (!UsesMsix)
+        {
+            throw new InvalidOperationException($"{_transport.Name}: the queues do not use MSI-X vectors.");
+        }
+
+        ArgumentOutOfRangeException.ThrowIfGreaterThanOrEqual((uint)queue, (uint)queues.Length, nameof(queue));
+        _transport.MaskMsixEntry(queue + 1, masked);
+    }
+
+    /// <summary>Sets or clears the MSI-X function mask: every vector of the device masked at once (PCI 3.0 §6.8.2.3).</summary>
+    /// <exception cref="InvalidOperationException">The device does not use MSI-X.</exception>
+    public void SetFunctionMask(bool masked)
+    {
+        if (!UsesMsix)
+        {
+            throw new InvalidOperationException($"{_transport.Name}: the device does not use MSI-X.");
+        }
+
+        lock (_msixControl)
+        {
+            _transport.MaskMsixFunction(masked);
+        }
+    }
 
     /// <summary>The device status register as the device reports it now.</summary>
     public VirtioDeviceStatus ReadStatus() => (VirtioDeviceStatus)_transport.ReadStatus();
@@ -149,6 +192,16 @@ public sealed class VirtioGuestDriver : IDisposable
 
             StopInterruptHandling();
             _transport.WriteStatus(0);
+            if (UsesMsix)
+            {
+                lock (_msixControl)
+                {
+                    _transport.DisableMsix();
+                }
+
+                UsesMsix = false;
+            }
+
             IsRunning = false;
         }
     }
@@ -159,6 +212,11 @@ public sealed class VirtioGuestDriver : IDisposable
         lock (_lifecycle)
         {
             _disposed = true;
+            if (_msixVectors is not null)
+            {
+                _interrupts.FreeVectors(_msixVectors);
+                _msixVectors = null;
+            }
         }
     }
 
@@ -207,7 +265,7 @@ public sealed class VirtioGuestDriver : IDisposable
         }
 
         _stop = new EventFd();
-        IReadOnlyList<int>? vectors = _transport.SetupVectors(count);
+        IReadOnlyList<int>? vectors = SetUpMsix(count);
         if (vectors is null && _transport.SharedIrq < 0)
         {
             Fail(status, "the device has neither MSI-X vectors for every queue nor a shared interrupt");
@@ -243,6 +301,10 @@ public sealed class VirtioGuestDriver : IDisposable
                 vector = vectors[i + 1];
                 wake = _interrupts.Get(vector);
                 _transport.SetupQueue(i, queue.Params, (ushort)(i + 1));
+
+                // The queue's interrupt is wanted now: its entry is unmasked (request_irq). A completion
+                // the device raised before this was held pending and arrives now.
+                _transport.MaskMsixEntry(i + 1, false);
             }
             else
             {
@@ -262,6 +324,49 @@ public sealed class VirtioGuestDriver : IDisposable
 
         _queues = queues;
         StartInterruptHandling(vectors);
+    }
+
+    /// <summary>
+    /// MSI-X as Linux's vp_request_msix_vectors sets it up: a vector per entry (configuration,
+    /// then one per queue), the entries programmed (x86 message, data = vector) and left masked,
+    /// then the configuration entry unmasked and mapped. Null when the function has too few
+    /// entries: the shared interrupt is used instead.
+    /// </summary>
+    private IReadOnlyList<int>? SetUpMsix(int queueCount)
+    {
+        UsesMsix = false;
+        if (_transport.MsixTableSize < queueCount + 1)
+        {
+            return null;
+        }
+
+        if (_msixVectors?.Count != queueCount + 1)
+        {
+            if (_msixVectors is not null)
+            {
+                _interrupts.FreeVectors(_msixVectors);
+                _msixVectors = null;
+            }
+
+            _msixVectors = _interrupts.AllocateVectors(queueCount + 1);
+        }
+
+        IReadOnlyList<int> vectors = _msixVectors;
+        foreach (int v in vectors)
+        {
+            // The guest's eventfd exists before its entry can fire.
+            _interrupts.Get(v);
+        }
+
+        lock (_msixControl)
+        {
+            _transport.EnableMsix([.. vectors.Select(MsiMessage.X86)]);
+        }
+
+        _transport.MaskMsixEntry(0, false);
+        _transport.SetConfigMsixVector(0);
+        UsesMsix = true;
+        return vectors;
     }
 
     private void StartInterruptHandling(IReadOnlyList<int>? vectors)

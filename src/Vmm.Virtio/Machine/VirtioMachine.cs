@@ -10,7 +10,12 @@ namespace Vmm.Virtio.Machine;
 /// <summary>How interrupts reach the guest driver.</summary>
 public enum GuestInterruptDelivery
 {
-    /// <summary>Lines Tell the InterruptControllerActor, which delivers to the guest's sink (or the sink is called directly when there is no controller).</summary>
+    /// <summary>
+    /// Lines raise through the InterruptControllerActor, which delivers to the guest's sink: the
+    /// machine attaches an <see cref="InterruptPort"/> to it, and since the guest's sink is
+    /// concurrent a raise signals the guest's eventfd on the raising thread, with no message.
+    /// Without a controller the lines call the sink directly.
+    /// </summary>
     FunctionBacked,
 
     /// <summary>Every line is an eventfd the guest driver waits on: a device or vhost-user back-end signals it without a proxy.</summary>
@@ -27,16 +32,17 @@ public sealed class VirtioMachine : IDisposable
     private readonly object _lock = new();
     private readonly List<IDisposable> _transports = [];
     private readonly Dictionary<int, InterruptLine> _lines = [];
+    private readonly InterruptPort? _interruptPort;
     private int _mmioSlots;
     private int _pciSlots;
-    private int _nextVector = VirtioMachineLayout.PciFirstVector;
     private bool _disposed;
 
     /// <param name="memory">The guest RAM the devices' rings and buffers live in.</param>
     /// <param name="delivery">How device interrupts reach the guest driver: through eventfds or through the sink.</param>
     /// <param name="interruptController">
     /// The VM's InterruptControllerActor for function-backed delivery; the machine attaches
-    /// <see cref="GuestInterrupts"/> to it as the sink. Null: lines call the sink directly.
+    /// <see cref="GuestInterrupts"/> to it as the sink, and the port its lines raise through.
+    /// Null: lines call the sink directly.
     /// </param>
     public VirtioMachine(GuestMemory memory, GuestInterruptDelivery delivery, IActorRef? interruptController = null)
     {
@@ -45,7 +51,9 @@ public sealed class VirtioMachine : IDisposable
         InterruptController = interruptController;
         if (delivery == GuestInterruptDelivery.FunctionBacked && interruptController is not null)
         {
+            _interruptPort = new InterruptPort();
             interruptController.Tell(new AttachInterruptSink(GuestInterrupts));
+            interruptController.Tell(new AttachInterruptPort(_interruptPort));
         }
     }
 
@@ -57,8 +65,8 @@ public sealed class VirtioMachine : IDisposable
 
     public IActorRef? InterruptController { get; }
 
-    /// <summary>The per-vector eventfds the guest driver waits on.</summary>
-    public GuestInterruptEvents GuestInterrupts { get; } = new();
+    /// <summary>The per-vector eventfds the guest driver waits on, and the vectors it allocates for MSI-X.</summary>
+    public GuestInterruptEvents GuestInterrupts { get; } = new(VirtioMachineLayout.PciFirstVector, VirtioMachineLayout.MsiVectorLimit);
 
     /// <summary>Places <paramref name="device"/> behind virtio-mmio in the next free window.</summary>
     public VirtioMmioTransport AttachMmio(IVirtioDevice device)
@@ -81,8 +89,9 @@ public sealed class VirtioMachine : IDisposable
     }
 
     /// <summary>
-    /// Places <paramref name="device"/> behind virtio-pci in the next free slot, with one MSI-X
-    /// vector for configuration changes and one per queue (as Linux assigns them when it can).
+    /// Places <paramref name="device"/> behind virtio-pci in the next free slot, with an MSI-X
+    /// table of one entry for configuration changes and one per queue (what Linux asks for
+    /// first). The guest programs the entries; <see cref="RouteMsi"/> delivers their messages.
     /// </summary>
     public VirtioPciTransport AttachPci(IVirtioDevice device)
     {
@@ -95,14 +104,9 @@ public sealed class VirtioMachine : IDisposable
             }
 
             int slot = _pciSlots;
-            var vectors = new InterruptLine[device.QueueCount + 1];
-            for (int i = 0; i < vectors.Length; i++)
-            {
-                vectors[i] = GetInterruptLine(_nextVector++);
-            }
-
+            int entries = Math.Min(device.QueueCount + 1, VirtioPciTransport.MaxMsixTableSize);
             ulong bar0 = VirtioMachineLayout.PciBar0Address(slot);
-            var transport = new VirtioPciTransport(device, Memory, bar0, vectors);
+            var transport = new VirtioPciTransport(device, Memory, bar0, entries, RouteMsi);
             Bus.Map(VirtioMachineLayout.PciConfigAddress(slot), VirtioMachineLayout.PciConfigSize, transport.ConfigSpace, $"pci0:{slot} config ({device.DeviceId})");
             Bus.Map(bar0, Spec.VirtioPciLayout.Bar0Size, transport, $"pci0:{slot} BAR0 ({device.DeviceId})");
             _pciSlots++;
@@ -110,6 +114,19 @@ public sealed class VirtioMachine : IDisposable
             return transport;
         }
     }
+
+    /// <summary>
+    /// The machine's MSI routing: an x86-form message (<see cref="MsiMessage.TryGetX86Vector"/>)
+    /// reaches the line of its vector when that is in the MSI range
+    /// [<see cref="VirtioMachineLayout.PciFirstVector"/>, <see cref="VirtioMachineLayout.MsiVectorLimit"/>);
+    /// any other message (the reset message, a half-written one, a guest's error) reaches
+    /// nothing. Lines are only made for vectors in range, so a guest cannot make the machine
+    /// create eventfds without bound.
+    /// </summary>
+    public InterruptLine? RouteMsi(MsiMessage message) =>
+        message.TryGetX86Vector(out int vector) && vector is >= VirtioMachineLayout.PciFirstVector and < VirtioMachineLayout.MsiVectorLimit
+            ? GetInterruptLine(vector)
+            : null;
 
     /// <summary>The line for <paramref name="vector"/>, made once per the machine's delivery mode.</summary>
     public InterruptLine GetInterruptLine(int vector)
@@ -121,7 +138,7 @@ public sealed class VirtioMachine : IDisposable
                 line = Delivery switch
                 {
                     GuestInterruptDelivery.EventBacked => new EventBackedInterruptLine(vector, GuestInterrupts.Get(vector)),
-                    _ when InterruptController is { } controller => FunctionBackedInterruptLine.ToController(vector, controller),
+                    _ when _interruptPort is { } port => port.CreateLine(vector),
                     _ => new FunctionBackedInterruptLine(vector, GuestInterrupts.Deliver),
                 };
 
@@ -153,9 +170,10 @@ public sealed class VirtioMachine : IDisposable
             _disposed = true;
         }
 
-        if (Delivery == GuestInterruptDelivery.FunctionBacked)
+        if (_interruptPort is not null)
         {
-            InterruptController?.Tell(DetachInterruptSink.Instance);
+            InterruptController!.Tell(DetachInterruptSink.Instance);
+            InterruptController.Tell(new DetachInterruptPort(_interruptPort));
         }
 
         foreach (IDisposable t in _transports)

@@ -22,8 +22,11 @@ public static class VirtioMachineLayout
     public const int PciSlots = 32;
     public const ulong PciBarBase = 0xc000_0000;
 
-    /// <summary>MSI-X vectors are numbered from here, above every virtio-mmio interrupt.</summary>
+    /// <summary>The guest allocates MSI-X vectors from here, above every virtio-mmio interrupt.</summary>
     public const int PciFirstVector = 64;
+
+    /// <summary>MSI messages reach vectors below this; the guest's vector space ends here.</summary>
+    public const int MsiVectorLimit = 2048;
 
     public static ulong MmioWindow(int slot) => MmioBase + ((ulong)slot * MmioWindowSize);
 

@@ -87,8 +87,18 @@ public static class VirtioPciLayout
     public const ushort MsixControlEnable = 1 << 15;
     public const ushort MsixControlFunctionMask = 1 << 14;
 
-    /// <summary>One MSI-X table entry: address low/high, data, vector control.</summary>
+    /// <summary>Table Size (bits 10:0 of message control): the number of entries minus one.</summary>
+    public const ushort MsixControlTableSize = 0x7ff;
+
+    /// <summary>One MSI-X table entry: address low/high, data, vector control (PCI 3.0, 6.8.2.6 to 6.8.2.9).</summary>
     public const int MsixEntrySize = 16;
+    public const int MsixEntryAddressLow = 0;
+    public const int MsixEntryAddressHigh = 4;
+    public const int MsixEntryData = 8;
+    public const int MsixEntryVectorControl = 12;
+
+    /// <summary>Vector control bit 0: the entry is masked (1 after reset).</summary>
+    public const uint MsixVectorControlMask = 1;
 
     // struct virtio_pci_common_cfg (4.1.4.3); the width of each field is its natural access size.
     public const int CommonDeviceFeatureSelect = 0x00;

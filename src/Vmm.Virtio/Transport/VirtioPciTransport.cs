@@ -17,13 +17,20 @@ namespace Vmm.Virtio.Transport;
 /// a driver walks to find those structures (4.1.4).
 /// </summary>
 /// <remarks>
-/// Interrupts: the owner supplies one <see cref="InterruptLine"/> per MSI-X vector. With MSI-X
-/// enabled, a queue's line is its vector's line handed straight to the device, so an
-/// event-backed vector can be signalled by the device (or a vhost-user back-end) with no proxy and
-/// the ISR is not involved (4.1.4.5). Without MSI-X the transport falls back to the ISR plus the
-/// optional INTx line.
-/// The MSI-X table is pre-programmed by the VMM: entry n's message data is vector n's number,
-/// and driver writes to it are ignored, because delivery goes through the owner's lines.
+/// <para>Interrupts: the MSI-X table and PBA are real (<see cref="MsixTable"/>, PCI 3.0 §6.8.2):
+/// the driver programs each entry's message and masks entries or the whole function, and the
+/// owner's route turns a message into the VM's line. With MSI-X enabled the ISR is not involved
+/// (virtio 1.2 §4.1.4.5); without it the transport falls back to the ISR plus the optional INTx line.</para>
+/// <para>Each queue has one line for the transport's lifetime (a <see cref="ForwardingInterruptLine"/>),
+/// handed to the device at every start. It follows the queue's <c>queue_msix_vector</c> to that
+/// entry's line, the ISR path while MSI-X is disabled, or nothing for NO_VECTOR (§4.1.5.3). The
+/// driver may change <c>queue_msix_vector</c> on an enabled queue: virtio 1.2 §4.1.5.1.2 makes
+/// every write a mapping the device must support, and §4.1.4.3.2 asks only that the other queue
+/// fields be set before <c>queue_enable</c> (QEMU allows it too). The line then retargets and
+/// raises <see cref="InterruptLine.RoutingChanged"/>, as it does when its entry is masked or
+/// unmasked: a vhost-user front-end re-routes the back-end's call fd on that event.
+/// RoutingChanged handlers run under the transport's lock on the writing vCPU thread: they must
+/// not call back into the transport.</para>
 /// </remarks>
 public sealed class VirtioPciTransport : IMmioDevice, IDisposable
 {
@@ -36,10 +43,10 @@ public sealed class VirtioPciTransport : IMmioDevice, IDisposable
     private const int HeaderSize = 0x100;
 
     private readonly VirtioTransportCore _core;
-    private readonly InterruptLine[] _vectors;
+    private readonly MsixTable _msix;
+    private readonly ForwardingInterruptLine[] _queueLines;
     private readonly InterruptLine? _intx;
     private readonly InterruptLine _isrQueueLine;
-    private readonly InterruptLine _noInterrupt;
     private readonly PciConfigSpace _configSpace;
     private int _isr;
     private uint _deviceFeatureSelect;
@@ -50,19 +57,24 @@ public sealed class VirtioPciTransport : IMmioDevice, IDisposable
     /// <param name="device">The device behind the transport.</param>
     /// <param name="memory">The guest RAM its rings live in.</param>
     /// <param name="bar0Address">Where the owner mapped BAR0; the BAR register reports it.</param>
-    /// <param name="msixVectors">One line per MSI-X vector (the table size); may be empty.</param>
+    /// <param name="msixTableSize">How many MSI-X table entries the function has (0: no MSI-X capability).</param>
+    /// <param name="msiRoute">
+    /// The platform's MSI routing: the VM's line a programmed message reaches, or null when it
+    /// reaches none. Called under the transport's lock whenever an entry's message changes.
+    /// </param>
     /// <param name="intx">The legacy interrupt used while MSI-X is disabled; null for none.</param>
     public VirtioPciTransport(
         IVirtioDevice device,
         GuestMemory memory,
         ulong bar0Address,
-        IReadOnlyList<InterruptLine> msixVectors,
+        int msixTableSize,
+        Func<MsiMessage, InterruptLine?> msiRoute,
         InterruptLine? intx = null)
     {
-        ArgumentNullException.ThrowIfNull(msixVectors);
-        if (msixVectors.Count > 2048)
+        ArgumentNullException.ThrowIfNull(msiRoute);
+        if (msixTableSize is < 0 or > MaxMsixTableSize)
         {
-            throw new ArgumentOutOfRangeException(nameof(msixVectors), "MSI-X allows at most 2048 vectors.");
+            throw new ArgumentOutOfRangeException(nameof(msixTableSize), $"The MSI-X table region holds 0 to {MaxMsixTableSize} entries.");
         }
 
         if ((bar0Address & (L.Bar0Size - 1)) != 0)
@@ -76,13 +88,21 @@ public sealed class VirtioPciTransport : IMmioDevice, IDisposable
         }
 
         Bar0Address = bar0Address;
-        _vectors = [.. msixVectors];
         _intx = intx;
         _isrQueueLine = new FunctionBackedInterruptLine(intx?.Vector ?? -1, _ => RaiseIsr(L.IsrQueue));
-        _noInterrupt = new FunctionBackedInterruptLine(-1, _ => { });
+        _msix = new MsixTable(msixTableSize, msiRoute, Log);
         _core = new VirtioTransportCore(device, memory, QueueLine, RaiseConfigInterrupt, Log);
+        _queueLines = new ForwardingInterruptLine[_core.Queues.Length];
+        for (int i = 0; i < _queueLines.Length; i++)
+        {
+            _queueLines[i] = new ForwardingInterruptLine(QueueTarget(i));
+        }
+
         _configSpace = new PciConfigSpace(this);
     }
+
+    /// <summary>The most MSI-X entries BAR0's 4 KiB table region holds.</summary>
+    public const int MaxMsixTableSize = (int)(L.Bar0RegionSize / L.MsixEntrySize);
 
     public event Action<string>? Diagnostic;
 
@@ -102,9 +122,43 @@ public sealed class VirtioPciTransport : IMmioDevice, IDisposable
     public uint ConfigGeneration => _core.ConfigGeneration;
 
     /// <summary>Whether the driver enabled MSI-X in the capability's message control.</summary>
-    public bool MsixEnabled => _configSpace.MsixEnabled;
+    public bool MsixEnabled
+    {
+        get
+        {
+            lock (_core.Lock)
+            {
+                return _msix.Enabled;
+            }
+        }
+    }
 
-    public IReadOnlyList<InterruptLine> MsixVectors => _vectors;
+    /// <summary>Whether the driver set the MSI-X function mask (every entry masked).</summary>
+    public bool MsixFunctionMasked
+    {
+        get
+        {
+            lock (_core.Lock)
+            {
+                return _msix.FunctionMasked;
+            }
+        }
+    }
+
+    /// <summary>The line of each MSI-X table entry: masked, pending and routed as the driver programmed the table.</summary>
+    public IReadOnlyList<InterruptLine> MsixVectors => _msix.Lines;
+
+    /// <summary>The message MSI-X entry <paramref name="entry"/> holds.</summary>
+    public MsiMessage GetMsixMessage(int entry)
+    {
+        lock (_core.Lock)
+        {
+            return _msix.MessageOf(entry);
+        }
+    }
+
+    /// <summary>Queue <paramref name="index"/>'s line: the one object its device raises, whatever vector it follows.</summary>
+    public InterruptLine GetQueueInterrupt(int index) => _queueLines[index];
 
     public EventFd GetKickEventFd(int index) => _core.Queues[index].Kick;
 
@@ -134,7 +188,18 @@ public sealed class VirtioPciTransport : IMmioDevice, IDisposable
                 _core.Device.ReadConfig(at, data);
                 break;
             case L.Bar0MsixTableOffset:
-                ReadMsixTable(at, data);
+                lock (_core.Lock)
+                {
+                    _msix.ReadTable(at, data);
+                }
+
+                break;
+            case L.Bar0MsixPbaOffset:
+                lock (_core.Lock)
+                {
+                    _msix.ReadPba(at, data);
+                }
+
                 break;
         }
     }
@@ -168,13 +233,34 @@ public sealed class VirtioPciTransport : IMmioDevice, IDisposable
                 }
 
                 break;
+            case L.Bar0MsixTableOffset:
+                lock (_core.Lock)
+                {
+                    _msix.WriteTable(at, data);
+                }
+
+                break;
             default:
+                // The ISR and, PCI 3.0 §6.8.2.10, the PBA: software should never write pending bits.
                 Log($"BAR0 write at 0x{offset:x4} ignored: read-only");
                 break;
         }
     }
 
-    public void Dispose() => _core.Dispose();
+    public void Dispose()
+    {
+        lock (_core.Lock)
+        {
+            foreach (ForwardingInterruptLine line in _queueLines)
+            {
+                line.Retarget(null);
+            }
+
+            _msix.Detach();
+        }
+
+        _core.Dispose();
+    }
 
     private static bool TryRegion(ulong offset, int length, out uint region, out uint at)
     {
@@ -284,9 +370,11 @@ public sealed class VirtioPciTransport : IMmioDevice, IDisposable
 
                     break;
                 case L.CommonQueueMsixVector:
-                    if (q is not null && _core.WriteQueueField(qi, "queue_msix_vector"))
+                    // Allowed on an enabled queue too (see the class remarks): the queue's line follows.
+                    if (q is not null)
                     {
                         q.MsixVector = AcceptVector((ushort)value, $"queue {qi}");
+                        RouteQueue(qi);
                     }
 
                     break;
@@ -306,6 +394,7 @@ public sealed class VirtioPciTransport : IMmioDevice, IDisposable
                     if (q is not null && value == 1)
                     {
                         _core.ResetQueue(qi);
+                        RouteQueue(qi);
                     }
 
                     break;
@@ -376,17 +465,24 @@ public sealed class VirtioPciTransport : IMmioDevice, IDisposable
     /// <summary>4.1.5.1.2: a vector the device cannot use reads back as NO_VECTOR, which tells the driver.</summary>
     private ushort AcceptVector(ushort vector, string what)
     {
-        if (vector == L.NoVector || vector < _vectors.Length)
+        if (vector == L.NoVector || vector < _msix.Size)
         {
             return vector;
         }
 
-        Log($"MSI-X vector {vector} for {what} refused: the table has {_vectors.Length}");
+        Log($"MSI-X vector {vector} for {what} refused: the table has {_msix.Size}");
         return L.NoVector;
     }
 
     private TransportQueue? SelectedQueue => _queueSelect < _core.Queues.Length ? _core.Queues[_queueSelect] : null;
 
+    /// <summary>
+    /// After a device reset: the registers return to their defaults, every event is unmapped
+    /// (virtio 1.2 §4.1.5.1.2.1), so the queues' lines follow nothing, and no pending MSI-X
+    /// message survives: its cause went with the reset (PCI 3.0 §6.8.3.4; QEMU clears the PBA on
+    /// a virtio reset as well). The table's messages and masks and the MSI-X enable are PCI
+    /// state, not the device's, and stay.
+    /// </summary>
     private void ResetRegisters()
     {
         _deviceFeatureSelect = 0;
@@ -394,25 +490,85 @@ public sealed class VirtioPciTransport : IMmioDevice, IDisposable
         _queueSelect = 0;
         _configMsixVector = L.NoVector;
         Volatile.Write(ref _isr, 0);
+        for (int i = 0; i < _queueLines.Length; i++)
+        {
+            RouteQueue(i);
+        }
+
+        _msix.ClearPending();
     }
 
-    /// <summary>The line a starting queue gets: its MSI-X vector's own line, or the ISR + INTx path.</summary>
-    private InterruptLine QueueLine(int index)
+    /// <summary>
+    /// The driver changed MSI-X message control (under the lock). The function mask applies to
+    /// every entry. Enabling or disabling moves the queues between their vectors and the ISR
+    /// path; on disable a pending message's cause is reported the only way left, as the ISR bit
+    /// and INTx (virtio 1.2 §4.1.4.5), and its pending bit cleared (PCI 3.0 §6.8.3.4), so no
+    /// stale message is sent if MSI-X is enabled again.
+    /// </summary>
+    private void OnMsixControlChanged(bool enabled, bool functionMasked)
     {
-        if (!MsixEnabled)
+        bool wasEnabled = _msix.Enabled;
+        _msix.SetControl(enabled, functionMasked);
+        if (enabled == wasEnabled)
+        {
+            return;
+        }
+
+        for (int i = 0; i < _queueLines.Length; i++)
+        {
+            RouteQueue(i);
+        }
+
+        if (!enabled)
+        {
+            byte reasons = 0;
+            foreach (int entry in _msix.ClearPending())
+            {
+                if (entry == _configMsixVector)
+                {
+                    reasons |= L.IsrConfig;
+                }
+
+                if (_core.Queues.Any(q => q.MsixVector == entry))
+                {
+                    reasons |= L.IsrQueue;
+                }
+            }
+
+            if (reasons != 0)
+            {
+                RaiseIsr(reasons);
+            }
+        }
+    }
+
+    /// <summary>Points queue <paramref name="index"/>'s line at what it follows now (under the lock).</summary>
+    private void RouteQueue(int index) => _queueLines[index].Retarget(QueueTarget(index));
+
+    /// <summary>The ISR + INTx path without MSI-X; with it, the queue's vector's entry, or nothing for NO_VECTOR.</summary>
+    private InterruptLine? QueueTarget(int index)
+    {
+        if (!_msix.Enabled)
         {
             return _isrQueueLine;
         }
 
         ushort v = _core.Queues[index].MsixVector;
-        return v == L.NoVector ? _noInterrupt : _vectors[v];
+        return v == L.NoVector ? null : _msix[v];
+    }
+
+    /// <summary>The line a starting queue gets (called under the lock by the core).</summary>
+    private InterruptLine QueueLine(int index)
+    {
+        RouteQueue(index);
+        return _queueLines[index];
     }
 
     private void RaiseConfigInterrupt()
     {
         // 4.1.4.5.1: the config bit is set before any configuration change notification, MSI-X or not.
         Interlocked.Or(ref _isr, L.IsrConfig);
-        if (!MsixEnabled)
+        if (!_msix.Enabled)
         {
             _intx?.Raise();
             return;
@@ -421,7 +577,7 @@ public sealed class VirtioPciTransport : IMmioDevice, IDisposable
         ushort v = _configMsixVector;
         if (v != L.NoVector)
         {
-            _vectors[v].Raise();
+            _msix[v].Raise();
         }
     }
 
@@ -429,28 +585,6 @@ public sealed class VirtioPciTransport : IMmioDevice, IDisposable
     {
         Interlocked.Or(ref _isr, bit);
         _intx?.Raise();
-    }
-
-    private void ReadMsixTable(uint at, Span<byte> data)
-    {
-        if (data.Length != 4 || (at & 3) != 0)
-        {
-            return;
-        }
-
-        uint entry = at / L.MsixEntrySize;
-        if (entry >= _vectors.Length)
-        {
-            return;
-        }
-
-        uint value = (at % L.MsixEntrySize) switch
-        {
-            0 => 0xfee0_0000, // message address: the x86 MSI window, as firmware would program it
-            8 => (uint)_vectors[entry].Vector,
-            _ => 0,
-        };
-        BinaryPrimitives.WriteUInt32LittleEndian(data, value);
     }
 
     private void Log(string message) => Diagnostic?.Invoke(message);
@@ -491,15 +625,16 @@ public sealed class VirtioPciTransport : IMmioDevice, IDisposable
             WriteVirtioCap(b, CapDevice, CapPciCfg, L.CapSize, VirtioPciCapType.DeviceCfg, L.Bar0DeviceOffset, (uint)Math.Max(owner.Device.ConfigSize, 0));
 
             // 4.1.4.9: every device offers the PCI configuration access capability.
-            WriteVirtioCap(b, CapPciCfg, owner._vectors.Length > 0 ? CapMsix : 0, L.PciCfgCapSize, VirtioPciCapType.PciCfg, 0, 0);
+            WriteVirtioCap(b, CapPciCfg, owner._msix.Size > 0 ? CapMsix : 0, L.PciCfgCapSize, VirtioPciCapType.PciCfg, 0, 0);
             _writable.AsSpan(CapPciCfg + L.CapBar, 1).Fill(0xff);
             _writable.AsSpan(CapPciCfg + L.CapOffset, 8).Fill(0xff);
 
-            if (owner._vectors.Length > 0)
+            if (owner._msix.Size > 0)
             {
+                // PCI 3.0 §6.8.2.3: MSI-X Enable and Function Mask are 0 after reset; Table Size is N - 1.
                 b[CapMsix] = L.PciCapIdMsix;
                 b[CapMsix + 1] = 0;
-                BinaryPrimitives.WriteUInt16LittleEndian(b[(CapMsix + L.MsixMessageControl)..], (ushort)(owner._vectors.Length - 1));
+                BinaryPrimitives.WriteUInt16LittleEndian(b[(CapMsix + L.MsixMessageControl)..], (ushort)(owner._msix.Size - 1));
                 BinaryPrimitives.WriteUInt32LittleEndian(b[(CapMsix + L.MsixTable)..], L.Bar0MsixTableOffset);
                 BinaryPrimitives.WriteUInt32LittleEndian(b[(CapMsix + L.MsixPba)..], L.Bar0MsixPbaOffset);
                 _writable[CapMsix + L.MsixMessageControl + 1] = (byte)((L.MsixControlEnable | L.MsixControlFunctionMask) >> 8);
@@ -508,15 +643,6 @@ public sealed class VirtioPciTransport : IMmioDevice, IDisposable
             // Command register: memory space, bus master, INTx disable.
             _writable[L.PciCommand] = 0x06;
             _writable[L.PciCommand + 1] = 0x04;
-        }
-
-        public bool MsixEnabled
-        {
-            get
-            {
-                ushort control = BinaryPrimitives.ReadUInt16LittleEndian(_bytes.AsSpan(CapMsix + L.MsixMessageControl));
-                return _owner._vectors.Length > 0 && (control & L.MsixControlEnable) != 0;
-            }
         }
 
         public void Read(ulong offset, Span<byte> data)
@@ -555,26 +681,46 @@ public sealed class VirtioPciTransport : IMmioDevice, IDisposable
                 return;
             }
 
-            lock (_bytes)
+            // The transport's lock first (its order with _bytes everywhere): a change of MSI-X
+            // message control is applied to the table before the write completes.
+            lock (_owner._core.Lock)
             {
-                // BAR sizing (PCI 3.0, 6.2.5.1): all ones written, the size mask is read back. The
-                // address itself is fixed by the VMM, so any other value is dropped.
-                if (at == L.PciBar0 && data.Length == 4)
+                ushort before;
+                ushort after;
+                lock (_bytes)
                 {
-                    _barSizing0 = BinaryPrimitives.ReadUInt32LittleEndian(data) == 0xffff_ffff;
-                }
-                else if (at == L.PciBar0 + 4 && data.Length == 4)
-                {
-                    _barSizing1 = BinaryPrimitives.ReadUInt32LittleEndian(data) == 0xffff_ffff;
+                    before = MsixControl;
+
+                    // BAR sizing (PCI 3.0, 6.2.5.1): all ones written, the size mask is read back. The
+                    // address itself is fixed by the VMM, so any other value is dropped.
+                    if (at == L.PciBar0 && data.Length == 4)
+                    {
+                        _barSizing0 = BinaryPrimitives.ReadUInt32LittleEndian(data) == 0xffff_ffff;
+                    }
+                    else if (at == L.PciBar0 + 4 && data.Length == 4)
+                    {
+                        _barSizing1 = BinaryPrimitives.ReadUInt32LittleEndian(data) == 0xffff_ffff;
+                    }
+
+                    for (int i = 0; i < data.Length; i++)
+                    {
+                        byte mask = _writable[at + i];
+                        _bytes[at + i] = (byte)((_bytes[at + i] & ~mask) | (data[i] & mask));
+                    }
+
+                    after = MsixControl;
                 }
 
-                for (int i = 0; i < data.Length; i++)
+                if (before != after)
                 {
-                    byte mask = _writable[at + i];
-                    _bytes[at + i] = (byte)((_bytes[at + i] & ~mask) | (data[i] & mask));
+                    _owner.OnMsixControlChanged((after & L.MsixControlEnable) != 0, (after & L.MsixControlFunctionMask) != 0);
                 }
             }
         }
+
+        private ushort MsixControl => _owner._msix.Size > 0
+            ? BinaryPrimitives.ReadUInt16LittleEndian(_bytes.AsSpan(CapMsix + L.MsixMessageControl))
+            : (ushort)0;
 
         private void OverlayBar(int at, Span<byte> data)
         {

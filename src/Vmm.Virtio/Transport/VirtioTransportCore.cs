@@ -158,6 +158,12 @@ internal sealed class VirtioTransportCore : IDisposable
     /// </summary>
     public void WriteStatus(byte value)
     {
+        ApplyStatus(value);
+        Device.DriverStatusChanged(Status & ~VirtioDeviceStatus.DEVICE_NEEDS_RESET);
+    }
+
+    private void ApplyStatus(byte value)
+    {
         if (value == 0)
         {
             Reset();

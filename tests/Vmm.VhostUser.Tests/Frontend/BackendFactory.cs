@@ -37,15 +37,44 @@ internal sealed class BackendFactory
         ReconnectMinBackoff = TimeSpan.FromMilliseconds(10),
     };
 
+    private Exception? _failNext;
+    private TaskCompletionSource? _holdNext;
+
+    /// <summary>The next connect fails with <paramref name="error"/> (an unexpected kind of failure, say).</summary>
+    public void FailNextWith(Exception error) => Volatile.Write(ref _failNext, error);
+
+    /// <summary>The next connect waits until the returned completion is set (the connection actor stays in Connecting).</summary>
+    public TaskCompletionSource HoldNext()
+    {
+        var gate = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        Volatile.Write(ref _holdNext, gate);
+        return gate;
+    }
+
     public async Task<ScriptedBackend> NextAsync()
     {
         using var cts = new CancellationTokenSource(TimeSpan.FromSeconds(10));
         return await _backends.Reader.ReadAsync(cts.Token);
     }
 
-    private Task<VhostUserFrontendConnection> ConnectAsync(CancellationToken cancellationToken)
+    private async Task<VhostUserFrontendConnection> ConnectAsync(CancellationToken cancellationToken)
+    {
+        if (Interlocked.Exchange(ref _holdNext, null) is { } gate)
+        {
+            await gate.Task.WaitAsync(cancellationToken);
+        }
+
+        return await ConnectNowAsync();
+    }
+
+    private Task<VhostUserFrontendConnection> ConnectNowAsync()
     {
         Interlocked.Increment(ref _connects);
+        if (Interlocked.Exchange(ref _failNext, null) is { } error)
+        {
+            return Task.FromException<VhostUserFrontendConnection>(error);
+        }
+
         if (Refuse)
         {
             return Task.FromException<VhostUserFrontendConnection>(

@@ -69,15 +69,15 @@ public sealed class DeviceActorTests : AkkaTest
         await backend.ExpectAndDropAsync(VhostUserRequest.SET_VRING_NUM);
         await backend.ExpectAndDropAsync(VhostUserRequest.SET_VRING_ADDR);
         await backend.ExpectAndDropAsync(VhostUserRequest.SET_VRING_BASE);
-        await backend.ExpectAndDropAsync(VhostUserRequest.SET_VRING_KICK);
         VhostUserMessage callMessage = await backend.ExpectAsync(VhostUserRequest.SET_VRING_CALL);
         using var call = new EventFd(callMessage.TakeFd(0));
         callMessage.Dispose();
+        await backend.ExpectAndDropAsync(VhostUserRequest.SET_VRING_KICK);
 
         await backend.ExpectAndDropAsync(VhostUserRequest.SET_VRING_ENABLE);
         await start;
 
-        // The back-end signals the call eventfd: the VirtqueueActor's waiter thread raises the line.
+        // The back-end signals the call eventfd: the notifier loop raises the line.
         call.Signal();
         await controller.ExpectMsgAsync<RaiseInterrupt>(m => Assert.That(m.Vector, Is.EqualTo(3)));
         call.Signal();
@@ -116,18 +116,18 @@ public sealed class DeviceActorTests : AkkaTest
             await backend.ExpectAndDropAsync(r);
         }
 
-        using (VhostUserMessage m = await backend.ExpectAsync(VhostUserRequest.SET_VRING_KICK))
-        using (var received = new EventFd(m.TakeFd(0)))
-        {
-            received.Signal();
-            Assert.That(kick.Wait(2000), Is.True, "the transport's kick eventfd itself");
-        }
-
         using (VhostUserMessage m = await backend.ExpectAsync(VhostUserRequest.SET_VRING_CALL))
         using (var received = new EventFd(m.TakeFd(0)))
         {
             received.Signal();
             Assert.That(irq.Wait(2000), Is.True, "the line's eventfd itself, no proxy");
+        }
+
+        using (VhostUserMessage m = await backend.ExpectAsync(VhostUserRequest.SET_VRING_KICK))
+        using (var received = new EventFd(m.TakeFd(0)))
+        {
+            received.Signal();
+            Assert.That(kick.Wait(2000), Is.True, "the transport's kick eventfd itself");
         }
 
         // Without PROTOCOL_FEATURES the ring starts enabled: no SET_VRING_ENABLE.
@@ -150,7 +150,7 @@ public sealed class DeviceActorTests : AkkaTest
         var line = FunctionBackedInterruptLine.ToController(0, CreateTestProbe().Ref);
         var resources = new VirtqueueResources(new VirtqueueParams(64, 0x1000, 0x2000, 0x3000), memory, kick, line);
         Task start = Task.Run(() => device.StartQueue(0, resources, ScriptedBackend.DefaultFeatures));
-        foreach (VhostUserRequest r in RingStart)
+        foreach (VhostUserRequest r in ScriptedBackend.RingStart)
         {
             await first.ExpectAndDropAsync(r);
         }
@@ -172,8 +172,8 @@ public sealed class DeviceActorTests : AkkaTest
             Assert.That(VhostUserVringState.Read(m.Payload.Span).Num, Is.EqualTo(12u), "base from the used ring in guest memory");
         }
 
-        await second.ExpectAndDropAsync(VhostUserRequest.SET_VRING_KICK);
         await second.ExpectAndDropAsync(VhostUserRequest.SET_VRING_CALL);
+        await second.ExpectAndDropAsync(VhostUserRequest.SET_VRING_KICK);
         await second.ExpectAndDropAsync(VhostUserRequest.SET_VRING_ENABLE);
 
         // Polled with a condition: a failed NUnit assertion is recorded even when caught and retried.
@@ -220,9 +220,10 @@ public sealed class DeviceActorTests : AkkaTest
         Assert.That(config, Is.EqualTo(s_config[..4]), "config served from the last known config");
         Assert.That(backends.Connects, Is.EqualTo(1));
 
+        // Still attached (it answers), listed once: as failed, until the guest's reset brings it back.
         Devices devices = await vm.Ask<Devices>(GetDevices.Instance);
-        Assert.That(devices.Live, Has.Count.EqualTo(1), "the device stays attached");
-        Assert.That(devices.Failed, Has.Count.EqualTo(1));
+        Assert.That(devices.Live, Is.Empty);
+        Assert.That(devices.Failed.Select(f => f.Name), Is.EqualTo(new[] { "blk0" }));
 
         // The guest's reset (what it does on DEVICE_NEEDS_RESET): answered at once, then a fresh connection.
         device.Reset();
@@ -231,10 +232,12 @@ public sealed class DeviceActorTests : AkkaTest
         await AwaitConditionAsync(async () =>
             await device.Supervisor.Ask<ConnectionCount>(GetConnectionCount.Instance, RemainingOrDefault) == new ConnectionCount(2, 2));
         Assert.That(device.IsConnected, Is.True);
+        await AwaitConditionAsync(async () => (await vm.Ask<Devices>(GetDevices.Instance)).Live.ContainsKey("blk0"));
+        Assert.That((await vm.Ask<Devices>(GetDevices.Instance)).Failed, Is.Empty, "recovered: no longer listed as failed");
     }
 
     [Test]
-    public async Task Supervisor_must_stop_on_connection_loss_when_reconnect_is_off()
+    public async Task Supervisor_must_give_up_on_connection_loss_when_reconnect_is_off_and_answer_from_the_snapshot()
     {
         var failures = CreateTestProbe();
         Sys.EventStream.Subscribe(failures.Ref, typeof(DeviceFailed));
@@ -243,13 +246,32 @@ public sealed class DeviceActorTests : AkkaTest
         ScriptedBackend backend = await backends.NextAsync();
         await backend.ServeHandshakeAsync();
         using VhostUserDevice device = await connect;
+        var faulted = new TaskCompletionSource<Vmm.Virtio.DeviceFault>(TaskCreationOptions.RunContinuationsAsynchronously);
+        device.Faulted += f => faulted.TrySetResult(f);
 
+        using GuestMemory memory = GuestMemory.Create(1 << 20);
+        using var kick = new EventFd();
+        var resources = new VirtqueueResources(
+            new VirtqueueParams(64, 0x1000, 0x2000, 0x3000), memory, kick, FunctionBackedInterruptLine.ToController(0, CreateTestProbe().Ref));
+        Task start = Task.Run(() => device.StartQueue(0, resources, ScriptedBackend.DefaultFeatures & ~(1UL << 30)));
+        foreach (VhostUserRequest r in ScriptedBackend.RingStart.SkipLast(1))
+        {
+            await backend.ExpectAndDropAsync(r);
+        }
+
+        await start;
+        memory.WriteUInt16(0x3000 + 2, 5);
         backend.Dispose();
-        Task<VirtqueueState?> stop = Task.Run(() => device.StopQueue(0));
         DeviceFailed failed = await failures.ExpectMsgAsync<DeviceFailed>(TimeSpan.FromSeconds(10));
         Assert.That(failed.Reason, Does.Contain("reconnect is off"));
+        Assert.That((await faulted.Task.WaitAsync(TimeSpan.FromSeconds(10))).Reason, Does.Contain("reconnect is off"));
+
+        // Given up, not gone: the guest's stop is answered from the snapshot (the used index in
+        // guest memory), without a new connection.
+        VirtqueueState? stopped = await Task.Run(() => device.StopQueue(0)).WaitAsync(TimeSpan.FromSeconds(10));
+        Assert.That(stopped, Is.EqualTo(new VirtqueueState(5, 5)));
+        Assert.That(device.IsConnected, Is.False);
         Assert.That(backends.Connects, Is.EqualTo(1));
-        _ = stop;
     }
 
     [Test]
@@ -332,10 +354,4 @@ public sealed class DeviceActorTests : AkkaTest
         Assert.That(e!.Message, Does.Contain("back-end offers no VERSION_1"));
     }
 
-    private static readonly VhostUserRequest[] RingStart =
-    [
-        VhostUserRequest.SET_FEATURES, VhostUserRequest.SET_MEM_TABLE, VhostUserRequest.SET_VRING_NUM,
-        VhostUserRequest.SET_VRING_ADDR, VhostUserRequest.SET_VRING_BASE, VhostUserRequest.SET_VRING_KICK,
-        VhostUserRequest.SET_VRING_CALL, VhostUserRequest.SET_VRING_ENABLE,
-    ];
 }

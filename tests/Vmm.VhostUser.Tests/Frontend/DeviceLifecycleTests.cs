@@ -21,12 +21,6 @@ public sealed class DeviceLifecycleTests : AkkaTest
 
     private static readonly byte[] s_config = [.. Enumerable.Range(1, 60).Select(i => (byte)i)];
 
-    private static readonly VhostUserRequest[] RingStart =
-    [
-        VhostUserRequest.SET_FEATURES, VhostUserRequest.SET_MEM_TABLE, VhostUserRequest.SET_VRING_NUM,
-        VhostUserRequest.SET_VRING_ADDR, VhostUserRequest.SET_VRING_BASE, VhostUserRequest.SET_VRING_KICK,
-        VhostUserRequest.SET_VRING_CALL, VhostUserRequest.SET_VRING_ENABLE,
-    ];
 
     [Test]
     public async Task Device_must_follow_guest_memory_changes_with_ADD_MEM_REG_and_REM_MEM_REG()
@@ -44,7 +38,7 @@ public sealed class DeviceLifecycleTests : AkkaTest
         Task start = Task.Run(() => device.StartQueue(0, resources, ScriptedBackend.DefaultFeatures));
         await backend.ExpectAndDropAsync(VhostUserRequest.SET_FEATURES);
         await backend.ExpectAndDropAsync(VhostUserRequest.ADD_MEM_REG);
-        foreach (VhostUserRequest r in RingStart.Skip(2))
+        foreach (VhostUserRequest r in ScriptedBackend.RingStart.Skip(2))
         {
             await backend.ExpectAndDropAsync(r);
         }
@@ -138,7 +132,7 @@ public sealed class DeviceLifecycleTests : AkkaTest
         var resources = new VirtqueueResources(
             new VirtqueueParams(16, 0, 0x1000, 0x2000), memory, kick, FunctionBackedInterruptLine.ToController(0, CreateTestProbe().Ref));
         Task start = Task.Run(() => device.StartQueue(0, resources, ScriptedBackend.DefaultFeatures));
-        foreach (VhostUserRequest r in RingStart)
+        foreach (VhostUserRequest r in ScriptedBackend.RingStart)
         {
             await backend.ExpectAndDropAsync(r);
         }
@@ -157,7 +151,7 @@ public sealed class DeviceLifecycleTests : AkkaTest
 
         // After the reset the next start negotiates features and sends the memory table again.
         Task restart = Task.Run(() => device.StartQueue(0, resources, ScriptedBackend.DefaultFeatures));
-        foreach (VhostUserRequest r in RingStart)
+        foreach (VhostUserRequest r in ScriptedBackend.RingStart)
         {
             await backend.ExpectAndDropAsync(r);
         }
@@ -243,7 +237,7 @@ public sealed class DeviceLifecycleTests : AkkaTest
             Assert.That(Inode(m.Fds[0]), Is.EqualTo(inode));
         }
 
-        foreach (VhostUserRequest r in RingStart)
+        foreach (VhostUserRequest r in ScriptedBackend.RingStart)
         {
             await first.ExpectAndDropAsync(r);
         }
@@ -259,7 +253,7 @@ public sealed class DeviceLifecycleTests : AkkaTest
             Assert.That(Inode(m.Fds[0]), Is.EqualTo(inode), "the same region, not a new one");
         }
 
-        foreach (VhostUserRequest r in RingStart)
+        foreach (VhostUserRequest r in ScriptedBackend.RingStart)
         {
             await second.ExpectAndDropAsync(r);
         }

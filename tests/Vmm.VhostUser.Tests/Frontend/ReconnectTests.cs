@@ -26,26 +26,20 @@ public sealed class ReconnectTests : AkkaTest
 
     private static readonly byte[] s_config = [.. Enumerable.Range(1, 60).Select(i => (byte)i)];
 
-    private static readonly VhostUserRequest[] RingStart =
-    [
-        VhostUserRequest.SET_FEATURES, VhostUserRequest.SET_MEM_TABLE, VhostUserRequest.SET_VRING_NUM,
-        VhostUserRequest.SET_VRING_ADDR, VhostUserRequest.SET_VRING_BASE, VhostUserRequest.SET_VRING_KICK,
-        VhostUserRequest.SET_VRING_CALL, VhostUserRequest.SET_VRING_ENABLE,
-    ];
 
     [Test]
-    public async Task Supervisor_must_replay_in_the_order_of_a_first_start_inflight_features_memory_rings_config()
+    public async Task Supervisor_must_replay_inflight_features_memory_rings_with_call_before_kick_and_config_before_enable()
     {
         var backends = new BackendFactory();
         Task<VhostUserDevice> connect = VhostUserDevice.ConnectAsync(Sys, backends.Options());
         ScriptedBackend first = await backends.NextAsync();
         await first.ServeHandshakeAsync(protocolFeatures: Offered, config: s_config);
         using VhostUserDevice device = await connect;
-        using Rig rig = new(CreateTestProbe().Ref);
+        using var rig = new TestRing(FunctionBackedInterruptLine.ToController(0, CreateTestProbe().Ref));
 
         Task start = Task.Run(() => device.StartQueue(0, rig.Resources, ScriptedBackend.DefaultFeatures));
         await ServeInflightAsync(first);
-        foreach (VhostUserRequest r in RingStart)
+        foreach (VhostUserRequest r in ScriptedBackend.RingStart)
         {
             await first.ExpectAndDropAsync(r);
         }
@@ -60,7 +54,7 @@ public sealed class ReconnectTests : AkkaTest
         device.ConnectionRestored += a => restored.TrySetResult(a);
 
         // The guest saw 12 used buffers; the back-end dies. A kick made meanwhile stays in the eventfd.
-        rig.Memory.WriteUInt16(0x3000 + 2, 12);
+        rig.SetUsedIndex(12);
         first.Dispose();
         await lost.Task.WaitAsync(TimeSpan.FromSeconds(10));
         _ = rig.Kick.TryConsume();
@@ -92,8 +86,8 @@ public sealed class ReconnectTests : AkkaTest
         {
             VhostUserRequest.SET_INFLIGHT_FD, VhostUserRequest.SET_FEATURES, VhostUserRequest.SET_MEM_TABLE,
             VhostUserRequest.SET_VRING_NUM, VhostUserRequest.SET_VRING_ADDR, VhostUserRequest.SET_VRING_BASE,
-            VhostUserRequest.SET_VRING_KICK, VhostUserRequest.SET_VRING_CALL, VhostUserRequest.SET_VRING_ENABLE,
-            VhostUserRequest.SET_CONFIG,
+            VhostUserRequest.SET_VRING_CALL, VhostUserRequest.SET_VRING_KICK, VhostUserRequest.SET_CONFIG,
+            VhostUserRequest.SET_VRING_ENABLE,
         }));
         Assert.That(await restored.Task.WaitAsync(TimeSpan.FromSeconds(10)), Is.EqualTo(1));
 
@@ -172,7 +166,7 @@ public sealed class ReconnectTests : AkkaTest
         using VhostUserDevice device = await connect;
         var lost = new TaskCompletionSource<string>(TaskCreationOptions.RunContinuationsAsynchronously);
         device.ConnectionLost += r => lost.TrySetResult(r);
-        using Rig rig = new(CreateTestProbe().Ref);
+        using var rig = new TestRing(FunctionBackedInterruptLine.ToController(0, CreateTestProbe().Ref));
 
         backends.Refuse = true;
         first.Dispose();
@@ -196,14 +190,21 @@ public sealed class ReconnectTests : AkkaTest
         using ScriptedBackend second = await backends.NextAsync();
         await second.ServeHandshakeAsync(protocolFeatures: Offered, config: s_config);
 
-        // The queue started while disconnected has no inflight region yet: GET first, then the rest.
+        // The queue started while disconnected has no inflight region yet: GET first, then the
+        // rest, the guest's config write before the ring is enabled.
         await ServeInflightAsync(second);
-        foreach (VhostUserRequest r in RingStart)
+        foreach (VhostUserRequest r in ScriptedBackend.RingStart.SkipLast(1))
         {
             await second.ExpectAndDropAsync(r);
         }
 
-        await second.ExpectAndDropAsync(VhostUserRequest.SET_CONFIG);
+        using (VhostUserMessage m = await second.ExpectAsync(VhostUserRequest.SET_CONFIG))
+        {
+            VhostUserConfigMessage parsed = VhostUserConfig.Parse(m.Payload.Span);
+            Assert.That((parsed.Header.Offset, parsed.Data.ToArray()), Is.EqualTo((0u, new byte[] { 0x55 })), "the written byte only, not the image");
+        }
+
+        await second.ExpectAndDropAsync(VhostUserRequest.SET_VRING_ENABLE);
         await AwaitConditionAsync(() => device.IsConnected);
 
         // The guest's kick of the disconnected time is still in the eventfd the back-end got.
@@ -219,16 +220,20 @@ public sealed class ReconnectTests : AkkaTest
         ScriptedBackend first = await backends.NextAsync();
         await first.ServeHandshakeAsync(protocolFeatures: Offered, config: s_config);
         using VhostUserDevice device = await connect;
-        using Rig rig = new(CreateTestProbe().Ref);
+        using var rig = new TestRing(FunctionBackedInterruptLine.ToController(0, CreateTestProbe().Ref));
         Task start = Task.Run(() => device.StartQueue(0, rig.Resources, ScriptedBackend.DefaultFeatures));
         await ServeInflightAsync(first);
-        foreach (VhostUserRequest r in RingStart)
+        foreach (VhostUserRequest r in ScriptedBackend.RingStart)
         {
             await first.ExpectAndDropAsync(r);
         }
 
         await start;
-        rig.Memory.WriteUInt16(0x3000 + 2, 7);
+        var lost = new TaskCompletionSource<string>(TaskCreationOptions.RunContinuationsAsynchronously);
+        var restored = new TaskCompletionSource<int>(TaskCreationOptions.RunContinuationsAsynchronously);
+        device.ConnectionLost += r => lost.TrySetResult(r);
+        device.ConnectionRestored += a => restored.TrySetResult(a);
+        rig.SetUsedIndex(7);
         Task<VirtqueueState?> stop = Task.Run(() => device.StopQueue(0));
         await first.ExpectAndDropAsync(VhostUserRequest.SET_VRING_ENABLE);
         using (VhostUserMessage m = await first.ExpectAsync(VhostUserRequest.GET_VRING_BASE, ack: null))
@@ -238,13 +243,18 @@ public sealed class ReconnectTests : AkkaTest
 
         Assert.That(await stop.WaitAsync(TimeSpan.FromSeconds(10)), Is.EqualTo(new VirtqueueState(7, 7)));
 
+        // The connection died with the stop in hand: still the loss of a ready connection.
+        Assert.That(await lost.Task.WaitAsync(TimeSpan.FromSeconds(10)), Is.Not.Empty);
+        Assert.That(device.IsConnected, Is.False);
+
         // The next back-end gets the inflight region (the device keeps it) and no ring.
         using ScriptedBackend second = await backends.NextAsync();
         await second.ServeHandshakeAsync(protocolFeatures: Offered, config: s_config);
         await second.ExpectAndDropAsync(VhostUserRequest.SET_INFLIGHT_FD);
         await second.ExpectAndDropAsync(VhostUserRequest.SET_FEATURES);
         await second.ExpectAndDropAsync(VhostUserRequest.SET_MEM_TABLE);
-        await AwaitConditionAsync(() => device.IsConnected);
+        Assert.That(await restored.Task.WaitAsync(TimeSpan.FromSeconds(10)), Is.EqualTo(1));
+        Assert.That(device.IsConnected, Is.True);
         DeviceSnapshot snapshot = await device.Supervisor.Ask<DeviceSnapshot>(GetDeviceSnapshot.Instance);
         Assert.That(snapshot.Queues, Is.Empty);
     }
@@ -259,10 +269,10 @@ public sealed class ReconnectTests : AkkaTest
         ScriptedBackend first = await backends.NextAsync();
         await first.ServeHandshakeAsync(protocolFeatures: Offered, config: s_config);
         using VhostUserDevice device = await connect;
-        using Rig rig = new(CreateTestProbe().Ref);
+        using var rig = new TestRing(FunctionBackedInterruptLine.ToController(0, CreateTestProbe().Ref));
         Task start = Task.Run(() => device.StartQueue(0, rig.Resources, ScriptedBackend.DefaultFeatures));
         await ServeInflightAsync(first);
-        foreach (VhostUserRequest r in RingStart)
+        foreach (VhostUserRequest r in ScriptedBackend.RingStart)
         {
             await first.ExpectAndDropAsync(r);
         }
@@ -306,7 +316,7 @@ public sealed class ReconnectTests : AkkaTest
         using ScriptedBackend third = await backends.NextAsync();
         await third.ServeHandshakeAsync(protocolFeatures: Offered, config: s_config);
         await third.ExpectAndDropAsync(VhostUserRequest.SET_INFLIGHT_FD);
-        foreach (VhostUserRequest r in RingStart)
+        foreach (VhostUserRequest r in ScriptedBackend.RingStart)
         {
             await third.ExpectAndDropAsync(r);
         }
@@ -354,9 +364,9 @@ public sealed class ReconnectTests : AkkaTest
         using VhostUserDevice device = await connect;
         var faulted = new TaskCompletionSource<DeviceFault>(TaskCreationOptions.RunContinuationsAsynchronously);
         device.Faulted += f => faulted.TrySetResult(f);
-        using Rig rig = new(CreateTestProbe().Ref);
+        using var rig = new TestRing(FunctionBackedInterruptLine.ToController(0, CreateTestProbe().Ref));
         Task start = Task.Run(() => device.StartQueue(0, rig.Resources, packed));
-        foreach (VhostUserRequest r in RingStart)
+        foreach (VhostUserRequest r in ScriptedBackend.RingStart)
         {
             await first.ExpectAndDropAsync(r);
         }
@@ -390,29 +400,6 @@ public sealed class ReconnectTests : AkkaTest
         await backend.ExpectAndDropAsync(VhostUserRequest.SET_INFLIGHT_FD);
     }
 
-    /// <summary>Guest memory with one split ring at 0x1000/0x2000/0x3000, its kick and a function-backed line.</summary>
-    private sealed class Rig : IDisposable
-    {
-        public Rig(IActorRef controller)
-        {
-            Memory = GuestMemory.Create(1 << 20);
-            Kick = new EventFd();
-            Resources = new VirtqueueResources(
-                new VirtqueueParams(64, 0x1000, 0x2000, 0x3000), Memory, Kick, FunctionBackedInterruptLine.ToController(0, controller));
-        }
-
-        public GuestMemory Memory { get; }
-
-        public EventFd Kick { get; }
-
-        public VirtqueueResources Resources { get; }
-
-        public void Dispose()
-        {
-            Kick.Dispose();
-            Memory.Dispose();
-        }
-    }
 
     #endregion
 }

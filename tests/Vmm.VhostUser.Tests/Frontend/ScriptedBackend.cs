@@ -21,6 +21,17 @@ internal sealed class ScriptedBackend : IDisposable
     /// <summary>VERSION_1 | PROTOCOL_FEATURES | EVENT_IDX | INDIRECT_DESC | blk FLUSH.</summary>
     public const ulong DefaultFeatures = (1UL << 32) | (1UL << 30) | (1UL << 29) | (1UL << 28) | (1UL << 9);
 
+    /// <summary>
+    /// What a queue's first start sends after the handshake, in order: features, memory, then the
+    /// ring with its call before its kick, then enable (VhostUserBringUp).
+    /// </summary>
+    public static readonly VhostUserRequest[] RingStart =
+    [
+        VhostUserRequest.SET_FEATURES, VhostUserRequest.SET_MEM_TABLE, VhostUserRequest.SET_VRING_NUM,
+        VhostUserRequest.SET_VRING_ADDR, VhostUserRequest.SET_VRING_BASE, VhostUserRequest.SET_VRING_CALL,
+        VhostUserRequest.SET_VRING_KICK, VhostUserRequest.SET_VRING_ENABLE,
+    ];
+
     public ScriptedBackend(VhostUserChannel channel)
     {
         Channel = channel;

@@ -1,5 +1,9 @@
+using System.Buffers.Binary;
 using Microsoft.Extensions.Logging.Abstractions;
+using Vmm.Virtio;
 using Vmm.Virtio.Devices.Blk;
+using Vmm.Virtio.Queues;
+using Vmm.Virtio.Spec;
 using Vmm.VhostUser.Backend;
 
 namespace Vmm.VhostUser.Tests.Hosting;
@@ -7,16 +11,18 @@ namespace Vmm.VhostUser.Tests.Hosting;
 /// <summary>
 /// Our vhost-user blk back-end served in this process: a temporary image whose first bytes are
 /// known, a <see cref="VirtioBlkDevice"/> on it, and <see cref="VhostUserBackendServer"/> on a
-/// temporary socket.
+/// temporary socket. The test can stop it (the front-end loses its connection), start it again
+/// on the same socket and image, and change the capacity it reports (a config change the
+/// back-end announces with CONFIG_CHANGE_MSG).
 /// </summary>
 internal sealed class BlkBackend : IAsyncDisposable
 {
     public const int Sectors = 64;
 
-    private readonly VirtioBlkDevice _device;
-    private readonly VhostUserBackendServer _server;
-    private readonly CancellationTokenSource _stop = new();
-    private readonly Task _run;
+    private readonly ResizableDevice _device;
+    private VhostUserBackendServer? _server;
+    private CancellationTokenSource? _stop;
+    private Task? _run;
 
     private BlkBackend(string directory, int queues)
     {
@@ -27,9 +33,8 @@ internal sealed class BlkBackend : IAsyncDisposable
         new Random(20261125).NextBytes(Image);
         "MANAGEDVMM-EMBED"u8.CopyTo(Image);
         File.WriteAllBytes(ImagePath, Image);
-        _device = new VirtioBlkDevice(new VirtioBlkOptions(ImagePath, Queues: queues));
-        _server = VhostUserBackendServer.Bind(_device, SocketPath, NullLogger.Instance);
-        _run = _server.RunAsync(_stop.Token);
+        _device = new ResizableDevice(new VirtioBlkDevice(new VirtioBlkOptions(ImagePath, Queues: queues)));
+        Restart();
     }
 
     public string Directory { get; }
@@ -53,20 +58,100 @@ internal sealed class BlkBackend : IAsyncDisposable
         return dir;
     }
 
-    public async ValueTask DisposeAsync()
+    /// <summary>Serves again on the same socket and image (after <see cref="StopAsync"/>).</summary>
+    public void Restart()
     {
+        _stop = new CancellationTokenSource();
+        _server = VhostUserBackendServer.Bind(_device, SocketPath, NullLogger.Instance);
+        _run = _server.RunAsync(_stop.Token);
+    }
+
+    /// <summary>Stops serving: the front-end's connection ends and the socket goes away.</summary>
+    public async Task StopAsync()
+    {
+        if (_stop is null)
+        {
+            return;
+        }
+
         await _stop.CancelAsync();
-        _server.Dispose();
+        _server!.Dispose();
         try
         {
-            await _run.WaitAsync(TimeSpan.FromSeconds(10));
+            await _run!.WaitAsync(TimeSpan.FromSeconds(10));
         }
         catch (OperationCanceledException)
         {
         }
 
-        _device.Dispose();
         _stop.Dispose();
+        _stop = null;
+    }
+
+    /// <summary>Reports <paramref name="sectors"/> as the capacity from now on and announces the change.</summary>
+    public void Resize(ulong sectors) => _device.Resize(sectors);
+
+    public async ValueTask DisposeAsync()
+    {
+        await StopAsync();
+        _device.Dispose();
         System.IO.Directory.Delete(Directory, recursive: true);
+    }
+
+    /// <summary>The blk device with a capacity the test can change, as a resized image would.</summary>
+    private sealed class ResizableDevice(VirtioBlkDevice inner) : IVirtioDevice
+    {
+        private long _capacity = -1;
+
+        public event Action? ConfigChanged;
+
+        public event Action<DeviceFault>? Faulted
+        {
+            add => inner.Faulted += value;
+            remove => inner.Faulted -= value;
+        }
+
+        public VirtioDeviceId DeviceId => inner.DeviceId;
+
+        public ulong DeviceFeatures => inner.DeviceFeatures;
+
+        public int QueueCount => inner.QueueCount;
+
+        public int ConfigSize => inner.ConfigSize;
+
+        public void Resize(ulong sectors)
+        {
+            Interlocked.Exchange(ref _capacity, (long)sectors);
+            ConfigChanged?.Invoke();
+        }
+
+        public ushort GetMaxQueueSize(int index) => inner.GetMaxQueueSize(index);
+
+        public void ReadConfig(uint offset, Span<byte> data)
+        {
+            inner.ReadConfig(offset, data);
+            long capacity = Interlocked.Read(ref _capacity);
+            if (capacity >= 0 && offset < 8)
+            {
+                Span<byte> field = stackalloc byte[8];
+                BinaryPrimitives.WriteUInt64LittleEndian(field, (ulong)capacity);
+                field[(int)offset..Math.Min(8, (int)offset + data.Length)].CopyTo(data);
+            }
+        }
+
+        public void WriteConfig(uint offset, ReadOnlySpan<byte> data) => inner.WriteConfig(offset, data);
+
+        public void StartQueue(int index, VirtqueueResources resources, ulong features, VirtqueueState? initialState = null) =>
+            inner.StartQueue(index, resources, features, initialState);
+
+        public VirtqueueState? StopQueue(int index) => inner.StopQueue(index);
+
+        public void Reset() => inner.Reset();
+
+        public byte[] SaveState() => inner.SaveState();
+
+        public void RestoreState(ReadOnlySpan<byte> state) => inner.RestoreState(state);
+
+        public void Dispose() => inner.Dispose();
     }
 }

@@ -75,6 +75,37 @@ public sealed partial class EmbeddingSampleTests
         });
     }
 
+    [Test]
+    public async Task The_sample_watching_sees_a_config_change_reach_the_guest_and_the_connection_lost_and_restored()
+    {
+        await using BlkBackend backend = BlkBackend.Start();
+        await using Watcher sample = await Watcher.StartAsync(backend.SocketPath, "--ManagedVmm:Devices:blk0:ReconnectMinBackoff=00:00:00.020");
+        await sample.NextLineAsync("watching");
+
+        backend.Resize(128);
+        Assert.That(await sample.NextLineAsync("config changed"), Is.EqualTo("blk0: config changed: 128 sectors"), sample.ToString());
+
+        await backend.StopAsync();
+        Assert.That(await sample.NextLineAsync("connection lost"), Does.StartWith("blk0: connection lost ("), sample.ToString());
+        backend.Restart();
+        Assert.That(await sample.NextLineAsync("connection restored"), Does.StartWith("blk0: connection restored (attempt "), sample.ToString());
+
+        Assert.That(await sample.StopAsync(), Is.EqualTo(0), sample.ToString());
+    }
+
+    [Test]
+    public async Task The_sample_watching_sees_a_give_up_set_DEVICE_NEEDS_RESET_with_reconnect_off_from_configuration()
+    {
+        await using BlkBackend backend = BlkBackend.Start();
+        await using Watcher sample = await Watcher.StartAsync(backend.SocketPath, "--ManagedVmm:Devices:blk0:Reconnect=false");
+        await sample.NextLineAsync("watching");
+
+        await backend.StopAsync();
+        Assert.That(await sample.NextLineAsync("gave up"), Does.StartWith("blk0: gave up: connection lost and reconnect is off"), sample.ToString());
+        Assert.That(await sample.NextLineAsync("needs a reset"), Is.EqualTo("blk0: the device needs a reset (DEVICE_NEEDS_RESET)"), sample.ToString());
+        Assert.That(await sample.StopAsync(), Is.EqualTo(0), sample.ToString());
+    }
+
     /// <summary>Every <c>// &lt;snippet:NAME&gt;</c> block of the sample appears verbatim (dedented) in docs/embedding.md.</summary>
     [Test]
     public void The_embedding_doc_quotes_the_sample()
@@ -105,6 +136,88 @@ public sealed partial class EmbeddingSampleTests
         return string.Join('\n', lines.Select(l => l.Length >= indent ? l[indent..] : l.TrimStart()));
     }
 
+    /// <summary>The sample in <c>--watch</c> mode: its stdout lines as they come; closing stdin ends it.</summary>
+    private sealed class Watcher : IAsyncDisposable
+    {
+        private static readonly TimeSpan LineTimeout = TimeSpan.FromSeconds(60);
+        private readonly Process _process;
+        private readonly System.Threading.Channels.Channel<string> _lines = System.Threading.Channels.Channel.CreateUnbounded<string>();
+        private readonly System.Collections.Concurrent.ConcurrentQueue<string> _all = new();
+
+        private Watcher(Process process)
+        {
+            _process = process;
+            _process.OutputDataReceived += (_, e) => Add(e.Data, "out");
+            _process.ErrorDataReceived += (_, e) => Add(e.Data, "err");
+            _process.BeginOutputReadLine();
+            _process.BeginErrorReadLine();
+        }
+
+        public static async Task<Watcher> StartAsync(string socket, params string[] settings)
+        {
+            ProcessStartInfo start = SampleStartInfo(await FindOrBuildSampleAsync(), [socket, "--watch", .. settings]);
+            return new Watcher(Process.Start(start)!);
+        }
+
+        /// <summary>The next stdout line containing <paramref name="text"/> (lines before it are skipped).</summary>
+        public async Task<string> NextLineAsync(string text)
+        {
+            using var cts = new CancellationTokenSource(LineTimeout);
+            try
+            {
+                while (true)
+                {
+                    string line = await _lines.Reader.ReadAsync(cts.Token);
+                    if (line.Contains(text, StringComparison.Ordinal))
+                    {
+                        return line;
+                    }
+                }
+            }
+            catch (Exception e) when (e is OperationCanceledException or System.Threading.Channels.ChannelClosedException)
+            {
+                Assert.Fail($"The sample printed no line with '{text}'. {this}");
+                throw;
+            }
+        }
+
+        /// <summary>Closes stdin (the sample's signal to stop) and returns its exit code.</summary>
+        public async Task<int> StopAsync()
+        {
+            _process.StandardInput.Close();
+            using var cts = new CancellationTokenSource(LineTimeout);
+            await _process.WaitForExitAsync(cts.Token);
+            return _process.ExitCode;
+        }
+
+        public override string ToString() => "Output:\n" + string.Join('\n', _all);
+
+        public async ValueTask DisposeAsync()
+        {
+            if (!_process.HasExited)
+            {
+                _process.Kill(entireProcessTree: true);
+                await _process.WaitForExitAsync();
+            }
+
+            _process.Dispose();
+        }
+
+        private void Add(string? line, string stream)
+        {
+            if (line is null)
+            {
+                return;
+            }
+
+            _all.Enqueue($"{stream}: {line}");
+            if (stream == "out")
+            {
+                _lines.Writer.TryWrite(line);
+            }
+        }
+    }
+
     private sealed record Result(int ExitCode, string Stdout, string Stderr)
     {
         public override string ToString() => $"exit {ExitCode}\nstdout:\n{Stdout}\nstderr:\n{Stderr}";
@@ -112,7 +225,12 @@ public sealed partial class EmbeddingSampleTests
 
     private static async Task<Result> RunSampleAsync(params string[] args)
     {
-        string dll = await FindOrBuildSampleAsync();
+        return await RunAsync(SampleStartInfo(await FindOrBuildSampleAsync(), args), TimeSpan.FromMinutes(1));
+    }
+
+    /// <summary>dotnet SAMPLE.dll ARGS..., every stream redirected, from the repository's root.</summary>
+    private static ProcessStartInfo SampleStartInfo(string dll, IEnumerable<string> args)
+    {
         var start = new ProcessStartInfo("dotnet")
         {
             RedirectStandardOutput = true,
@@ -126,7 +244,7 @@ public sealed partial class EmbeddingSampleTests
             start.ArgumentList.Add(a);
         }
 
-        return await RunAsync(start, TimeSpan.FromMinutes(1));
+        return start;
     }
 
     /// <summary>The sample's dll from this build's configuration (it is built with the tests), or built now.</summary>

@@ -18,19 +18,21 @@ public sealed class ManagedVmmHostingTests
     private static readonly TimeSpan Timeout = TimeSpan.FromSeconds(20);
 
     [Test]
-    public async Task The_VM_actor_is_registered_under_VmKey_with_its_interrupt_controller()
+    public async Task The_VM_actor_and_its_interrupt_controller_are_registered_for_IRequiredActor()
     {
         await using ManagedVmmHost host = await ManagedVmmHost.StartAsync(_ => { });
 
         IActorRef vm = await host.Registry.GetAsync<VmKey>();
         IActorRef required = await host.Services.GetRequiredService<IRequiredActor<VmKey>>().GetAsync();
         IActorRef controller = await host.Vmm.GetInterruptControllerAsync();
+        IActorRef registered = await host.Services.GetRequiredService<IRequiredActor<InterruptControllerKey>>().GetAsync();
 
         Assert.Multiple(() =>
         {
             Assert.That(vm.Path.ToStringWithoutAddress(), Is.EqualTo("/user/vm"));
             Assert.That(required, Is.EqualTo(vm));
             Assert.That(controller.Path.ToStringWithoutAddress(), Is.EqualTo("/user/vm/" + VmActor.InterruptsName));
+            Assert.That(registered, Is.EqualTo(controller));
         });
     }
 
@@ -42,8 +44,8 @@ public sealed class ManagedVmmHostingTests
             .AddVhostUserDevice("blk0", backend.SocketPath, VirtioDeviceId.Block, o => o with { Queues = 2 }));
 
         using var cts = new CancellationTokenSource(Timeout);
-        IVirtioDevice device = await host.Vmm.GetDeviceAsync("blk0", cts.Token);
-        IVirtioDevice again = await host.Vmm.GetDeviceAsync("blk0", cts.Token);
+        IVhostUserDevice device = await host.Vmm.GetDeviceAsync("blk0", cts.Token);
+        IVhostUserDevice again = await host.Vmm.GetDeviceAsync("blk0", cts.Token);
 
         // IVirtioDevice calls block on the device's actors: a vCPU-like thread, not the test's.
         byte[] config = await Task.Run(() =>
@@ -56,13 +58,13 @@ public sealed class ManagedVmmHostingTests
         Devices devices = await host.Vmm.GetDevicesAsync(cts.Token);
         Assert.Multiple(() =>
         {
-            Assert.That(device, Is.InstanceOf<VhostUserDevice>());
             Assert.That(again, Is.SameAs(device));
             Assert.That(device.DeviceId, Is.EqualTo(VirtioDeviceId.Block));
             Assert.That(device.QueueCount, Is.EqualTo(2));
             Assert.That(BinaryPrimitives.ReadUInt64LittleEndian(config), Is.EqualTo((ulong)BlkBackend.Sectors));
             Assert.That(devices.Live.Keys, Is.EquivalentTo(new[] { "blk0" }));
-            Assert.That(((VhostUserDevice)device).Supervisor, Is.EqualTo(devices.Live["blk0"]));
+            Assert.That(device.Supervisor, Is.EqualTo(devices.Live["blk0"]));
+            Assert.That(device.Name, Is.EqualTo("blk0"));
             Assert.That(devices.Live["blk0"].Path.ToStringWithoutAddress(), Is.EqualTo("/user/vm/blk0"));
         });
     }

@@ -104,9 +104,26 @@ internal sealed class MachineBlkGuest : IDisposable
                 Assert.Fail($"no completion within {Timeout}");
             }
 
+            if (StrictInterrupts)
+            {
+                if (!Queue.WaitForInterrupt(TimeSpan.FromMilliseconds(left)))
+                {
+                    Assert.Fail($"no interrupt within {Timeout} for a request in flight");
+                }
+
+                continue;
+            }
+
             Queue.WaitForInterrupt(TimeSpan.FromMilliseconds(Math.Min(left, 200)));
         }
     }
+
+    /// <summary>
+    /// When set, <see cref="WaitOne"/> sleeps on the interrupt until the deadline instead of
+    /// looking at the ring every 200 ms, and fails when the interrupt does not come: a lost
+    /// interrupt fails the test.
+    /// </summary>
+    public bool StrictInterrupts { get; init; }
 
     public int InFlight
     {

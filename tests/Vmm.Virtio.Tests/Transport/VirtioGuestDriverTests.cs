@@ -135,9 +135,87 @@ public sealed class VirtioGuestDriverTests
             Assert.That(enableAt, Has.All.GreaterThan(statusAt[3]).And.All.LessThan(statusAt[4]));
             Assert.That(device.Calls, Is.EqualTo(new[] { "Reset", "StartQueue(0)", "StartQueue(1)" }));
             Assert.That(transport.MsixEnabled, Is.True);
-            Assert.That(device.Started[0].Resources.Interrupt, Is.SameAs(transport.MsixVectors[1]));
+            Assert.That(device.Started[0].Resources.Interrupt, Is.SameAs(transport.GetQueueInterrupt(0)));
+            Assert.That(device.Started[0].Resources.Interrupt.Vector, Is.EqualTo(driver.Queues[0].Vector));
             Assert.That(queues.Made.Select(q => q.Size), Is.EqualTo(new ushort[] { 128, 128 }));
         });
+    }
+
+    [Test]
+    public void Pci_init_programs_MSIX_in_the_linux_order()
+    {
+        using var machine = new VirtioMachine(_memory, GuestInterruptDelivery.EventBacked);
+        using var device = new FakeVirtioDevice();
+        VirtioPciTransport transport = machine.AttachPci(device);
+        var bar0 = new RecordingMmio(transport);
+        var config = new RecordingMmio(transport.ConfigSpace);
+        machine.Bus.Unmap(transport);
+        machine.Bus.Unmap(transport.ConfigSpace);
+        machine.Bus.Map(transport.Bar0Address, VirtioPciLayout.Bar0Size, bar0, "recorded BAR0");
+        machine.Bus.Map(VirtioMachineLayout.PciConfigAddress(0), VirtioMachineLayout.PciConfigSize, config, "recorded config");
+        using VirtioGuestDriver driver = machine.CreateDriver(machine.Discover().Single(), new FakeQueueFactory());
+
+        driver.Initialize();
+
+        int msixControl = FindMsixControl(transport);
+        List<ulong> control = [.. config.Writes.Where(w => w.Offset == (ulong)msixControl).Select(w => w.Value)];
+        List<(ulong Offset, ulong Value)> table = [.. bar0.Writes.Where(w => w.Offset is >= VirtioPciLayout.Bar0MsixTableOffset and < VirtioPciLayout.Bar0MsixPbaOffset)];
+        List<ulong> common = [.. bar0.Writes.Where(w => w.Offset < VirtioPciLayout.Bar0IsrOffset).Select(w => w.Offset)];
+        IReadOnlyList<int> vectors = [driver.Queues[0].Vector - 1, driver.Queues[0].Vector, driver.Queues[1].Vector];
+        static int Entry(ulong offset) => (int)((offset - VirtioPciLayout.Bar0MsixTableOffset) / VirtioPciLayout.MsixEntrySize);
+        static ulong Field(ulong offset) => (offset - VirtioPciLayout.Bar0MsixTableOffset) % VirtioPciLayout.MsixEntrySize;
+        var all = bar0.Writes;
+        int Unmask(int entry) => all.ToList().FindIndex(w => w.Offset == VirtioPciLayout.Bar0MsixTableOffset + (ulong)(entry * VirtioPciLayout.MsixEntrySize) + VirtioPciLayout.MsixEntryVectorControl && w.Value == 0);
+        int Write(int field, int nth) => all.Select((w, i) => (w, i)).Where(x => x.w.Offset == (ulong)field).Select(x => x.i).ElementAt(nth);
+        int firstMessage = table.FindIndex(w => Field(w.Offset) != VirtioPciLayout.MsixEntryVectorControl);
+        int firstUnmask = table.FindIndex(w => Field(w.Offset) == VirtioPciLayout.MsixEntryVectorControl && w.Value == 0);
+
+        Assert.Multiple(() =>
+        {
+            Assert.That(control, Is.EqualTo(new ulong[]
+            {
+                VirtioPciLayout.MsixControlEnable | VirtioPciLayout.MsixControlFunctionMask | 2,
+                VirtioPciLayout.MsixControlEnable | 2,
+            }), "enable with the function masked, then clear the function mask");
+            Assert.That(table.Take(3).Select(w => (Entry(w.Offset), Field(w.Offset), w.Value)), Is.EqualTo(new[]
+            {
+                (0, (ulong)VirtioPciLayout.MsixEntryVectorControl, 1UL),
+                (1, (ulong)VirtioPciLayout.MsixEntryVectorControl, 1UL),
+                (2, (ulong)VirtioPciLayout.MsixEntryVectorControl, 1UL),
+            }), "every entry masked first");
+            Assert.That(firstMessage, Is.LessThan(firstUnmask), "messages written while masked");
+            Assert.That(
+                table.Where(w => Field(w.Offset) == VirtioPciLayout.MsixEntryData).Select(w => ((int)Entry(w.Offset), (int)w.Value)),
+                Is.EqualTo(vectors.Select((v, i) => (i, v))),
+                "data = the vector the driver allocated");
+            Assert.That(
+                table.Where(w => Field(w.Offset) == VirtioPciLayout.MsixEntryAddressLow).Select(w => w.Value),
+                Is.All.EqualTo(MsiMessage.X86AddressBase));
+            Assert.That(
+                table.Skip(firstUnmask).Select(w => (Entry(w.Offset), w.Value)),
+                Is.EqualTo(new[] { (0, 0UL), (1, 0UL), (2, 0UL) }),
+                "the config entry, then each queue's, unmasked");
+            Assert.That(vectors[0], Is.EqualTo(VirtioMachineLayout.PciFirstVector));
+            Assert.That(transport.MsixVectors.Select(l => l.IsMasked), Is.All.False);
+            Assert.That(common, Does.Contain((ulong)VirtioPciLayout.CommonConfigMsixVector), "configuration changes mapped");
+            Assert.That(Unmask(1), Is.GreaterThan(Write(VirtioPciLayout.CommonQueueEnable, 0)), "queue 0's entry unmasked once the queue is set up");
+            Assert.That(Unmask(2), Is.GreaterThan(Write(VirtioPciLayout.CommonQueueEnable, 1)), "queue 1's entry unmasked once the queue is set up");
+            Assert.That(Write(VirtioPciLayout.CommonConfigMsixVector, 0), Is.GreaterThan(Unmask(0)), "config entry unmasked, then mapped");
+        });
+
+        driver.MaskQueueVector(1, true);
+        Assert.That(transport.MsixVectors[2].IsMasked, Is.True);
+        driver.SetFunctionMask(true);
+        Assert.That(transport.MsixFunctionMasked, Is.True);
+        Assert.That(transport.MsixVectors[1].IsMasked, Is.True);
+        driver.SetFunctionMask(false);
+        driver.MaskQueueVector(1, false);
+        Assert.That(transport.MsixVectors.Select(l => l.IsMasked), Is.All.False);
+
+        driver.Shutdown();
+
+        Assert.That(transport.MsixEnabled, Is.False, "MSI-X disabled on shutdown");
+        Assert.That(transport.MsixVectors.Select(l => l.IsMasked), Is.All.True, "every entry masked on shutdown");
     }
 
     [Test]
@@ -242,7 +320,7 @@ public sealed class VirtioGuestDriverTests
         using var interrupts = new GuestInterruptEvents();
         var intx = new EventBackedInterruptLine(10, interrupts.Get(10));
         ulong bar0 = VirtioMachineLayout.PciBar0Address(0);
-        using var transport = new VirtioPciTransport(device, _memory, bar0, [], intx);
+        using var transport = new VirtioPciTransport(device, _memory, bar0, 0, _ => null, intx);
         var bus = new MmioBus();
         bus.Map(VirtioMachineLayout.PciConfigAddress(0), VirtioMachineLayout.PciConfigSize, transport.ConfigSpace, "pci0:0 config");
         bus.Map(bar0, VirtioPciLayout.Bar0Size, transport, "pci0:0 BAR0");
@@ -332,6 +410,26 @@ public sealed class VirtioGuestDriverTests
             Assert.That(device.Started, Is.Empty);
             Assert.That(driver.IsRunning, Is.False);
         });
+    }
+
+    private static int FindMsixControl(VirtioPciTransport transport)
+    {
+        Span<byte> b = stackalloc byte[1];
+        transport.ConfigSpace.Read(VirtioPciLayout.PciCapabilitiesPointer, b);
+        int cap = b[0];
+        while (cap != 0)
+        {
+            transport.ConfigSpace.Read((ulong)cap, b);
+            if (b[0] == VirtioPciLayout.PciCapIdMsix)
+            {
+                return cap + VirtioPciLayout.MsixMessageControl;
+            }
+
+            transport.ConfigSpace.Read((ulong)cap + 1, b);
+            cap = b[0];
+        }
+
+        throw new AssertionException("no MSI-X capability");
     }
 
     private static VirtioGuestDriver Attach(VirtioMachine machine, FakeVirtioDevice device, VirtioTransportKind kind, IDriverQueueFactory queues)

@@ -10,13 +10,14 @@ using L = Vmm.Virtio.Spec.VirtioPciLayout;
 namespace Vmm.Virtio.Tests.Transport;
 
 [TestFixture]
-public sealed class VirtioPciTransportTests
+public sealed partial class VirtioPciTransportTests
 {
     private const ulong Bar0 = 0xc000_8000;
 
     private GuestMemory _memory = null!;
     private FakeVirtioDevice _device = null!;
     private EventFd[] _vectorEvents = null!;
+    private InterruptLine[] _vmLines = null!;
     private CountingLine _intx = null!;
     private VirtioPciTransport _transport = null!;
     private List<string> _log = null!;
@@ -28,8 +29,9 @@ public sealed class VirtioPciTransportTests
         _device = new FakeVirtioDevice { DeviceId = VirtioDeviceId.Entropy, QueueCount = 2 };
         _vectorEvents = [new EventFd(), new EventFd(), new EventFd()];
         _intx = new CountingLine(11);
-        InterruptLine[] vectors = [.. _vectorEvents.Select((e, i) => (InterruptLine)new EventBackedInterruptLine(64 + i, e))];
-        _transport = new VirtioPciTransport(_device, _memory, Bar0, vectors, _intx.Line);
+        // The VM's lines for vectors 64 to 66; an x86 message for one of them reaches it.
+        _vmLines = [.. _vectorEvents.Select((e, i) => (InterruptLine)new EventBackedInterruptLine(64 + i, e))];
+        _transport = new VirtioPciTransport(_device, _memory, Bar0, 3, Route, _intx.Line);
         _log = [];
         _transport.Diagnostic += m => _log.Add(m);
     }
@@ -178,13 +180,15 @@ public sealed class VirtioPciTransportTests
     }
 
     [Test]
-    public void With_MSIX_a_queue_gets_its_vector_line_straight_through()
+    public void With_MSIX_a_queue_raises_its_vectors_eventfd_straight_through()
     {
         EnableMsix();
+        ProgramEntry(2, vector: 66, masked: false);
         StartQueue(1, vector: 2);
         InterruptLine line = _device.Started[1].Resources.Interrupt;
 
-        Assert.That(line, Is.SameAs(_transport.MsixVectors[2]));
+        Assert.That(line, Is.SameAs(_transport.GetQueueInterrupt(1)));
+        Assert.That(line.Vector, Is.EqualTo(66));
         Assert.That(line.EventFd, Is.SameAs(_vectorEvents[2]));
         line.Raise();
         Assert.Multiple(() =>
@@ -208,6 +212,7 @@ public sealed class VirtioPciTransportTests
     public void Config_change_bumps_the_generation_and_raises_the_config_vector()
     {
         EnableMsix();
+        ProgramEntry(0, vector: 64, masked: false);
         Common16Write(L.CommonConfigMsixVector, 0);
         byte before = Common8(L.CommonConfigGeneration);
         _device.RaiseConfigChanged();
@@ -284,7 +289,16 @@ public sealed class VirtioPciTransportTests
         throw new AssertionException($"no {type} capability");
     }
 
+    private InterruptLine? Route(MsiMessage message) =>
+        message.TryGetX86Vector(out int v) && v is >= 64 and < 67 ? _vmLines[v - 64] : null;
+
     private void EnableMsix()
+    {
+        MsixControlWrite((ushort)(MsixControl() | L.MsixControlEnable));
+        Assert.That(_transport.MsixEnabled, Is.True);
+    }
+
+    private int MsixCap()
     {
         int cap = Cfg8(L.PciCapabilitiesPointer);
         while (Cfg8(cap) != L.PciCapIdMsix)
@@ -292,10 +306,47 @@ public sealed class VirtioPciTransportTests
             cap = Cfg8(cap + L.CapNext);
         }
 
+        return cap;
+    }
+
+    private ushort MsixControl() => Cfg16(MsixCap() + L.MsixMessageControl);
+
+    private void MsixControlWrite(ushort value)
+    {
         Span<byte> b = stackalloc byte[2];
-        BinaryPrimitives.WriteUInt16LittleEndian(b, (ushort)(Cfg16(cap + L.MsixMessageControl) | L.MsixControlEnable));
-        _transport.ConfigSpace.Write((ulong)(cap + L.MsixMessageControl), b);
-        Assert.That(_transport.MsixEnabled, Is.True);
+        BinaryPrimitives.WriteUInt16LittleEndian(b, value);
+        _transport.ConfigSpace.Write((ulong)(MsixCap() + L.MsixMessageControl), b);
+    }
+
+    /// <summary>Entry <paramref name="entry"/>: x86 message for <paramref name="vector"/>, then the mask bit.</summary>
+    private void ProgramEntry(int entry, int vector, bool masked)
+    {
+        MsiMessage m = MsiMessage.X86(vector);
+        TableWrite32(entry, L.MsixEntryAddressLow, (uint)m.Address);
+        TableWrite32(entry, L.MsixEntryAddressHigh, (uint)(m.Address >> 32));
+        TableWrite32(entry, L.MsixEntryData, m.Data);
+        TableWrite32(entry, L.MsixEntryVectorControl, masked ? L.MsixVectorControlMask : 0);
+    }
+
+    private uint Table32(int entry, int field)
+    {
+        Span<byte> b = stackalloc byte[4];
+        _transport.Read(L.Bar0MsixTableOffset + (ulong)(entry * L.MsixEntrySize) + (ulong)field, b);
+        return BinaryPrimitives.ReadUInt32LittleEndian(b);
+    }
+
+    private void TableWrite32(int entry, int field, uint value)
+    {
+        Span<byte> b = stackalloc byte[4];
+        BinaryPrimitives.WriteUInt32LittleEndian(b, value);
+        _transport.Write(L.Bar0MsixTableOffset + (ulong)(entry * L.MsixEntrySize) + (ulong)field, b);
+    }
+
+    private ulong Pba()
+    {
+        Span<byte> b = stackalloc byte[8];
+        _transport.Read(L.Bar0MsixPbaOffset, b);
+        return BinaryPrimitives.ReadUInt64LittleEndian(b);
     }
 
     private void FeaturesOk()
