@@ -22,9 +22,22 @@ public static class ServeCommand
         var readOnly = new Option<bool>("--read-only") { Description = "Export the disk read-only." };
         var queues = new Option<int>("--queues") { Description = "Number of request queues (1 to 64).", DefaultValueFactory = _ => 1 };
         var queueSize = new Option<int>("--queue-size") { Description = "Largest queue size offered (2 to 32768).", DefaultValueFactory = _ => 256 };
+        var cache = new Option<string>("--cache")
+        {
+            Description = "none: O_DIRECT, no host page cache; writeback: through the page cache; unsafe: as writeback, flushes ignored.",
+            DefaultValueFactory = _ => "writeback",
+        };
+        var aio = new Option<string>("--aio")
+        {
+            Description = "How I/O is carried out: auto (inline for an image in RAM, else io_uring, else threads), io_uring, threads or inline.",
+            DefaultValueFactory = _ => "auto",
+        };
         var verbose = new Option<bool>("--verbose", "-v") { Description = "Log every ring start and stop." };
 
-        var blk = new Command("blk", "Serve a virtio-blk device backed by a disk image.") { socket, disk, readOnly, queues, queueSize, verbose };
+        var blk = new Command("blk", "Serve a virtio-blk device backed by a disk image or a block device.")
+        {
+            socket, disk, readOnly, queues, queueSize, cache, aio, verbose,
+        };
         blk.SetAction((result, ct) =>
         {
             string path = result.GetValue(disk)!;
@@ -45,8 +58,13 @@ public static class ServeCommand
                 throw new UsageException($"Disk image '{path}' does not exist.");
             }
 
+            var options = new VirtioBlkOptions(path, result.GetValue(readOnly), queueCount, (ushort)size)
+            {
+                Cache = BlkStorageOptions.ParseCache(result.GetValue(cache), "--cache"),
+                Aio = BlkStorageOptions.ParseAio(result.GetValue(aio), "--aio"),
+            };
             return ServeAsync(
-                () => new VirtioBlkDevice(new VirtioBlkOptions(path, result.GetValue(readOnly), queueCount, (ushort)size)),
+                () => new VirtioBlkDevice(options),
                 result.GetValue(socket)!,
                 result.GetValue(verbose),
                 ct);
@@ -72,6 +90,11 @@ public static class ServeCommand
         catch (Exception e) when (e is IOException or UnauthorizedAccessException or ArgumentException)
         {
             throw new UsageException($"Cannot open the device: {e.Message}", e);
+        }
+
+        if (device is VirtioBlkDevice blkDevice)
+        {
+            logger.LogInformation("Disk {Disk}", BlkStorageOptions.Describe(blkDevice));
         }
 
         // Signals are caught before the socket exists: a SIGTERM that arrives as soon as the
