@@ -343,6 +343,7 @@ internal sealed unsafe class BlkQueue : IQueueRequestProcessor
         {
             // O_DIRECT needs aligned buffers and lengths (statx STATX_DIOALIGN): move this one through an aligned copy.
             r.Bounce = RentBounce();
+            _device.CountBounce();
         }
 
         request = r;

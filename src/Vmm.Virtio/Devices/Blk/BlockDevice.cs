@@ -75,6 +75,8 @@ public sealed class VirtioBlkDevice : VirtioDeviceBase
     /// <summary>Zeroing methods the disk answered EOPNOTSUPP to, one bit per <see cref="ZeroMethod"/>.</summary>
     private int _unsupportedMethods;
 
+    private long _bouncedRequests;
+
     /// <summary>1 = writeback (the default), 0 = writethrough: every write is durable before it completes (5.2.5, CONFIG_WCE).</summary>
     private volatile byte _writeback = 1;
 
@@ -179,6 +181,11 @@ public sealed class VirtioBlkDevice : VirtioDeviceBase
     internal bool WritethroughActive => Writeback == 0 && FlushesReachDisk;
 
     internal ReadOnlySpan<byte> Id => _id;
+
+    /// <summary>Requests that went through a bounce buffer (guest buffers misaligned for O_DIRECT) since the device was made.</summary>
+    internal long BouncedRequests => Interlocked.Read(ref _bouncedRequests);
+
+    internal void CountBounce() => Interlocked.Increment(ref _bouncedRequests);
 
     public override void ReadConfig(uint offset, Span<byte> data)
     {
