@@ -92,11 +92,6 @@ public static class ServeCommand
             throw new UsageException($"Cannot open the device: {e.Message}", e);
         }
 
-        if (device is VirtioBlkDevice blkDevice)
-        {
-            logger.LogInformation("Disk {Disk}", BlkStorageOptions.Describe(blkDevice));
-        }
-
         // Signals are caught before the socket exists: a SIGTERM that arrives as soon as the
         // socket appears must still stop the server cleanly and remove the file.
         using var stop = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken);
@@ -117,6 +112,11 @@ public static class ServeCommand
             using (server)
             {
                 logger.LogInformation("Serving {Device} on {Socket}", device.DeviceId, server.SocketPath);
+                if (device is VirtioBlkDevice blkDevice)
+                {
+                    logger.LogInformation("Disk {Disk}", BlkStorageOptions.Describe(blkDevice));
+                }
+
                 await server.RunAsync(stop.Token).ConfigureAwait(false);
                 logger.LogInformation("Stopped; removing {Socket}", server.SocketPath);
             }
