@@ -63,8 +63,8 @@ public abstract class InteropTest
         return item;
     }
 
-    protected async Task<BackendProcess> StartBlkAsync(BackendKind kind, string image, string socket, int queues = 1, bool readOnly = false) =>
-        Own(await BackendProcess.StartBlkAsync(kind, image, socket, queues, readOnly));
+    protected async Task<BackendProcess> StartBlkAsync(BackendKind kind, string image, string socket, int queues = 1, bool readOnly = false, IReadOnlyList<string>? vmmArgs = null) =>
+        Own(await BackendProcess.StartBlkAsync(kind, image, socket, queues, readOnly, vmmArgs));
 
     protected async Task<QemuGuest> StartGuestAsync(GuestOptions options) =>
         Own(await QemuGuest.StartAsync(options));

@@ -50,12 +50,13 @@ public sealed class BackendProcess : IDisposable
         return StartAsync(ChildProcess.Start(StorageDaemon, exe, args), socket);
     }
 
-    /// <summary><c>./vmm serve blk --socket S --disk IMG [--read-only] [--queues N]</c>.</summary>
-    public static Task<BackendProcess> StartVmmBlkAsync(string image, string socket, int queues = 1, bool readOnly = false)
+    /// <summary><c>./vmm serve blk --socket S --disk IMG [--read-only] [--queues N] [EXTRA...]</c> (extra: <c>--cache none</c>, say).</summary>
+    public static Task<BackendProcess> StartVmmBlkAsync(string image, string socket, int queues = 1, bool readOnly = false, IReadOnlyList<string>? extraArgs = null)
     {
         List<string> args = ["serve", "blk", "--socket", socket, "--disk", image];
         if (readOnly) args.Add("--read-only");
         if (queues != 1) args.AddRange(["--queues", queues.ToString()]);
+        args.AddRange(extraArgs ?? []);
         return StartVmmAsync(args, socket);
     }
 
@@ -63,11 +64,11 @@ public sealed class BackendProcess : IDisposable
     public static Task<BackendProcess> StartVmmRngAsync(string socket) =>
         StartVmmAsync(["serve", "rng", "--socket", socket], socket);
 
-    /// <summary>A blk back-end of either kind on the same image.</summary>
-    public static Task<BackendProcess> StartBlkAsync(BackendKind kind, string image, string socket, int queues = 1, bool readOnly = false) =>
+    /// <summary>A blk back-end of either kind on the same image; <paramref name="vmmArgs"/> go to ours only.</summary>
+    public static Task<BackendProcess> StartBlkAsync(BackendKind kind, string image, string socket, int queues = 1, bool readOnly = false, IReadOnlyList<string>? vmmArgs = null) =>
         kind == BackendKind.StorageDaemon
             ? StartStorageDaemonAsync(image, socket, queues, writable: !readOnly)
-            : StartVmmBlkAsync(image, socket, queues, readOnly);
+            : StartVmmBlkAsync(image, socket, queues, readOnly, vmmArgs);
 
     static async Task<BackendProcess> StartVmmAsync(IReadOnlyList<string> args, string socket)
     {
