@@ -1,3 +1,4 @@
+using Vmm.Core.Events;
 using Vmm.Core.Posix;
 
 namespace Vmm.Virtio.Queues;
@@ -21,8 +22,22 @@ public interface IQueueRequestProcessor : IDisposable
     /// <summary>Requests started and not yet completed.</summary>
     int InFlight { get; }
 
-    /// <summary>Polls readable while finished requests wait to be reaped (null: never any in flight).</summary>
+    /// <summary>Polls readable while finished requests wait to be reaped (null: never any in flight, or <see cref="WaitsForEvents"/>).</summary>
     SafeFileDescriptor? CompletionHandle { get; }
+
+    /// <summary>
+    /// True when the worker must sleep through <see cref="WaitForWork"/> (an io_uring that also
+    /// watches the kick and stop eventfds, so one system call submits and sleeps); false when it
+    /// polls its kick, its stop event and <see cref="CompletionHandle"/> itself.
+    /// </summary>
+    bool WaitsForEvents { get; }
+
+    /// <summary>
+    /// Used when <see cref="WaitsForEvents"/>: sleeps until a kick (<paramref name="kick"/>, null
+    /// for a queue that polls), a stop, finished requests or <paramref name="timeoutMilliseconds"/>
+    /// (-1: no limit), and says which.
+    /// </summary>
+    QueueWake WaitForWork(EventFd? kick, EventFd stop, int timeoutMilliseconds);
 
     /// <summary>
     /// Takes a chain just popped. True when it finished at once (<paramref name="bytesWritten"/>

@@ -213,6 +213,12 @@ public sealed class VirtqueueWorker : IDisposable
     /// <summary>Sleeps until a kick, a completion (with requests in flight) or the poll interval; false when the worker must stop.</summary>
     private bool WaitForWork()
     {
+        if (_processor is { WaitsForEvents: true } waiter)
+        {
+            QueueWake wake = waiter.WaitForWork(_kick, _stop, _kick is null ? _pollIntervalMilliseconds : Timeout.Infinite);
+            return wake is QueueWake.Kick or QueueWake.Completions or QueueWake.Timeout;
+        }
+
         SafeFileDescriptor? completions = _processor is { InFlight: > 0 } p ? p.CompletionHandle : null;
         if (_kick is null)
         {

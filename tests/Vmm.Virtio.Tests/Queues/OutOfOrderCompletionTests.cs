@@ -140,6 +140,10 @@ public sealed class OutOfOrderCompletionTests
 
         public SafeFileDescriptor? CompletionHandle => _finished.Handle;
 
+        public bool WaitsForEvents => false;
+
+        public QueueWake WaitForWork(EventFd? kick, EventFd stop, int timeoutMilliseconds) => throw new NotSupportedException();
+
         public ManualResetEventSlim WaitingForCompletion { get; } = new();
 
         public bool Disposed { get; private set; }

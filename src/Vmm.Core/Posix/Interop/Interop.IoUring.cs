@@ -19,9 +19,20 @@ internal static partial class Interop
 
         internal const uint IORING_SETUP_CQSIZE = 1U << 3;
         internal const uint IORING_SETUP_CLAMP = 1U << 4;
+        internal const uint IORING_SETUP_R_DISABLED = 1U << 6;
         internal const uint IORING_SETUP_SUBMIT_ALL = 1U << 7;
+        internal const uint IORING_SETUP_TASKRUN_FLAG = 1U << 9;
+        internal const uint IORING_SETUP_SINGLE_ISSUER = 1U << 12;
+        internal const uint IORING_SETUP_DEFER_TASKRUN = 1U << 13;
 
         internal const uint IORING_ENTER_GETEVENTS = 1U << 0;
+        internal const uint IORING_ENTER_EXT_ARG = 1U << 3;
+
+        internal const uint IORING_SQ_TASKRUN = 1U << 2;
+
+        internal const uint IORING_CQE_F_MORE = 1U << 1;
+
+        internal const uint IORING_POLL_ADD_MULTI = 1U << 0;
 
         internal const uint IORING_FEAT_SINGLE_MMAP = 1U << 0;
         internal const uint IORING_FEAT_NODROP = 1U << 1;
@@ -43,6 +54,7 @@ internal static partial class Interop
 
         internal const uint IORING_REGISTER_FILES = 2;
         internal const uint IORING_REGISTER_PROBE = 8;
+        internal const uint IORING_REGISTER_ENABLE_RINGS = 12;
 
         internal const ushort IO_URING_OP_SUPPORTED = 1 << 0;
 
@@ -124,6 +136,24 @@ internal static partial class Interop
             public uint Flags;
         }
 
+        /// <summary>struct io_uring_getevents_arg (24 bytes): the IORING_ENTER_EXT_ARG argument, here for its timeout.</summary>
+        [StructLayout(LayoutKind.Sequential)]
+        internal struct GeteventsArg
+        {
+            public ulong Sigmask;
+            public uint SigmaskSz;
+            public uint Pad;
+            public ulong Ts;
+        }
+
+        /// <summary>struct __kernel_timespec (16 bytes).</summary>
+        [StructLayout(LayoutKind.Sequential)]
+        internal struct KernelTimespec
+        {
+            public long Seconds;
+            public long Nanoseconds;
+        }
+
         /// <summary>struct io_uring_probe (16 bytes), followed by <c>ops_len</c> <see cref="ProbeOp"/>s.</summary>
         [StructLayout(LayoutKind.Sequential)]
         internal struct Probe
@@ -151,8 +181,8 @@ internal static partial class Interop
 
         internal static int Setup(uint entries, Params* p) => (int)Syscall(SYS_io_uring_setup, entries, (long)p, 0, 0, 0, 0);
 
-        internal static int Enter(int fd, uint toSubmit, uint minComplete, uint flags) =>
-            (int)Syscall(SYS_io_uring_enter, fd, toSubmit, minComplete, flags, 0, 0);
+        internal static int Enter(int fd, uint toSubmit, uint minComplete, uint flags, void* arg = null, nuint argSize = 0) =>
+            (int)Syscall(SYS_io_uring_enter, fd, toSubmit, minComplete, flags, (long)arg, (long)argSize);
 
         internal static int Register(int fd, uint opcode, void* arg, uint count) =>
             (int)Syscall(SYS_io_uring_register, fd, opcode, (long)arg, count, 0, 0);

@@ -24,6 +24,7 @@ internal sealed unsafe class IoUringRing : IDisposable
     private readonly SharedMapping _sqes;
     private readonly uint* _sqHead;
     private readonly uint* _sqTail;
+    private readonly uint* _sqFlags;
     private readonly uint _sqMask;
     private readonly Sqe* _sqeArray;
     private readonly uint* _cqHead;
@@ -50,6 +51,7 @@ internal sealed unsafe class IoUringRing : IDisposable
         byte* cq = (cqRing ?? sqRing).Address;
         _sqHead = (uint*)(sq + p.SqOff.Head);
         _sqTail = (uint*)(sq + p.SqOff.Tail);
+        _sqFlags = (uint*)(sq + p.SqOff.Flags);
         _sqMask = *(uint*)(sq + p.SqOff.RingMask);
         SqEntries = *(uint*)(sq + p.SqOff.RingEntries);
         _sqeArray = (Sqe*)sqes.Address;
@@ -59,6 +61,7 @@ internal sealed unsafe class IoUringRing : IDisposable
         CqEntries = *(uint*)(cq + p.CqOff.RingEntries);
         _cqes = (Cqe*)(cq + p.CqOff.Cqes);
         Features = p.Features;
+        SetupFlags = p.Flags;
 
         uint* array = (uint*)(sq + p.SqOff.Array);
         for (uint i = 0; i < SqEntries; i++)
@@ -77,18 +80,28 @@ internal sealed unsafe class IoUringRing : IDisposable
     /// <summary>IORING_FEAT_* the kernel reported.</summary>
     public uint Features { get; }
 
+    /// <summary>The IORING_SETUP_* flags the ring was made with.</summary>
+    public uint SetupFlags { get; }
+
+    /// <summary>
+    /// IORING_SQ_TASKRUN: completions wait for this task to enter the kernel (DEFER_TASKRUN /
+    /// TASKRUN_FLAG); the CQ ring shows them only after an io_uring_enter with GETEVENTS.
+    /// </summary>
+    public bool TaskWorkPending => (Volatile.Read(ref *_sqFlags) & IORING_SQ_TASKRUN) != 0;
+
     /// <summary>The ring's descriptor: polls readable while completions wait in the CQ ring.</summary>
     public SafeFileDescriptor Handle => _fd;
 
     /// <summary>
     /// Sets up a ring of at least <paramref name="entries"/> submission entries and
-    /// <paramref name="completionEntries"/> completion entries (both clamped by the kernel).
-    /// Throws <see cref="PosixException"/> when io_uring_setup or a mapping fails.
+    /// <paramref name="completionEntries"/> completion entries (both clamped by the kernel), with
+    /// <paramref name="flags"/> (IORING_SETUP_*) besides CQSIZE and CLAMP. Throws
+    /// <see cref="PosixException"/> when io_uring_setup (EINVAL: a flag this kernel lacks) or a mapping fails.
     /// </summary>
-    public static IoUringRing Create(uint entries, uint completionEntries)
+    public static IoUringRing Create(uint entries, uint completionEntries, uint flags = 0)
     {
         Params p = default;
-        p.Flags = IORING_SETUP_CQSIZE | IORING_SETUP_CLAMP;
+        p.Flags = IORING_SETUP_CQSIZE | IORING_SETUP_CLAMP | flags;
         p.CqEntries = Math.Max(completionEntries, entries);
         int fd = Setup(entries, &p);
         if (fd < 0)
@@ -153,10 +166,13 @@ internal sealed unsafe class IoUringRing : IDisposable
 
     /// <summary>
     /// Publishes the filled SQEs and enters the kernel to submit them, waiting for
-    /// <paramref name="waitFor"/> completions as well. Returns 0 or <c>-errno</c> (EAGAIN / EBUSY
-    /// when the kernel cannot take more now: reap, then submit again; EINTR is retried here).
+    /// <paramref name="waitFor"/> completions (at most <paramref name="timeoutMilliseconds"/>,
+    /// -1 for no limit). <paramref name="getEvents"/> also runs completion work the kernel deferred
+    /// to this task (DEFER_TASKRUN) when nothing is awaited. Returns 0 or <c>-errno</c>: EAGAIN /
+    /// EBUSY when the kernel cannot take more now (reap, then submit again), ETIME when the
+    /// timeout passed; EINTR is retried here.
     /// </summary>
-    public int Submit(uint waitFor = 0)
+    public int Submit(uint waitFor = 0, bool getEvents = false, int timeoutMilliseconds = -1)
     {
         if (_sqeTail != _published)
         {
@@ -167,15 +183,29 @@ internal sealed unsafe class IoUringRing : IDisposable
             Volatile.Write(ref *_sqTail, _published);
         }
 
-        if (_unsubmitted == 0 && waitFor == 0)
+        if (_unsubmitted == 0 && waitFor == 0 && !getEvents)
         {
             return 0;
+        }
+
+        uint flags = waitFor > 0 || getEvents ? IORING_ENTER_GETEVENTS : 0;
+        GeteventsArg arg = default;
+        KernelTimespec timeout = default;
+        if (waitFor > 0 && timeoutMilliseconds >= 0)
+        {
+            // IORING_ENTER_EXT_ARG (Linux 5.11): the wait's timeout travels with the call.
+            timeout.Seconds = timeoutMilliseconds / 1000;
+            timeout.Nanoseconds = (timeoutMilliseconds % 1000) * 1_000_000L;
+            arg.Ts = (ulong)&timeout;
+            flags |= IORING_ENTER_EXT_ARG;
         }
 
         using FdLease lease = _fd.Lease();
         while (true)
         {
-            int n = Enter(lease.Fd, _unsubmitted, waitFor, waitFor > 0 ? IORING_ENTER_GETEVENTS : 0);
+            int n = (flags & IORING_ENTER_EXT_ARG) != 0
+                ? Enter(lease.Fd, _unsubmitted, waitFor, flags, &arg, (nuint)sizeof(GeteventsArg))
+                : Enter(lease.Fd, _unsubmitted, waitFor, flags);
             if (n >= 0)
             {
                 _unsubmitted -= (uint)Math.Min(n, (int)_unsubmitted);
@@ -190,11 +220,18 @@ internal sealed unsafe class IoUringRing : IDisposable
         }
     }
 
+    /// <summary>IORING_REGISTER_ENABLE_RINGS: starts a ring made with R_DISABLED; with SINGLE_ISSUER the calling thread becomes its only submitter.</summary>
+    public int Enable()
+    {
+        using FdLease lease = _fd.Lease();
+        return Register(lease.Fd, IORING_REGISTER_ENABLE_RINGS, null, 0) < 0 ? -Interop.LastErrno : 0;
+    }
+
     /// <summary>Completions waiting in the CQ ring.</summary>
     public uint Ready => Volatile.Read(ref *_cqTail) - *_cqHead;
 
     /// <summary>Moves up to <paramref name="into"/>.Length completions out of the CQ ring; returns how many.</summary>
-    public int Reap(Span<IoCompletion> into)
+    public int Reap(Span<Cqe> into)
     {
         uint head = *_cqHead;
 
@@ -203,8 +240,7 @@ internal sealed unsafe class IoUringRing : IDisposable
         int n = 0;
         while (head != tail && n < into.Length)
         {
-            Cqe* cqe = &_cqes[head & _cqMask];
-            into[n++] = new IoCompletion(cqe->UserData, cqe->Res);
+            into[n++] = _cqes[head & _cqMask];
             head++;
         }
 
@@ -212,6 +248,19 @@ internal sealed unsafe class IoUringRing : IDisposable
         {
             // Release: our reads of the CQEs above finish before the kernel may reuse their slots.
             Volatile.Write(ref *_cqHead, head);
+        }
+
+        return n;
+    }
+
+    /// <summary>As <see cref="Reap(Span{Cqe})"/>, keeping only each completion's tag and result.</summary>
+    public int Reap(Span<IoCompletion> into)
+    {
+        Span<Cqe> raw = stackalloc Cqe[Math.Min(into.Length, 64)];
+        int n = Reap(raw);
+        for (int i = 0; i < n; i++)
+        {
+            into[i] = new IoCompletion(raw[i].UserData, raw[i].Res);
         }
 
         return n;

@@ -1,5 +1,6 @@
 using System.Runtime.CompilerServices;
 using System.Runtime.InteropServices;
+using Vmm.Core.Events;
 using Vmm.Core.Memory;
 using Vmm.Core.Posix;
 using Vmm.Core.Posix.Storage;
@@ -94,6 +95,11 @@ internal sealed unsafe class BlkQueue : IQueueRequestProcessor
     public int InFlight => _slotsInUse;
 
     public SafeFileDescriptor? CompletionHandle => _engine.CompletionHandle;
+
+    public bool WaitsForEvents => _engine is IoUringIoEngine { DeferredTaskRun: true };
+
+    public QueueWake WaitForWork(EventFd? kick, EventFd stop, int timeoutMilliseconds) =>
+        _ready.Count > 0 ? QueueWake.Completions : ((IoUringIoEngine)_engine).WaitForEvents(kick, stop, timeoutMilliseconds);
 
     public bool Start(DescriptorChain chain, out uint bytesWritten)
     {

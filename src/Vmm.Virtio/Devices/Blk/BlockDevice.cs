@@ -279,11 +279,14 @@ public sealed class VirtioBlkDevice : VirtioDeviceBase
         }
     }
 
+    /// <summary>Makes each queue's engine instead of <see cref="Engine"/> (tests of a particular engine variant).</summary>
+    internal Func<DiskFile, ushort, IIoEngine>? EngineFactoryOverride { get; set; }
+
     private IIoEngine CreateEngine(int queueIndex, ushort queueSize)
     {
         try
         {
-            return _engine.Create(_disk, queueSize, $"{QueueThreadName(queueIndex)}-io");
+            return EngineFactoryOverride?.Invoke(_disk, queueSize) ?? _engine.Create(_disk, queueSize, $"{QueueThreadName(queueIndex)}-io");
         }
         catch (PosixException e)
         {
