@@ -36,15 +36,23 @@ start_qsd qsd-direct ",cache.direct=on,aio=io_uring"
 start_qsd qsd-default ""
 for s in vmm-none vmm-wb qsd-direct qsd-default; do for _ in $(seq 300); do [[ -S "$dir/$s.sock" ]] && break; sleep 0.1; done; done
 grep -h "Disk " "$dir"/vmm-*.log >&2 || true
+# One unmeasured second per back-end first: ours compiles its data path on first use (JIT).
+for backend in vmm-none vmm-wb qsd-direct qsd-default; do
+  "$vmm" run --vhost-user "$dir/$backend.sock,type=blk" --workload bench --seconds 1 --json --rw randrw --iodepth 8 >/dev/null
+done
 
 cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
 hz=$(getconf CLK_TCK)
 configs=("randread 4k 1" "randread 4k 8" "randread 4k 32" "randwrite 4k 1" "randwrite 4k 8" "randwrite 4k 32" "read 128k 8" "write 128k 8")
 out="$dir/runs.txt"
+backends=(vmm-none qsd-direct vmm-wb qsd-default)
 for round in $(seq "$rounds"); do
+  # The order of the back-ends rotates from round to round: whoever runs first after a
+  # configuration change meets the disk in another state (a write-back cache still draining).
+  order=("${backends[@]:$(( (round - 1) % 4 ))}" "${backends[@]:0:$(( (round - 1) % 4 ))}")
   for cfg in "${configs[@]}"; do
     read -r rw bs depth <<<"$cfg"
-    for backend in vmm-none qsd-direct vmm-wb qsd-default; do
+    for backend in "${order[@]}"; do
       pidvar="pid_${backend//-/_}"; pid=${!pidvar}
       sync; echo 3 >/proc/sys/vm/drop_caches
       load=$(cut -d' ' -f1 /proc/loadavg)
@@ -62,14 +70,14 @@ echo
 echo "medians: config backend iops p50_us p99_us cpu_us_per_io (load1 range)"
 for cfg in "${configs[@]}"; do
   read -r rw bs depth <<<"$cfg"
-  for backend in vmm-none qsd-direct vmm-wb qsd-default; do
+  for backend in "${backends[@]}"; do
     grep " $backend $rw-$bs-$depth " "$out" | awk '
       function med(a, n,   i, j, t) { for (i = 1; i <= n; i++) for (j = i + 1; j <= n; j++) if (a[j] < a[i]) { t = a[i]; a[i] = a[j]; a[j] = t }
                                       return n % 2 ? a[(n + 1) / 2] : (a[n / 2] + a[n / 2 + 1]) / 2 }
-      { n++; match($0, /"iops":[0-9.]+/); iops[n] = substr($0, RSTART + 7, RLENGTH - 7)
-        match($0, /"p50_us":[0-9.]+/); p50[n] = substr($0, RSTART + 9, RLENGTH - 9)
-        match($0, /"p99_us":[0-9.]+/); p99[n] = substr($0, RSTART + 9, RLENGTH - 9)
-        cpu[n] = $5; load = load (load ? "/" : "") $4; cfg = $3; be = $2 }
+      { n++; match($0, /"iops":[0-9.]+/); iops[n] = substr($0, RSTART + 7, RLENGTH - 7) + 0
+        match($0, /"p50_us":[0-9.]+/); p50[n] = substr($0, RSTART + 9, RLENGTH - 9) + 0
+        match($0, /"p99_us":[0-9.]+/); p99[n] = substr($0, RSTART + 9, RLENGTH - 9) + 0
+        cpu[n] = $5 + 0; load = load (load ? "/" : "") $4; cfg = $3; be = $2 }
       END { printf "%s %s %.1f %.1f %.1f %.1f (%s)\n", cfg, be, med(iops, n), med(p50, n), med(p99, n), med(cpu, n), load }'
   done
 done

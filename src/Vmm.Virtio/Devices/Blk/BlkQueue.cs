@@ -111,7 +111,7 @@ internal sealed unsafe class BlkQueue : IQueueRequestProcessor
 
         if (chain.Head >= _inFlight.Length || _inFlight[chain.Head] is not null)
         {
-            // 2.7.13.3 / 2.8.21.3: the driver may not reuse a chain until the device returned it.
+            // 2.7.13 / 2.8.21: buffers belong to the device until it returns them; reusing a head in flight breaks the ring.
             throw new VirtqueueException($"virtio-blk request head {chain.Head} is still in flight; the driver made it available again.");
         }
 
