@@ -20,15 +20,7 @@ public sealed class OutOfOrderCompletionTests
 {
     private static readonly TimeSpan Timeout = TimeSpan.FromSeconds(30);
 
-    private static IEnumerable<TestCaseData> Kinds()
-    {
-        yield return new TestCaseData(false, 0UL).SetArgDisplayNames("split");
-        yield return new TestCaseData(false, VirtioDeviceBase.SupportedRingFeatures & ~VirtioFeatures.RING_PACKED).SetArgDisplayNames("split+indirect+event_idx");
-        yield return new TestCaseData(true, 0UL).SetArgDisplayNames("packed");
-        yield return new TestCaseData(true, VirtioDeviceBase.SupportedRingFeatures).SetArgDisplayNames("packed+indirect+event_idx");
-    }
-
-    [TestCaseSource(nameof(Kinds))]
+    [TestCaseSource(typeof(QueueHarness), nameof(QueueHarness.RingKinds))]
     public void Requests_complete_in_the_order_the_device_finishes_them(bool packed, ulong features)
     {
         const int count = 12;
@@ -73,7 +65,7 @@ public sealed class OutOfOrderCompletionTests
         Assert.That(device.StopQueue(0), Is.Not.Null);
     }
 
-    [TestCaseSource(nameof(Kinds))]
+    [TestCaseSource(typeof(QueueHarness), nameof(QueueHarness.RingKinds))]
     public void Stopping_a_queue_returns_every_request_in_flight_before_its_state_is_read(bool packed, ulong features)
     {
         const int count = 5;

@@ -1,4 +1,3 @@
-using Vmm.Core.Posix.Storage;
 using static Vmm.Core.Posix.Interop.IoUring;
 
 namespace Vmm.Core.Posix.IoUring;
@@ -61,7 +60,6 @@ internal sealed unsafe class IoUringRing : IDisposable
         CqEntries = *(uint*)(cq + p.CqOff.RingEntries);
         _cqes = (Cqe*)(cq + p.CqOff.Cqes);
         Features = p.Features;
-        SetupFlags = p.Flags;
 
         uint* array = (uint*)(sq + p.SqOff.Array);
         for (uint i = 0; i < SqEntries; i++)
@@ -79,9 +77,6 @@ internal sealed unsafe class IoUringRing : IDisposable
 
     /// <summary>IORING_FEAT_* the kernel reported.</summary>
     public uint Features { get; }
-
-    /// <summary>The IORING_SETUP_* flags the ring was made with.</summary>
-    public uint SetupFlags { get; }
 
     /// <summary>
     /// IORING_SQ_TASKRUN: completions wait for this task to enter the kernel (DEFER_TASKRUN /
@@ -248,19 +243,6 @@ internal sealed unsafe class IoUringRing : IDisposable
         {
             // Release: our reads of the CQEs above finish before the kernel may reuse their slots.
             Volatile.Write(ref *_cqHead, head);
-        }
-
-        return n;
-    }
-
-    /// <summary>As <see cref="Reap(Span{Cqe})"/>, keeping only each completion's tag and result.</summary>
-    public int Reap(Span<IoCompletion> into)
-    {
-        Span<Cqe> raw = stackalloc Cqe[Math.Min(into.Length, 64)];
-        int n = Reap(raw);
-        for (int i = 0; i < n; i++)
-        {
-            into[i] = new IoCompletion(raw[i].UserData, raw[i].Res);
         }
 
         return n;

@@ -432,18 +432,10 @@ public sealed unsafe class IoUringIoEngine : IIoEngine
     }
 
     /// <summary>A multishot poll (Linux 5.13) on an eventfd: one completion per signal until cancelled.</summary>
-    private void ArmPoll(EventFd eventFd, ulong tag)
-    {
-        Sqe* sqe = NextSqe();
-        sqe->Opcode = IORING_OP_POLL_ADD;
-
+    private void ArmPoll(EventFd eventFd, ulong tag) =>
         // The eventfd object keeps its descriptor open while watched (BeginWatch), and the ring
         // holds its own file reference from submission on.
-        sqe->Fd = eventFd.Handle.DangerousFd;
-        sqe->OpFlags = POLLIN;
-        sqe->Len = IORING_POLL_ADD_MULTI;
-        sqe->UserData = tag;
-    }
+        AddPoll(eventFd.Handle, tag, IORING_POLL_ADD_MULTI);
 
     /// <summary>
     /// Makes the ring complete an entry when the offload pool signals its eventfd. Armed while the
@@ -456,13 +448,20 @@ public sealed unsafe class IoUringIoEngine : IIoEngine
             return;
         }
 
-        Sqe* sqe = NextSqe();
-        sqe->Opcode = IORING_OP_POLL_ADD;
-        sqe->Fd = handle.DangerousFd;
-        sqe->OpFlags = POLLIN;
-        sqe->UserData = OffloadPollTag;
+        AddPoll(handle, OffloadPollTag, 0);
         _offloadPollArmed = true;
         Submit();
+    }
+
+    /// <summary>An IORING_OP_POLL_ADD for readability of <paramref name="fd"/> (POLL_ADD flags travel in len).</summary>
+    private void AddPoll(SafeFileDescriptor fd, ulong tag, uint flags)
+    {
+        Sqe* sqe = NextSqe();
+        sqe->Opcode = IORING_OP_POLL_ADD;
+        sqe->Fd = fd.DangerousFd;
+        sqe->OpFlags = POLLIN;
+        sqe->Len = flags;
+        sqe->UserData = tag;
     }
 
     private static uint RoundUpPow2(uint value) => value <= 1 ? 1 : 1U << (32 - System.Numerics.BitOperations.LeadingZeroCount(value - 1));
