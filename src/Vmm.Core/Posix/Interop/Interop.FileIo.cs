@@ -40,6 +40,7 @@ internal static partial class Interop
         internal const ulong BLKPBSZGET = 0x127b;
         internal const ulong BLKZEROOUT = 0x127f;
 
+        internal const int AT_FDCWD = -100;
         internal const int AT_EMPTY_PATH = 0x1000;
         internal const uint STATX_TYPE = 0x0001;
         internal const uint STATX_MODE = 0x0002;

@@ -73,7 +73,7 @@ public sealed unsafe class DiskFile : IDisposable
     {
         ArgumentNullException.ThrowIfNull(path);
         Interop.FileIo.Statx before = default;
-        if (Interop.FileIo.StatX(-100 /* AT_FDCWD */, path, 0, Interop.FileIo.STATX_TYPE | Interop.FileIo.STATX_MODE, &before) != 0)
+        if (Interop.FileIo.StatX(Interop.FileIo.AT_FDCWD, path, 0, Interop.FileIo.STATX_TYPE | Interop.FileIo.STATX_MODE, &before) != 0)
         {
             throw DescribeOpenError(path, Interop.LastErrno, direct, blockDevice: false);
         }
