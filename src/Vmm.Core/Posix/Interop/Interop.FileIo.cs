@@ -69,6 +69,13 @@ internal static partial class Interop
         [LibraryImport(Libraries.Libc, EntryPoint = "open", SetLastError = true, StringMarshalling = StringMarshalling.Utf8)]
         internal static partial int Open(string path, int flags, int mode);
 
+        // One buffer (most requests): pread / pwrite skip the iovec import preadv / pwritev pay for.
+        [LibraryImport(Libraries.Libc, EntryPoint = "pread64", SetLastError = true)]
+        internal static partial nint PRead(int fd, byte* buffer, nuint count, long offset);
+
+        [LibraryImport(Libraries.Libc, EntryPoint = "pwrite64", SetLastError = true)]
+        internal static partial nint PWrite(int fd, byte* buffer, nuint count, long offset);
+
         [LibraryImport(Libraries.Libc, EntryPoint = "preadv", SetLastError = true)]
         internal static partial nint PReadV(int fd, Storage.IoVector* iov, int iovcnt, long offset);
 

@@ -47,6 +47,8 @@ internal static partial class Interop
         internal const byte IORING_OP_FSYNC = 3;
         internal const byte IORING_OP_POLL_ADD = 6;
         internal const byte IORING_OP_FALLOCATE = 17;
+        internal const byte IORING_OP_READ = 22;
+        internal const byte IORING_OP_WRITE = 23;
 
         internal const byte IOSQE_FIXED_FILE = 1 << 0;
 

@@ -14,7 +14,7 @@ public sealed record IoUringAvailability(bool Available, string Reason)
 public static class IoUringSupport
 {
     /// <summary>The operations the io_uring disk engine submits.</summary>
-    internal static ReadOnlySpan<byte> RequiredOperations => [IORING_OP_READV, IORING_OP_WRITEV, IORING_OP_FSYNC, IORING_OP_FALLOCATE, IORING_OP_POLL_ADD];
+    internal static ReadOnlySpan<byte> RequiredOperations => [IORING_OP_READV, IORING_OP_WRITEV, IORING_OP_READ, IORING_OP_WRITE, IORING_OP_FSYNC, IORING_OP_FALLOCATE, IORING_OP_POLL_ADD];
 
     private const string DisabledSysctl = "/proc/sys/kernel/io_uring_disabled";
 

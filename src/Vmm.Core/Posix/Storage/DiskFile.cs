@@ -129,7 +129,9 @@ public sealed unsafe class DiskFile : IDisposable
         {
             long result = request.Operation switch
             {
+                IoOperation.Read when request.VectorCount == 1 => Interop.FileIo.PRead(fd, request.Vectors->Base, request.Vectors->Length, request.Offset),
                 IoOperation.Read => Interop.FileIo.PReadV(fd, request.Vectors, request.VectorCount, request.Offset),
+                IoOperation.Write when request.VectorCount == 1 && !request.Dsync => Interop.FileIo.PWrite(fd, request.Vectors->Base, request.Vectors->Length, request.Offset),
                 IoOperation.Write => Interop.FileIo.PWriteV2(fd, request.Vectors, request.VectorCount, request.Offset, request.Dsync ? Interop.FileIo.RWF_DSYNC : 0),
                 IoOperation.Flush => Interop.FileIo.FDataSync(fd),
                 IoOperation.ZeroRange => Interop.FileIo.FAllocate(fd, Interop.FileIo.FALLOC_FL_ZERO_RANGE | Interop.FileIo.FALLOC_FL_KEEP_SIZE, request.Offset, request.Length),

@@ -114,9 +114,21 @@ public sealed unsafe class IoUringIoEngine : IIoEngine
         {
             case IoOperation.Read:
             case IoOperation.Write:
-                sqe->Opcode = request.Operation == IoOperation.Read ? IORING_OP_READV : IORING_OP_WRITEV;
-                sqe->Addr = (ulong)request.Vectors;
-                sqe->Len = (uint)request.VectorCount;
+                bool read = request.Operation == IoOperation.Read;
+                if (request.VectorCount == 1)
+                {
+                    // One buffer: IORING_OP_READ / WRITE (Linux 5.6) take it without an iovec to import.
+                    sqe->Opcode = read ? IORING_OP_READ : IORING_OP_WRITE;
+                    sqe->Addr = (ulong)request.Vectors->Base;
+                    sqe->Len = (uint)request.Vectors->Length;
+                }
+                else
+                {
+                    sqe->Opcode = read ? IORING_OP_READV : IORING_OP_WRITEV;
+                    sqe->Addr = (ulong)request.Vectors;
+                    sqe->Len = (uint)request.VectorCount;
+                }
+
                 sqe->Off = (ulong)request.Offset;
                 sqe->OpFlags = request.Dsync ? (uint)Interop.FileIo.RWF_DSYNC : 0;
                 break;

@@ -146,7 +146,13 @@ internal sealed unsafe class BlkQueue : IQueueRequestProcessor
             return false;
         }
 
-        Advance(request);
+        if (Advance(request))
+        {
+            // Finished on the spot (an inline engine): returned now, as a synchronous device would.
+            bytesWritten = Release(request);
+            return true;
+        }
+
         bytesWritten = 0;
         return false;
     }
@@ -168,7 +174,11 @@ internal sealed unsafe class BlkQueue : IQueueRequestProcessor
                 BlkRequest request = _inFlight[(int)done.Tag] ??
                     throw new InvalidOperationException($"An I/O completion names request {done.Tag}, which is not in flight.");
                 OnResult(request, done.Result);
-                Advance(request);
+                if (Advance(request))
+                {
+                    sink.Complete(request.Chain, Release(request));
+                    completed++;
+                }
             }
 
             while (_ready.TryDequeue(out BlkRequest? finished))
@@ -465,20 +475,20 @@ internal sealed unsafe class BlkQueue : IQueueRequestProcessor
         return VIRTIO_BLK_S_OK;
     }
 
-    /// <summary>Starts the request's next operations until one is pending or the request is done (then it is queued for completion).</summary>
-    private void Advance(BlkRequest request)
+    /// <summary>Starts the request's next operations until one is pending (false) or the request is done (true).</summary>
+    private bool Advance(BlkRequest request)
     {
         while (Next(request, out IoRequest operation))
         {
             if (!_engine.Start(operation, out int result))
             {
-                return;
+                return false;
             }
 
             OnResult(request, result);
         }
 
-        _ready.Enqueue(request);
+        return true;
     }
 
     /// <summary>The request's next disk operation; false when it has none left (finished, or failed).</summary>
@@ -779,7 +789,11 @@ internal sealed unsafe class BlkQueue : IQueueRequestProcessor
             if (epoch <= flush.Epoch && --flush.WaitingFor == 0)
             {
                 _waitingFlushes.RemoveAt(i--);
-                Advance(flush);
+                if (Advance(flush))
+                {
+                    // Done at once (inline, or nothing to sync): completed with the next reap.
+                    _ready.Enqueue(flush);
+                }
             }
         }
     }
