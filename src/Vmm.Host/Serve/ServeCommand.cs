@@ -29,7 +29,7 @@ public static class ServeCommand
         };
         var aio = new Option<string>("--aio")
         {
-            Description = "How I/O is carried out: auto (inline for an image in RAM, else io_uring, else threads), io_uring, threads or inline.",
+            Description = "How I/O is carried out: auto (inline for an image in RAM, io_uring with --cache none, else threads), io_uring, threads or inline.",
             DefaultValueFactory = _ => "auto",
         };
         var verbose = new Option<bool>("--verbose", "-v") { Description = "Log every ring start and stop." };

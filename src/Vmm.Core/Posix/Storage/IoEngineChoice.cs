@@ -5,7 +5,7 @@ namespace Vmm.Core.Posix.Storage;
 /// <summary>How a disk's requests are carried out (<c>--aio</c>).</summary>
 public enum AioMode
 {
-    /// <summary>inline for an image in RAM, else io_uring where the kernel allows it, else threads.</summary>
+    /// <summary>inline for an image in RAM; io_uring for direct I/O where the kernel allows it; threads otherwise.</summary>
     Auto,
 
     /// <summary>io_uring, or an error where it is unavailable.</summary>
@@ -57,8 +57,18 @@ public sealed class IoEngineChoice
             case AioMode.Auto:
                 if (disk.IsRamBacked)
                 {
-                    // A transfer from tmpfs is a memory copy: measured fastest on the worker itself (docs/performance.md).
+                    // A transfer from tmpfs is a memory copy: fastest on the worker itself (docs/performance.md).
                     return new IoEngineChoice(IoEngineKind.Inline, "inline (the image is in RAM)");
+                }
+
+                if (!disk.Direct)
+                {
+                    // Through the page cache io_uring first tries each read without blocking; large
+                    // reads in flight together then miss the cache, defeat readahead and retry over
+                    // and over (sequential 128 KiB reads at depth 8: a tenth of the threads' rate at
+                    // ten times the CPU, docs/performance.md). Threads block in preadv, as
+                    // qemu-storage-daemon's default engine does, and hold up in every pattern.
+                    return new IoEngineChoice(IoEngineKind.Threads, "threads (through the page cache)");
                 }
 
                 return ioUring.Available

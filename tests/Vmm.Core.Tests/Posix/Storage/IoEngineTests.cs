@@ -162,16 +162,19 @@ public sealed unsafe class IoEngineTests
     public void Selection_falls_back_to_threads_when_io_uring_is_unavailable_and_says_why()
     {
         using var file = new TempDisk(Block);
-        using DiskFile disk = DiskFile.Open(file.Path, readOnly: false, direct: false);
+        using DiskFile direct = DiskFile.Open(file.Path, readOnly: false, direct: true);
+        using DiskFile buffered = DiskFile.Open(file.Path, readOnly: false, direct: false);
         var forbidden = new IoUringAvailability(false, "io_uring_setup failed: Operation not permitted (errno 1)");
 
-        IoEngineChoice auto = IoEngineChoice.Select(AioMode.Auto, disk, forbidden);
+        IoEngineChoice auto = IoEngineChoice.Select(AioMode.Auto, direct, forbidden);
         Assert.That(auto.Kind, Is.EqualTo(IoEngineKind.Threads));
         Assert.That(auto.Description, Does.StartWith("threads (io_uring unavailable: ").And.Contain("Operation not permitted"));
-        Assert.That(() => IoEngineChoice.Select(AioMode.IoUring, disk, forbidden), Throws.InstanceOf<IOException>().With.Message.Contains("not available"));
-        Assert.That(IoEngineChoice.Select(AioMode.Auto, disk, IoUringAvailability.Yes).Kind, Is.EqualTo(IoEngineKind.IoUring));
-        Assert.That(IoEngineChoice.Select(AioMode.Inline, disk, forbidden).Kind, Is.EqualTo(IoEngineKind.Inline));
-        Assert.That(IoEngineChoice.Select(AioMode.Threads, disk, IoUringAvailability.Yes).Kind, Is.EqualTo(IoEngineKind.Threads));
+        Assert.That(() => IoEngineChoice.Select(AioMode.IoUring, direct, forbidden), Throws.InstanceOf<IOException>().With.Message.Contains("not available"));
+        Assert.That(IoEngineChoice.Select(AioMode.Auto, direct, IoUringAvailability.Yes).Kind, Is.EqualTo(IoEngineKind.IoUring), "O_DIRECT: io_uring");
+        Assert.That(IoEngineChoice.Select(AioMode.Auto, buffered, IoUringAvailability.Yes).Kind, Is.EqualTo(IoEngineKind.Threads), "through the page cache: threads");
+        Assert.That(IoEngineChoice.Select(AioMode.IoUring, buffered, IoUringAvailability.Yes).Kind, Is.EqualTo(IoEngineKind.IoUring), "asked for explicitly");
+        Assert.That(IoEngineChoice.Select(AioMode.Inline, direct, forbidden).Kind, Is.EqualTo(IoEngineKind.Inline));
+        Assert.That(IoEngineChoice.Select(AioMode.Threads, direct, IoUringAvailability.Yes).Kind, Is.EqualTo(IoEngineKind.Threads));
     }
 
     [Test]
