@@ -1,3 +1,4 @@
+using Vmm.Core.Events;
 using Vmm.Core.Memory;
 using Vmm.Virtio.Queues;
 using Vmm.Virtio.Spec;
@@ -7,11 +8,13 @@ namespace Vmm.Virtio;
 /// <summary>
 /// The common part of in-process virtio devices: feature bits, queue sizes, one
 /// <see cref="VirtqueueWorker"/> thread per started queue, fault reporting and reset.
-/// A device supplies its configuration space and <see cref="ProcessRequest"/>.
+/// A device supplies its configuration space and either <see cref="ProcessRequest"/> (each
+/// request finished on the spot) or <see cref="CreateRequestProcessor"/> (requests started as
+/// they are popped and completed later, in any order).
 /// </summary>
 /// <remarks>
 /// Control calls (start, stop, reset) come from the transport and are serialised here with a
-/// lock; the data plane runs on each queue's worker without locks (STYLE.md section 3).
+/// lock; the data plane runs on each queue's worker without locks.
 /// </remarks>
 public abstract class VirtioDeviceBase : IVirtioDevice
 {
@@ -84,13 +87,12 @@ public abstract class VirtioDeviceBase : IVirtioDevice
 
             IDeviceQueue queue = DeviceQueue.Create(resources, features, initialState, resources.Inflight ?? CreateInflightTracker(index));
             GuestMemory memory = resources.Memory;
-            var worker = new VirtqueueWorker(
-                QueueThreadName(index),
-                queue,
-                resources.PollWithoutKick ? null : resources.Kick,
-                chain => ProcessRequest(index, chain, memory),
-                ex => ReportFault(index, ex));
+            EventFd? kick = resources.PollWithoutKick ? null : resources.Kick;
             NegotiatedFeatures = features;
+            IQueueRequestProcessor? processor = CreateRequestProcessor(index, memory, resources.Params.Size);
+            VirtqueueWorker worker = processor is null
+                ? new VirtqueueWorker(QueueThreadName(index), queue, kick, chain => ProcessRequest(index, chain, memory), ex => ReportFault(index, ex))
+                : new VirtqueueWorker(QueueThreadName(index), queue, kick, processor, ex => ReportFault(index, ex));
             slot.Worker = worker;
             slot.StoppedState = null;
             worker.Start();
@@ -139,8 +141,18 @@ public abstract class VirtioDeviceBase : IVirtioDevice
     /// Handles one request on queue <paramref name="queueIndex"/>'s worker thread; returns the bytes
     /// written into the chain's writable buffers. A <see cref="VirtqueueException"/> or
     /// <see cref="GuestMemoryException"/> (or any exception) stops the queue and raises <see cref="Faulted"/>.
+    /// Used when <see cref="CreateRequestProcessor"/> returns null.
     /// </summary>
-    protected abstract uint ProcessRequest(int queueIndex, DescriptorChain chain, GuestMemory memory);
+    protected virtual uint ProcessRequest(int queueIndex, DescriptorChain chain, GuestMemory memory) =>
+        throw new NotSupportedException($"{GetType().Name} handles requests through a request processor.");
+
+    /// <summary>
+    /// The processor of queue <paramref name="queueIndex"/> for a device whose requests complete
+    /// later and out of order (called at each start, on the control thread; the worker owns and
+    /// disposes what it returns). Null, the default, means <see cref="ProcessRequest"/> finishes
+    /// each request on the spot. A <see cref="VirtqueueException"/> refuses the start.
+    /// </summary>
+    protected virtual IQueueRequestProcessor? CreateRequestProcessor(int queueIndex, GuestMemory memory, ushort queueSize) => null;
 
     /// <summary>Called by <see cref="Reset"/> after every queue stopped: return device state to its initial values.</summary>
     protected virtual void OnReset()

@@ -60,12 +60,14 @@ public sealed class BlkInteropTests : InteropTest
         Assert.That(backend.Log, Does.Not.Contain("needs a reset"), "the device faulted");
     }
 
-    [TestCase(BackendKind.StorageDaemon)]
-    [TestCase(BackendKind.Vmm)]
-    public async Task Two_queues_on_two_cpus(BackendKind kind)
+    /// <summary>Two CPUs writing through two queues; our back-end also with <c>--cache none</c> (O_DIRECT, io_uring on this disk).</summary>
+    [TestCase(BackendKind.StorageDaemon, null)]
+    [TestCase(BackendKind.Vmm, null)]
+    [TestCase(BackendKind.Vmm, "none")]
+    public async Task Two_queues_on_two_cpus(BackendKind kind, string? cache)
     {
         var image = TestDisk.Create(PathIn("disk.img"), DiskMiB);
-        var backend = await StartBlkAsync(kind, image, PathIn("blk.sock"), queues: 2);
+        var backend = await StartBlkAsync(kind, image, PathIn("blk.sock"), queues: 2, vmmArgs: cache is null ? null : ["--cache", cache]);
 
         var guest = await RunGuestAsync(new GuestOptions
         {
@@ -84,6 +86,9 @@ public sealed class BlkInteropTests : InteropTest
             Assert.That(guest.Marker("debugfs"), Is.Null, "the guest could not mount debugfs");
             Assert.That(long.Parse(guest.Require($"run.hctx{cpu}")), Is.GreaterThan(0), $"hardware queue {cpu} was never run");
         }
+
+        if (cache is not null)
+            Assert.That(backend.Log, Does.Contain($"cache={cache}"), "the back-end opened the image as asked");
     }
 
     [TestCase(BackendKind.StorageDaemon)]

@@ -63,8 +63,8 @@ public abstract class InteropTest
         return item;
     }
 
-    protected async Task<BackendProcess> StartBlkAsync(BackendKind kind, string image, string socket, int queues = 1, bool readOnly = false) =>
-        Own(await BackendProcess.StartBlkAsync(kind, image, socket, queues, readOnly));
+    protected async Task<BackendProcess> StartBlkAsync(BackendKind kind, string image, string socket, int queues = 1, bool readOnly = false, IReadOnlyList<string>? vmmArgs = null) =>
+        Own(await BackendProcess.StartBlkAsync(kind, image, socket, queues, readOnly, vmmArgs));
 
     /// <summary>A virtiofsd of <paramref name="kind"/> exporting <paramref name="sharedDir"/>; it serves one connection.</summary>
     protected async Task<BackendProcess> StartVirtiofsdAsync(VirtiofsdKind kind, string sharedDir, string socket, string? tag = null) =>

@@ -1,8 +1,20 @@
+using Vmm.Core.Posix.Storage;
+using Vmm.Virtio.Devices.Blk;
+
 namespace Vmm.Host.Cli;
 
-/// <summary>An in-process device: <c>--device blk,disk=FILE[,read-only][,queues=N][,queue-size=N]</c> or <c>--device rng</c>.</summary>
+/// <summary>
+/// An in-process device: <c>--device blk,disk=FILE[,read-only][,queues=N][,queue-size=N][,cache=MODE][,aio=MODE]</c>
+/// or <c>--device rng</c>.
+/// </summary>
 public sealed record DeviceSpec(string Kind, string? Disk, bool ReadOnly, int Queues, ushort QueueSize)
 {
+    /// <summary>blk: <c>cache=none|writeback|unsafe</c> (as <c>vmm serve blk --cache</c>).</summary>
+    public BlkCacheMode Cache { get; init; } = BlkCacheMode.Writeback;
+
+    /// <summary>blk: <c>aio=auto|io_uring|threads|inline</c> (as <c>vmm serve blk --aio</c>).</summary>
+    public AioMode Aio { get; init; } = AioMode.Auto;
+
     public static DeviceSpec Parse(string text)
     {
         string[] parts = text.Split(',', StringSplitOptions.TrimEntries);
@@ -16,6 +28,8 @@ public sealed record DeviceSpec(string Kind, string? Disk, bool ReadOnly, int Qu
         bool readOnly = false;
         int queues = 1;
         ushort queueSize = 256;
+        BlkCacheMode cache = BlkCacheMode.Writeback;
+        AioMode aio = AioMode.Auto;
         foreach (string part in parts.Skip(1))
         {
             (string key, string? value) = SplitOption(part);
@@ -30,6 +44,12 @@ public sealed record DeviceSpec(string Kind, string? Disk, bool ReadOnly, int Qu
                 case "queues" when kind == "blk":
                     queues = ParseInt(value, text, key, 1, 64);
                     break;
+                case "cache" when kind == "blk":
+                    cache = BlkStorageOptions.ParseCache(value, $"--device '{text}'");
+                    break;
+                case "aio" when kind == "blk":
+                    aio = BlkStorageOptions.ParseAio(value, $"--device '{text}'");
+                    break;
                 case "queue-size":
                     queueSize = (ushort)ParseInt(value, text, key, 2, 32768);
                     break;
@@ -43,7 +63,7 @@ public sealed record DeviceSpec(string Kind, string? Disk, bool ReadOnly, int Qu
             throw new UsageException($"--device '{text}': a blk device needs disk=FILE.");
         }
 
-        return new DeviceSpec(kind, disk, readOnly, queues, queueSize);
+        return new DeviceSpec(kind, disk, readOnly, queues, queueSize) { Cache = cache, Aio = aio };
     }
 
     internal static (string Key, string? Value) SplitOption(string part)

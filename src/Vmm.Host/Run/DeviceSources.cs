@@ -50,7 +50,7 @@ public sealed class InProcessDeviceSource(DeviceSpec spec) : IDeviceSource
 
         try
         {
-            return new VirtioBlkDevice(new VirtioBlkOptions(disk, Spec.ReadOnly, Spec.Queues, Spec.QueueSize));
+            return new VirtioBlkDevice(new VirtioBlkOptions(disk, Spec.ReadOnly, Spec.Queues, Spec.QueueSize) { Cache = Spec.Cache, Aio = Spec.Aio });
         }
         catch (ArgumentException e)
         {

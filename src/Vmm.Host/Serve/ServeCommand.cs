@@ -23,10 +23,23 @@ public static class ServeCommand
         var readOnly = new Option<bool>("--read-only") { Description = "Export the disk read-only." };
         var queues = new Option<int>("--queues") { Description = "Number of request queues (1 to 64).", DefaultValueFactory = _ => 1 };
         var queueSize = new Option<int>("--queue-size") { Description = "Largest queue size offered (2 to 32768).", DefaultValueFactory = _ => 256 };
+        var cache = new Option<string>("--cache")
+        {
+            Description = "none: O_DIRECT, no host page cache; writeback: through the page cache; unsafe: as writeback, flushes ignored.",
+            DefaultValueFactory = _ => "writeback",
+        };
+        var aio = new Option<string>("--aio")
+        {
+            Description = "How I/O is carried out: auto (inline for an image in RAM, io_uring with --cache none, else threads), io_uring, threads or inline.",
+            DefaultValueFactory = _ => "auto",
+        };
         var verbose = new Option<bool>("--verbose", "-v") { Description = "Log every ring start and stop." };
         Option<UnsealedMemoryPolicy> memory = MemoryOption();
 
-        var blk = new Command("blk", "Serve a virtio-blk device backed by a disk image.") { socket, disk, readOnly, queues, queueSize, verbose, memory };
+        var blk = new Command("blk", "Serve a virtio-blk device backed by a disk image or a block device.")
+        {
+            socket, disk, readOnly, queues, queueSize, cache, aio, verbose, memory,
+        };
         blk.SetAction((result, ct) =>
         {
             string path = result.GetValue(disk)!;
@@ -47,8 +60,13 @@ public static class ServeCommand
                 throw new UsageException($"Disk image '{path}' does not exist.");
             }
 
+            var options = new VirtioBlkOptions(path, result.GetValue(readOnly), queueCount, (ushort)size)
+            {
+                Cache = BlkStorageOptions.ParseCache(result.GetValue(cache), "--cache"),
+                Aio = BlkStorageOptions.ParseAio(result.GetValue(aio), "--aio"),
+            };
             return ServeAsync(
-                () => new VirtioBlkDevice(new VirtioBlkOptions(path, result.GetValue(readOnly), queueCount, (ushort)size)),
+                () => new VirtioBlkDevice(options),
                 result.GetValue(socket)!,
                 result.GetValue(verbose),
                 result.GetValue(memory),
@@ -127,6 +145,11 @@ public static class ServeCommand
             using (var stop = new CancellationTokenSource())
             {
                 logger.LogInformation("Serving {Device} on {Socket}", device.DeviceId, server.SocketPath);
+                if (device is VirtioBlkDevice blkDevice)
+                {
+                    logger.LogInformation("Disk {Disk}", BlkStorageOptions.Describe(blkDevice));
+                }
+
                 Task serving = server.RunAsync(stop.Token);
                 await Task.WhenAny(serving, stopRequested.Task).ConfigureAwait(false);
                 try

@@ -31,7 +31,23 @@ public sealed class OptionParsingTests
         Assert.That(DeviceSpec.Parse("rng"), Is.EqualTo(new DeviceSpec("rng", null, false, 1, 256)));
     }
 
+    [Test]
+    public void Blk_cache_and_aio_sub_options_parse_as_serve_spells_them()
+    {
+        DeviceSpec spec = DeviceSpec.Parse("blk,disk=/dev/loop3,cache=none,aio=io_uring");
+        Assert.That(spec.Cache, Is.EqualTo(Vmm.Virtio.Devices.Blk.BlkCacheMode.None));
+        Assert.That(spec.Aio, Is.EqualTo(Vmm.Core.Posix.Storage.AioMode.IoUring));
+        Assert.That(DeviceSpec.Parse("blk,disk=a,cache=unsafe,aio=threads").Cache, Is.EqualTo(Vmm.Virtio.Devices.Blk.BlkCacheMode.Unsafe));
+        Assert.That(DeviceSpec.Parse("blk,disk=a,aio=inline").Aio, Is.EqualTo(Vmm.Core.Posix.Storage.AioMode.Inline));
+        Assert.That(DeviceSpec.Parse("blk,disk=a").Cache, Is.EqualTo(Vmm.Virtio.Devices.Blk.BlkCacheMode.Writeback), "writeback by default");
+        Assert.That(DeviceSpec.Parse("blk,disk=a").Aio, Is.EqualTo(Vmm.Core.Posix.Storage.AioMode.Auto));
+    }
+
     [TestCase("net")]
+    [TestCase("blk,disk=a,cache=direct")]
+    [TestCase("blk,disk=a,aio=native")]
+    [TestCase("blk,disk=a,cache")]
+    [TestCase("rng,cache=none")]
     [TestCase("blk")]
     [TestCase("blk,disk=")]
     [TestCase("blk,disk=a,queues=0")]

@@ -1,6 +1,7 @@
 using System.Diagnostics;
 using Mono.Unix.Native;
 using Vmm.Host.Tests.Run;
+using Vmm.TestKit;
 
 namespace Vmm.Host.Tests.Serve;
 
@@ -85,6 +86,65 @@ public sealed class ServeCommandProcessTests
         Stop(first);
     }
 
+    [TestCase("--cache", "directsync")]
+    [TestCase("--aio", "native")]
+    public void Unknown_cache_and_aio_modes_are_one_sentence_and_exit_2(string option, string value)
+    {
+        string image = MakeImage();
+        VmmProcess.Result result = VmmProcess.Run("serve", "blk", "--socket", Path.Combine(_dir.FullName, "s.sock"), "--disk", image, option, value);
+
+        Assert.That(result.ExitCode, Is.EqualTo(2));
+        Assert.That(result.StderrLines, Has.Length.EqualTo(1));
+        Assert.That(result.Stderr, Does.Contain(value).And.Contain(option.TrimStart('-')));
+    }
+
+    [TestCase("none", "io_uring", "cache=none (O_DIRECT), aio=io_uring")]
+    [TestCase("writeback", "threads", "cache=writeback, aio=threads")]
+    public void The_server_says_in_one_line_how_it_opened_the_disk_and_which_engine_runs(string cache, string aio, string expected)
+    {
+        string image = MakeImage();
+        string socket = Path.Combine(_dir.FullName, "blk.sock");
+        var stderr = new List<string>();
+        using Process server = StartServer(socket, image, stderr, "--cache", cache, "--aio", aio);
+        DateTime deadline = DateTime.UtcNow.AddSeconds(60);
+        string? line = null;
+        while (line is null)
+        {
+            Assert.That(DateTime.UtcNow, Is.LessThan(deadline), "no disk line on stderr");
+            lock (stderr)
+            {
+                line = stderr.FirstOrDefault(l => l.Contains("Disk ", StringComparison.Ordinal));
+            }
+
+            Thread.Sleep(20);
+        }
+
+        Assert.That(line, Does.Contain(image).And.Contain(expected));
+        Assert.That(Stop(server), Is.Zero);
+    }
+
+    [Test]
+    public void A_block_device_is_served_exclusively()
+    {
+        LoopDevice? loop = LoopDevice.TryCreate(8 << 20, 512, out string reason);
+        if (loop is null)
+        {
+            Assert.Ignore(reason);
+        }
+
+        using (loop)
+        {
+            using Process first = StartServer(Path.Combine(_dir.FullName, "a.sock"), loop!.Path, "--cache", "none");
+            VmmProcess.Result second = VmmProcess.Run("serve", "blk", "--socket", Path.Combine(_dir.FullName, "b.sock"), "--disk", loop.Path);
+
+            Assert.That(second.ExitCode, Is.EqualTo(2));
+            Assert.That(second.StderrLines, Has.Length.EqualTo(1));
+            Assert.That(second.Stderr, Does.Contain("exclusively").And.Contain(loop.Path));
+            Assert.That(first.HasExited, Is.False);
+            Assert.That(Stop(first), Is.Zero);
+        }
+    }
+
     [Test]
     public void SIGTERM_stops_the_server_cleanly_and_removes_its_socket()
     {
@@ -122,7 +182,9 @@ public sealed class ServeCommandProcessTests
         return path;
     }
 
-    private static Process StartServer(string socket, string image, params string[] extra)
+    private static Process StartServer(string socket, string image, params string[] extra) => StartServer(socket, image, null, extra);
+
+    private static Process StartServer(string socket, string image, List<string>? stderr, params string[] extra)
     {
         var start = new ProcessStartInfo(Path.Combine(VmmProcess.RepoRoot, "vmm"))
         {
@@ -136,6 +198,20 @@ public sealed class ServeCommandProcessTests
         }
 
         Process process = Process.Start(start)!;
+        if (stderr is not null)
+        {
+            process.ErrorDataReceived += (_, e) =>
+            {
+                if (e.Data is not null)
+                {
+                    lock (stderr)
+                    {
+                        stderr.Add(e.Data);
+                    }
+                }
+            };
+        }
+
         process.BeginErrorReadLine();
         process.BeginOutputReadLine();
         DateTime deadline = DateTime.UtcNow.AddSeconds(60);

@@ -67,11 +67,11 @@ public sealed partial class BackendProcess : IDisposable
     public static Task<BackendProcess> StartVmmRngAsync(string socket) =>
         StartVmmAsync(["serve", "rng", "--socket", socket], socket);
 
-    /// <summary>A blk back-end of either kind on the same image.</summary>
-    public static Task<BackendProcess> StartBlkAsync(BackendKind kind, string image, string socket, int queues = 1, bool readOnly = false) =>
+    /// <summary>A blk back-end of either kind on the same image; <paramref name="vmmArgs"/> go to ours only.</summary>
+    public static Task<BackendProcess> StartBlkAsync(BackendKind kind, string image, string socket, int queues = 1, bool readOnly = false, IReadOnlyList<string>? vmmArgs = null) =>
         kind == BackendKind.StorageDaemon
             ? StartStorageDaemonAsync(image, socket, queues, writable: !readOnly)
-            : StartVmmBlkAsync(image, socket, queues, readOnly);
+            : StartVmmBlkAsync(image, socket, queues, readOnly, vmmArgs);
 
     static async Task<BackendProcess> StartVmmAsync(IReadOnlyList<string> args, string socket)
     {

@@ -1,4 +1,5 @@
 using NUnit.Framework;
+using Vmm.Core.Posix.Storage;
 using Vmm.Virtio.Devices.Blk;
 using Vmm.Virtio.Queues;
 using Vmm.Virtio.Spec;
@@ -7,8 +8,17 @@ using static Vmm.Virtio.Spec.VirtioBlkStatus;
 
 namespace Vmm.Virtio.Tests.Devices;
 
-[TestFixture]
-public sealed class BlkDeviceTests
+/// <summary>
+/// Request semantics (virtio 1.2, 5.2.6), the same through every cache mode and engine: the page
+/// cache or O_DIRECT (whose bounce buffers the 16-byte aligned test buffers go through), inline,
+/// threads or io_uring.
+/// </summary>
+[TestFixture(BlkCacheMode.Writeback, AioMode.Inline)]
+[TestFixture(BlkCacheMode.Writeback, AioMode.IoUring)]
+[TestFixture(BlkCacheMode.None, AioMode.IoUring)]
+[TestFixture(BlkCacheMode.None, AioMode.Threads)]
+[TestFixture(BlkCacheMode.Unsafe, AioMode.Threads)]
+public sealed class BlkDeviceTests(BlkCacheMode cache, AioMode aio)
 {
     private const int Sector = VirtioBlk.SectorSize;
 
@@ -16,7 +26,7 @@ public sealed class BlkDeviceTests
     public void Out_then_in_round_trips_through_the_file()
     {
         using var bed = new BlkTestBed(64 * Sector);
-        using VirtioBlkDevice device = bed.CreateDevice();
+        using VirtioBlkDevice device = Create(bed);
         byte[] data = BlkTestBed.Pattern(8 * Sector, 1);
 
         DescriptorSegment status = bed.Status();
@@ -45,7 +55,7 @@ public sealed class BlkDeviceTests
     public void Scatter_gather_over_segments_in_several_regions()
     {
         using var bed = new BlkTestBed(64 * Sector);
-        using VirtioBlkDevice device = bed.CreateDevice();
+        using VirtioBlkDevice device = Create(bed);
         byte[] data = BlkTestBed.Pattern(8 * Sector, 2);
 
         // The header split in two descriptors, data in three pieces: low RAM, high RAM, low RAM again.
@@ -85,7 +95,7 @@ public sealed class BlkDeviceTests
     public void Flush_succeeds()
     {
         using var bed = new BlkTestBed(8 * Sector);
-        using VirtioBlkDevice device = bed.CreateDevice();
+        using VirtioBlkDevice device = Create(bed);
         DescriptorSegment status = bed.Status();
         uint written = device.ProcessRequestForTest(0, BlkTestBed.Chain(bed.Header(VIRTIO_BLK_T_FLUSH, 0), status), bed.Memory);
         Assert.Multiple(() =>
@@ -99,7 +109,7 @@ public sealed class BlkDeviceTests
     public void Get_id_returns_the_serial_zero_padded()
     {
         using var bed = new BlkTestBed(8 * Sector);
-        using VirtioBlkDevice device = bed.CreateDevice(serial: "vmm-disk-7");
+        using VirtioBlkDevice device = Create(bed, serial: "vmm-disk-7");
         DescriptorSegment id = bed.Writable(VirtioBlk.VIRTIO_BLK_ID_BYTES);
         bed.Memory.Write(id.Address, Enumerable.Repeat((byte)0x55, VirtioBlk.VIRTIO_BLK_ID_BYTES).ToArray());
         DescriptorSegment status = bed.Status();
@@ -119,7 +129,7 @@ public sealed class BlkDeviceTests
     public void Get_id_without_serial_is_all_zeroes_and_a_short_buffer_gets_what_fits()
     {
         using var bed = new BlkTestBed(8 * Sector);
-        using (VirtioBlkDevice device = bed.CreateDevice())
+        using (VirtioBlkDevice device = Create(bed))
         {
             DescriptorSegment id = bed.Writable(VirtioBlk.VIRTIO_BLK_ID_BYTES);
             bed.Memory.Write(id.Address, Enumerable.Repeat((byte)0x55, VirtioBlk.VIRTIO_BLK_ID_BYTES).ToArray());
@@ -128,7 +138,7 @@ public sealed class BlkDeviceTests
             Assert.That(bed.ReadGuest(id), Is.All.EqualTo(0));
         }
 
-        using (VirtioBlkDevice device = bed.CreateDevice(serial: "0123456789abcdefghij"))
+        using (VirtioBlkDevice device = Create(bed, serial: "0123456789abcdefghij"))
         {
             DescriptorSegment id = bed.Writable(8);
             DescriptorSegment status = bed.Status();
@@ -145,7 +155,7 @@ public sealed class BlkDeviceTests
     public void Serial_longer_than_20_bytes_is_rejected()
     {
         using var bed = new BlkTestBed(8 * Sector);
-        Assert.That(() => bed.CreateDevice(serial: new string('x', 21)), Throws.ArgumentException);
+        Assert.That(() => Create(bed, serial: new string('x', 21)), Throws.ArgumentException);
     }
 
     [TestCase(VIRTIO_BLK_T_WRITE_ZEROES, 0u)]
@@ -154,7 +164,7 @@ public sealed class BlkDeviceTests
     public void Discard_and_write_zeroes_zero_the_ranges(uint type, uint flags)
     {
         using var bed = new BlkTestBed(64 * Sector);
-        using VirtioBlkDevice device = bed.CreateDevice();
+        using VirtioBlkDevice device = Create(bed);
         DescriptorSegment status = bed.Status();
         uint written = device.ProcessRequestForTest(0, BlkTestBed.Chain(
             bed.Header(type, 4),
@@ -179,7 +189,7 @@ public sealed class BlkDeviceTests
     {
         uint sectors = VirtioBlkDevice.MaxWriteZeroesSectors;
         using var bed = new BlkTestBed((sectors + 2) * (long)Sector);
-        using VirtioBlkDevice device = bed.CreateDevice();
+        using VirtioBlkDevice device = Create(bed);
         DescriptorSegment status = bed.Status();
         device.ProcessRequestForTest(0, BlkTestBed.Chain(
             bed.Header(VIRTIO_BLK_T_WRITE_ZEROES, 1), bed.Ranges(new VirtioBlkDiscardWriteZeroes(1, sectors, 0)), status), bed.Memory);
@@ -201,7 +211,7 @@ public sealed class BlkDeviceTests
     public void Bad_discard_and_write_zeroes_requests_change_nothing(uint type, uint sectors, uint flags, byte expected)
     {
         using var bed = new BlkTestBed(64 * Sector);
-        using VirtioBlkDevice device = bed.CreateDevice();
+        using VirtioBlkDevice device = Create(bed);
         byte[] before = bed.ReadWholeFile();
         DescriptorSegment status = bed.Status();
         device.ProcessRequestForTest(0, BlkTestBed.Chain(
@@ -219,7 +229,7 @@ public sealed class BlkDeviceTests
     public void More_ranges_than_max_seg_is_UNSUPP_and_a_ragged_table_is_IOERR()
     {
         using var bed = new BlkTestBed(64 * Sector);
-        using VirtioBlkDevice device = bed.CreateDevice();
+        using VirtioBlkDevice device = Create(bed);
         VirtioBlkDiscardWriteZeroes[] tooMany = Enumerable.Range(0, (int)VirtioBlkDevice.MaxWriteZeroesSegments + 1)
             .Select(i => new VirtioBlkDiscardWriteZeroes((ulong)i, 1, 0)).ToArray();
         DescriptorSegment status = bed.Status();
@@ -240,7 +250,7 @@ public sealed class BlkDeviceTests
     {
         using var bed = new BlkTestBed(16 * Sector);
         byte[] before = bed.ReadWholeFile();
-        using VirtioBlkDevice device = bed.CreateDevice(readOnly: true);
+        using VirtioBlkDevice device = Create(bed, readOnly: true);
         Assert.That(device.DeviceFeatures & VirtioBlkFeatures.RO, Is.Not.Zero);
 
         DescriptorSegment[] statuses = [bed.Status(), bed.Status(), bed.Status()];
@@ -276,7 +286,7 @@ public sealed class BlkDeviceTests
     public void Capacity_bounds_reads_and_writes(ulong sector, int sectors, byte expected)
     {
         using var bed = new BlkTestBed(16 * Sector);
-        using VirtioBlkDevice device = bed.CreateDevice();
+        using VirtioBlkDevice device = Create(bed);
         DescriptorSegment readStatus = bed.Status();
         device.ProcessRequestForTest(0, BlkTestBed.Chain(bed.Header(VIRTIO_BLK_T_IN, sector), bed.Writable((uint)(sectors * Sector)), readStatus), bed.Memory);
         DescriptorSegment writeStatus = bed.Status();
@@ -298,7 +308,7 @@ public sealed class BlkDeviceTests
     public void A_partial_last_sector_is_not_exposed()
     {
         using var bed = new BlkTestBed((4 * Sector) + 100);
-        using VirtioBlkDevice device = bed.CreateDevice();
+        using VirtioBlkDevice device = Create(bed);
         Assert.That(device.CapacitySectors, Is.EqualTo(4ul));
         DescriptorSegment status = bed.Status();
         device.ProcessRequestForTest(0, BlkTestBed.Chain(bed.Header(VIRTIO_BLK_T_IN, 4), bed.Writable(Sector), status), bed.Memory);
@@ -310,7 +320,7 @@ public sealed class BlkDeviceTests
     public void A_file_smaller_than_a_sector_is_a_clear_error(int length)
     {
         using var bed = new BlkTestBed(length);
-        Assert.That(() => bed.CreateDevice(), Throws.ArgumentException.With.Message.Contains("at least one"));
+        Assert.That(() => Create(bed), Throws.ArgumentException.With.Message.Contains("at least one"));
     }
 
     [Test]
@@ -327,7 +337,7 @@ public sealed class BlkDeviceTests
     public void Unsupported_types_are_UNSUPP(uint type)
     {
         using var bed = new BlkTestBed(8 * Sector);
-        using VirtioBlkDevice device = bed.CreateDevice();
+        using VirtioBlkDevice device = Create(bed);
         DescriptorSegment status = bed.Status();
         uint written = device.ProcessRequestForTest(0, BlkTestBed.Chain(bed.Header(type, 0), bed.Writable(16), status), bed.Memory);
         Assert.Multiple(() =>
@@ -341,7 +351,7 @@ public sealed class BlkDeviceTests
     public void A_short_header_with_a_status_byte_is_IOERR()
     {
         using var bed = new BlkTestBed(8 * Sector);
-        using VirtioBlkDevice device = bed.CreateDevice();
+        using VirtioBlkDevice device = Create(bed);
         DescriptorSegment header = bed.Header(VIRTIO_BLK_T_IN, 0) with { Length = 8 };
         DescriptorSegment data = bed.Writable(Sector);
         DescriptorSegment status = bed.Status();
@@ -358,7 +368,7 @@ public sealed class BlkDeviceTests
     public void Data_that_is_not_whole_sectors_is_IOERR()
     {
         using var bed = new BlkTestBed(8 * Sector);
-        using VirtioBlkDevice device = bed.CreateDevice();
+        using VirtioBlkDevice device = Create(bed);
         DescriptorSegment readStatus = bed.Status();
         device.ProcessRequestForTest(0, BlkTestBed.Chain(bed.Header(VIRTIO_BLK_T_IN, 0), bed.Writable(Sector + 1), readStatus), bed.Memory);
         DescriptorSegment writeStatus = bed.Status();
@@ -376,7 +386,7 @@ public sealed class BlkDeviceTests
     public void A_request_without_a_writable_byte_breaks_the_ring()
     {
         using var bed = new BlkTestBed(8 * Sector);
-        using VirtioBlkDevice device = bed.CreateDevice();
+        using VirtioBlkDevice device = Create(bed);
         Assert.Multiple(() =>
         {
             Assert.That(
@@ -395,7 +405,7 @@ public sealed class BlkDeviceTests
     public void A_data_buffer_outside_guest_memory_is_IOERR()
     {
         using var bed = new BlkTestBed(8 * Sector);
-        using VirtioBlkDevice device = bed.CreateDevice();
+        using VirtioBlkDevice device = Create(bed);
         DescriptorSegment status = bed.Status();
         device.ProcessRequestForTest(0, BlkTestBed.Chain(
             bed.Header(VIRTIO_BLK_T_IN, 0), new DescriptorSegment(0x8000_0000, Sector, true), status), bed.Memory);
@@ -408,7 +418,7 @@ public sealed class BlkDeviceTests
         const int queues = 4;
         const int perQueue = 32;
         using var bed = new BlkTestBed(queues * perQueue * 4L * Sector);
-        using VirtioBlkDevice device = bed.CreateDevice(queues: queues);
+        using VirtioBlkDevice device = Create(bed, queues: queues);
         var chains = new (DescriptorChain Write, DescriptorChain Read, DescriptorSegment Buffer, byte[] Data)[queues, perQueue];
         for (int q = 0; q < queues; q++)
         {
@@ -446,4 +456,7 @@ public sealed class BlkDeviceTests
             }
         }
     }
+
+    private VirtioBlkDevice Create(BlkTestBed bed, bool readOnly = false, int queues = 1, string? serial = null) =>
+        bed.CreateDevice(readOnly, queues, serial, cache, aio);
 }

@@ -1,4 +1,6 @@
 using Vmm.Core.Memory;
+using Vmm.Core.Posix.IoUring;
+using Vmm.Core.Posix.Storage;
 using Vmm.Virtio.Devices.Blk;
 using Vmm.Virtio.Queues;
 using Vmm.Virtio.Spec;
@@ -61,8 +63,14 @@ internal sealed class BlkTestBed : IDisposable
         return address;
     }
 
-    public VirtioBlkDevice CreateDevice(bool readOnly = false, int queues = 1, string? serial = null) =>
-        new(new VirtioBlkOptions(Path, readOnly, queues, 256, serial));
+    public VirtioBlkDevice CreateDevice(
+        bool readOnly = false,
+        int queues = 1,
+        string? serial = null,
+        BlkCacheMode cache = BlkCacheMode.Writeback,
+        AioMode aio = AioMode.Auto,
+        IoUringAvailability? ioUring = null) =>
+        new(new VirtioBlkOptions(Path, readOnly, queues, 256, serial) { Cache = cache, Aio = aio }, ioUring);
 
     /// <summary>Writes a request header into fresh guest memory and returns its (readable) segment.</summary>
     public DescriptorSegment Header(uint type, ulong sector)

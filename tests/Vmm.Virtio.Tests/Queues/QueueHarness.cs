@@ -1,3 +1,4 @@
+using NUnit.Framework;
 using System.Buffers.Binary;
 using Vmm.Core.Events;
 using Vmm.Core.Interrupts;
@@ -47,6 +48,15 @@ internal sealed class QueueHarness : IDisposable
     public IDeviceQueue Device { get; private set; } = null!;
 
     public VirtqueueResources Resources => new(Driver.Params, Memory, Kick, Interrupt);
+
+    /// <summary>Split and packed rings, each bare and with indirect tables and EVENT_IDX: (packed, features).</summary>
+    public static IEnumerable<TestCaseData> RingKinds()
+    {
+        yield return new TestCaseData(false, 0UL).SetArgDisplayNames("split");
+        yield return new TestCaseData(false, VirtioDeviceBase.SupportedRingFeatures & ~VirtioFeatures.RING_PACKED).SetArgDisplayNames("split+indirect+event_idx");
+        yield return new TestCaseData(true, 0UL).SetArgDisplayNames("packed");
+        yield return new TestCaseData(true, VirtioDeviceBase.SupportedRingFeatures).SetArgDisplayNames("packed+indirect+event_idx");
+    }
 
     public static QueueHarness Create(bool packed, ushort size = 16, ulong features = 0, GuestMemory? memory = null)
     {

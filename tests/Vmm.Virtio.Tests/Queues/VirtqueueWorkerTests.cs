@@ -12,15 +12,7 @@ public sealed class VirtqueueWorkerTests
 {
     private static readonly TimeSpan Timeout = TimeSpan.FromSeconds(20);
 
-    private static IEnumerable<TestCaseData> Kinds()
-    {
-        yield return new TestCaseData(false, 0UL).SetArgDisplayNames("split");
-        yield return new TestCaseData(false, VirtioDeviceBase.SupportedRingFeatures & ~VirtioFeatures.RING_PACKED).SetArgDisplayNames("split+indirect+event_idx");
-        yield return new TestCaseData(true, 0UL).SetArgDisplayNames("packed");
-        yield return new TestCaseData(true, VirtioDeviceBase.SupportedRingFeatures).SetArgDisplayNames("packed+indirect+event_idx");
-    }
-
-    [TestCaseSource(nameof(Kinds))]
+    [TestCaseSource(typeof(QueueHarness), nameof(QueueHarness.RingKinds))]
     public void Device_processes_kicks_on_its_own_worker_thread(bool packed, ulong features)
     {
         using QueueHarness h = QueueHarness.Create(packed, 64, features);
@@ -45,7 +37,7 @@ public sealed class VirtqueueWorkerTests
         Assert.That(device.StopQueue(0), Is.Not.Null);
     }
 
-    [TestCaseSource(nameof(Kinds))]
+    [TestCaseSource(typeof(QueueHarness), nameof(QueueHarness.RingKinds))]
     public void A_stream_larger_than_the_ring_flows_through_kicks_and_interrupts(bool packed, ulong features)
     {
         const int total = 3000;
@@ -204,7 +196,7 @@ public sealed class VirtqueueWorkerTests
         Assert.That(device.Seen, Is.EqualTo(new uint[] { 1, 2 }));
     }
 
-    [TestCaseSource(nameof(Kinds))]
+    [TestCaseSource(typeof(QueueHarness), nameof(QueueHarness.RingKinds))]
     public void Stop_and_restart_from_the_saved_state_loses_and_repeats_nothing(bool packed, ulong features)
     {
         const int firstBatch = 100;
