@@ -4,7 +4,7 @@ using Vmm.Virtio.Spec;
 namespace Vmm.Virtio;
 
 /// <summary>
-/// A virtio device as a transport sees it (DESIGN.md, "Vmm.Virtio"). In-process devices and
+/// A virtio device as a transport sees it (docs/architecture.md, "Vmm.Virtio"). In-process devices and
 /// the vhost-user front-end's proxy implement it alike. Calls come from the transport on the
 /// guest's (vCPU's) thread; queue processing runs on each queue's own worker.
 /// </summary>

@@ -92,7 +92,7 @@ internal sealed class VirtioTransportCore : IDisposable
 
     public TransportQueue[] Queues { get; }
 
-    /// <summary>The device's features plus VERSION_1, which only the transport adds (DESIGN.md; virtio 1.2, 6).</summary>
+    /// <summary>The device's features plus VERSION_1, which only the transport adds (virtio 1.2, 6).</summary>
     public ulong OfferedFeatures => Device.DeviceFeatures | VirtioFeatures.VERSION_1;
 
     /// <summary>What the driver accepted so far; final once FEATURES_OK is set.</summary>

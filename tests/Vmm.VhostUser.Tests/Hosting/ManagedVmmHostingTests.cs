@@ -166,7 +166,7 @@ public sealed class ManagedVmmHostingTests
         });
     }
 
-    /// <summary>A consumer as STYLE.md 3 has it: IRequiredActor&lt;VmKey&gt;, GetAsync(ct) in the service.</summary>
+    /// <summary>A consumer as Akka.Hosting intends: IRequiredActor&lt;VmKey&gt;, GetAsync(ct) in the service.</summary>
     private sealed class DeviceUser(IRequiredActor<VmKey> vm, IManagedVmm vmm) : Microsoft.Extensions.Hosting.BackgroundService
     {
         public TaskCompletionSource<(IActorRef Vm, IVirtioDevice Device)> Found { get; } = new(TaskCreationOptions.RunContinuationsAsynchronously);
