@@ -40,7 +40,7 @@ public sealed class CheckBackendTests : InteropTest
         var report = await CheckAsync(backend, "blk");
 
         report.AssertFailures([]);
-        report.AssertPassed("request", "blk-write", "inflight", "reset-device", "second-connection");
+        report.AssertPassed("request", "status", "blk-write", "inflight", "reset-device", "second-connection");
         Assert.That(TestDisk.Sha256(image), Is.EqualTo(before));
     }
 
@@ -66,7 +66,7 @@ public sealed class CheckBackendTests : InteropTest
         var report = await CheckAsync(backend, "rng");
 
         report.AssertFailures([]);
-        report.AssertPassed("request", "kick-before-enable", "reset-device", "second-connection");
+        report.AssertPassed("request", "status", "kick-before-enable", "reset-device", "second-connection");
     }
 
     [Test]
@@ -107,7 +107,7 @@ public sealed class CheckBackendTests : InteropTest
         var report = await CheckAsync(backend, "net");
 
         report.AssertFailures([]);
-        report.AssertPassed("request", "mem-replace", "vring-base", "restart", "kick-before-enable", "vring-base-twice", "second-connection");
+        report.AssertPassed("request", "status", "mem-replace", "vring-base", "restart", "kick-before-enable", "vring-base-twice", "second-connection");
         Assert.That(report.Why("request"), Does.Contain("came back on receiveq1"));
     }
 
