@@ -278,10 +278,11 @@ public sealed class VirtqueueWorker : IDisposable
                 {
                     long started = m?.StartTimestamp() ?? 0;
                     uint written = _handler!(chain);
-                    q.Complete(chain, written);
 
                     // A chain is a request; one the device wrote into brought data to the driver.
+                    // Counted before the driver can see it complete, as the processors do.
                     m?.Completed(written > 0 ? RequestDirection.Read : RequestDirection.Other, written, started);
+                    q.Complete(chain, written);
                 }
                 else if (p.Start(chain, out uint written))
                 {
