@@ -184,12 +184,12 @@ public static class RunCommand
     {
         ArgumentNullException.ThrowIfNull(options);
         ArgumentNullException.ThrowIfNull(output);
+        using StatsTable? table = options.Stats ? StatsTable.Start() : null;
         if (options.SaveRestore is not null)
         {
             return SaveRestoreRun.Execute(options, output, cancellationToken);
         }
 
-        using StatsTable? table = options.Stats ? StatsTable.Start() : null;
         using GuestVm vm = GuestVm.Start(options);
         switch (options.Workload)
         {

@@ -55,12 +55,5 @@ public static class BackendMetrics
         s_handshake.Record(Stopwatch.GetElapsedTime(started).TotalSeconds, new KeyValuePair<string, object?>(VmmMeters.DeviceTag, device));
 
     /// <summary>A session ended by <paramref name="error"/>.</summary>
-    public static void Fault(string device, Exception error)
-    {
-        ArgumentNullException.ThrowIfNull(error);
-        s_faults.Add(
-            1,
-            new KeyValuePair<string, object?>(VmmMeters.DeviceTag, device),
-            new KeyValuePair<string, object?>(VmmMeters.ErrorTypeTag, error.GetType().Name));
-    }
+    public static void Fault(string device, Exception error) => s_faults.AddFault(device, error);
 }

@@ -44,12 +44,5 @@ public static class FrontendMetrics
     }
 
     /// <summary>The device's connection, or an attempt to make one, ended by <paramref name="error"/>.</summary>
-    public static void Fault(string device, Exception error)
-    {
-        ArgumentNullException.ThrowIfNull(error);
-        s_faults.Add(
-            1,
-            new KeyValuePair<string, object?>(VmmMeters.DeviceTag, device),
-            new KeyValuePair<string, object?>(VmmMeters.ErrorTypeTag, error.GetType().Name));
-    }
+    public static void Fault(string device, Exception error) => s_faults.AddFault(device, error);
 }

@@ -48,6 +48,14 @@ public static class VmmMeters
     /// <summary>The VMM side's per-queue instruments (<c>vmm.frontend.*</c>), as the guest driver sees its requests.</summary>
     public static QueueInstruments FrontendQueues { get; } = new(Frontend, "vmm.frontend");
 
+    /// <summary>Counts one fault of <paramref name="device"/>, tagged with the type of <paramref name="error"/>.</summary>
+    public static void AddFault(this Counter<long> faults, string device, Exception error)
+    {
+        ArgumentNullException.ThrowIfNull(faults);
+        ArgumentNullException.ThrowIfNull(error);
+        faults.Add(1, new KeyValuePair<string, object?>(DeviceTag, device), new KeyValuePair<string, object?>(ErrorTypeTag, error.GetType().Name));
+    }
+
     /// <summary>The direction tag's value.</summary>
     public static string Name(this RequestDirection direction) => direction switch
     {
