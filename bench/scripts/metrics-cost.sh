@@ -8,6 +8,7 @@
 # round variant-device config load1 cpu_us_per_io json; then the medians of IOPS and of CPU
 # per I/O for each variant, device and config.
 # Usage: bench/scripts/metrics-cost.sh TREE_A TREE_B [ROUNDS] [SECONDS]
+# VARIANTS (default "a b c"), KINDS ("vu inproc") and CONFIGS ("randread 1,randread 32") narrow a run.
 set -euo pipefail
 a=$(cd -- "$1" && pwd); b=$(cd -- "$2" && pwd)
 rounds=${3:-3}; seconds=${4:-5}
@@ -24,12 +25,14 @@ cpu_ticks() { # utime + stime of a process (and its exec'd dotnet), in clock tic
 }
 tick_us=$((1000000 / $(getconf CLK_TCK)))
 for t in a b c; do for _ in $(seq 300); do [[ -S "$dir/$t.sock" ]] && break; sleep 0.1; done; done
-configs=("randread 1" "randread 32")
+IFS=, read -r -a configs <<<"${CONFIGS:-randread 1,randread 32}"
+read -r -a kinds <<<"${KINDS:-vu inproc}"
+read -r -a variants <<<"${VARIANTS:-a b c}"
 for round in $(seq "$rounds"); do
   for cfg in "${configs[@]}"; do
     read -r rw depth <<<"$cfg"
-    for kind in vu inproc; do
-      for t in a b c; do
+    for kind in "${kinds[@]}"; do
+      for t in "${variants[@]}"; do
         tree=$a; [[ $t != a ]] && tree=$b
         stats=(); [[ $t == c ]] && stats=(--stats)
         if [[ $kind == vu ]]; then dev=(--vhost-user "$dir/$t.sock,type=blk"); else dev=(--device "blk,disk=$img"); fi
