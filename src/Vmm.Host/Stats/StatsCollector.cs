@@ -47,6 +47,11 @@ public sealed class StatsCollector : IDisposable
 {
     private const int Directions = 3;
 
+    // The row the calling thread recorded a latency into last: a queue's thread records into
+    // one row only, so the dictionary is looked up once per thread, not per request.
+    [ThreadStatic]
+    private static RowCache? t_lastRow;
+
     private readonly MeterListener _listener = new();
     private readonly ConcurrentDictionary<RowKey, RowState> _rows = new();
     private readonly ConcurrentDictionary<(string Side, string Device), DeviceState> _devices = new();
@@ -192,7 +197,18 @@ public sealed class StatsCollector : IDisposable
         // On a queue's thread, once per request: a lookup and an interlocked increment.
         if (state is Binding { Kind: Kind.Duration } binding && TryReadTags(tags, out string? device, out int queue, out _) && queue >= 0)
         {
-            RowState row = _rows.GetOrAdd(new RowKey(binding.Side, device, queue), _newRow);
+            RowCache? last = t_lastRow;
+            RowState row;
+            if (last is not null && ReferenceEquals(last.Owner, this) && ReferenceEquals(last.Side, binding.Side) && last.Queue == queue && string.Equals(last.Device, device, StringComparison.Ordinal))
+            {
+                row = last.Row;
+            }
+            else
+            {
+                row = _rows.GetOrAdd(new RowKey(binding.Side, device, queue), _newRow);
+                t_lastRow = new RowCache(this, binding.Side, device, queue, row);
+            }
+
             Interlocked.Increment(ref row.Latency[LatencyHistogram.Index((ulong)Math.Max(0, value * 1e9))]);
         }
     }
@@ -229,6 +245,8 @@ public sealed class StatsCollector : IDisposable
     private readonly record struct RowKey(string Side, string Device, int Queue);
 
     private sealed record Binding(string Side, Kind Kind);
+
+    private sealed record RowCache(StatsCollector Owner, string Side, string Device, int Queue, RowState Row);
 
     private sealed class DeviceState
     {

@@ -123,26 +123,26 @@ public sealed class StatsTable : IDisposable
 
     private static Table Render(IReadOnlyList<StatsRow> rows)
     {
-        var table = new Table().Title("vmm --stats (per second; latency of the last second)");
-        foreach (string column in (string[])["side", "device", "queue", "req/s r", "req/s w", "req/s o", "MiB/s r", "MiB/s w", "in flight", "p50 us", "p99 us", "kicks/s", "irq/s", "reconn", "faults"])
+        // Compact, so that an 80-column terminal holds it: side, device and queue in one cell
+        // (be:blk/0), rates per second as the title says, no column rules, one space between.
+        var table = new Table().Border(TableBorder.Simple).Title("vmm --stats: per second; latency (µs) of the last second");
+        foreach (string column in (string[])["queue", "rd", "wr", "other", "rMiB", "wMiB", "infl", "p50", "p99", "kick", "irq", "recon", "fault"])
         {
-            table.AddColumn(new TableColumn(column).RightAligned());
+            table.AddColumn(new TableColumn(column).RightAligned().PadLeft(0).PadRight(1));
         }
 
         foreach (StatsRow row in rows)
         {
             table.AddRow(
-                Markup.Escape(row.Side),
-                Markup.Escape(row.Device),
-                Number(row.Queue),
+                Markup.Escape($"{(row.Side == "backend" ? "be" : "fe")}:{row.Device}/{row.Queue}"),
                 Number(row.RequestsPerSecond[0]),
                 Number(row.RequestsPerSecond[1]),
                 Number(row.RequestsPerSecond[2]),
                 row.MebibytesPerSecond[0].ToString("0.0", CultureInfo.InvariantCulture),
                 row.MebibytesPerSecond[1].ToString("0.0", CultureInfo.InvariantCulture),
                 Number(row.InFlight),
-                row.P50Microseconds.ToString("0.0", CultureInfo.InvariantCulture),
-                row.P99Microseconds.ToString("0.0", CultureInfo.InvariantCulture),
+                Number(row.P50Microseconds),
+                Number(row.P99Microseconds),
                 Number(row.KicksPerSecond),
                 Number(row.InterruptsPerSecond),
                 Number(row.Reconnects),
