@@ -124,12 +124,15 @@ public sealed class StatsTable : IDisposable
     private static Table Render(IReadOnlyList<StatsRow> rows)
     {
         // Compact, so that an 80-column terminal holds it: side, device and queue in one cell
-        // (be:blk/0), rates per second as the title says, no column rules, one space between.
+        // (be:blk/0), rates per second as the title says, reconnects and faults in one cell
+        // (rc/flt), no column rules, numbers of at most five characters.
         var table = new Table().Border(TableBorder.Simple).Title("vmm --stats: per second; latency (µs) of the last second");
-        foreach (string column in (string[])["queue", "rd", "wr", "other", "rMiB", "wMiB", "infl", "p50", "p99", "kick", "irq", "recon", "fault"])
+        foreach (string column in (string[])["queue", "rd", "wr", "other", "rMiB", "wMiB", "infl", "p50", "p99", "kick", "irq", "rc/flt"])
         {
             table.AddColumn(new TableColumn(column).RightAligned().PadLeft(0).PadRight(1));
         }
+
+        table.Columns[0].LeftAligned().NoWrap();
 
         foreach (StatsRow row in rows)
         {
@@ -138,19 +141,28 @@ public sealed class StatsTable : IDisposable
                 Number(row.RequestsPerSecond[0]),
                 Number(row.RequestsPerSecond[1]),
                 Number(row.RequestsPerSecond[2]),
-                row.MebibytesPerSecond[0].ToString("0.0", CultureInfo.InvariantCulture),
-                row.MebibytesPerSecond[1].ToString("0.0", CultureInfo.InvariantCulture),
+                Mebibytes(row.MebibytesPerSecond[0]),
+                Mebibytes(row.MebibytesPerSecond[1]),
                 Number(row.InFlight),
                 Number(row.P50Microseconds),
                 Number(row.P99Microseconds),
                 Number(row.KicksPerSecond),
                 Number(row.InterruptsPerSecond),
-                Number(row.Reconnects),
-                row.Faults == 0 ? "0" : $"[red]{Number(row.Faults)}[/]");
+                row.Faults == 0 ? $"{Number(row.Reconnects)}/0" : $"{Number(row.Reconnects)}/[red]{Number(row.Faults)}[/]");
         }
 
         return table;
     }
 
-    private static string Number(double value) => value.ToString("0", CultureInfo.InvariantCulture);
+    /// <summary>At most five characters: 950, 12.3k, 456k, 1.2M.</summary>
+    private static string Number(double value) => value switch
+    {
+        >= 999_500 => (value / 1e6).ToString("0.0", CultureInfo.InvariantCulture) + "M",
+        >= 99_950 => (value / 1e3).ToString("0", CultureInfo.InvariantCulture) + "k",
+        >= 9_999.5 => (value / 1e3).ToString("0.0", CultureInfo.InvariantCulture) + "k",
+        _ => value.ToString("0", CultureInfo.InvariantCulture),
+    };
+
+    private static string Mebibytes(double value) =>
+        value.ToString(value >= 99.95 ? "0" : "0.0", CultureInfo.InvariantCulture);
 }
