@@ -2,6 +2,7 @@ using System.Globalization;
 using Akka.Actor;
 using Vmm.Core.Machine;
 using Vmm.VhostUser.Frontend;
+using Vmm.Host.Cli;
 
 namespace Vmm.Host.Run;
 
@@ -51,12 +52,10 @@ public sealed class VhostUserConnectionLog : ReceiveActor
     private void Write(string name, string text)
     {
         string where = _sockets.TryGetValue(name, out string? socket) ? $"{name} ({socket})" : name;
-        _error.WriteLine($"vmm: vhost-user {where}: {OneLine(text)}");
+        _error.WriteLine($"vmm: vhost-user {where}: {OneSentence.Of(text)}");
         _error.Flush();
     }
 
-    private static string OneLine(string text) =>
-        string.Join(' ', text.Split((char[])['\n', '\r'], StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries));
 
     /// <summary>The device <paramref name="Name"/> is connected and on the bus: its failures are news from now on.</summary>
     public sealed record DeviceAttached(string Name);
