@@ -208,6 +208,7 @@ public sealed partial class VhostUserConnectionActor : ReceiveActor, IWithUnboun
     private void HandleReplayed(Replayed message)
     {
         _model.Replayed(message.Result);
+        LogInflightRefusal(message.Result);
         _inflightSent = _model.Snapshot.Inflight is not null && Connection.HasProtocolFeature(VhostUserProtocolFeatures.INFLIGHT_SHMFD);
         if (_model.Snapshot.Memory is not null)
         {
@@ -225,6 +226,15 @@ public sealed partial class VhostUserConnectionActor : ReceiveActor, IWithUnboun
         }
 
         EnterReady();
+    }
+
+    /// <summary>Once per connection (it is asked once per connection): the rings run without inflight tracking.</summary>
+    private void LogInflightRefusal(BringUpResult result)
+    {
+        if (result.InflightRefused)
+        {
+            _log.Warning("{0}: the back-end refused GET_INFLIGHT_FD; running without inflight tracking on this connection", _options.Name);
+        }
     }
 
     private void EnterReady()

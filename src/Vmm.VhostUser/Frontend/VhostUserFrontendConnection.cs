@@ -82,6 +82,72 @@ public sealed class VhostUserReply : IDisposable
 public sealed record VhostUserInflightRegion(SafeFileDescriptor Fd, ulong MmapSize, ulong MmapOffset, ushort NumQueues, ushort QueueSize)
     : IDisposable
 {
+    /// <summary>
+    /// The largest region a back-end may describe: 64 queues of 32768 descriptors in the packed
+    /// layout (vhost-user.rst, "Inflight I/O tracking": 16-byte descriptors plus a 32-byte header
+    /// per queue) fit many times over; anything larger is refused before it sizes a copy.
+    /// </summary>
+    public const ulong MaxSize = 256UL << 20;
+
+    /// <summary>
+    /// Checks what a back-end's GET_INFLIGHT_FD reply says against the file it sent: a size up to
+    /// <see cref="MaxSize"/>, and the described range inside the file (fstat), so that nothing
+    /// sized by the reply can read or map beyond it. Null when it holds; else why not.
+    /// </summary>
+    public static string? Validate(ulong mmapSize, ulong mmapOffset, ulong fileSize)
+    {
+        if (mmapSize > MaxSize)
+        {
+            return $"an inflight region of {mmapSize} bytes, more than the {MaxSize} allowed";
+        }
+
+        return mmapOffset > fileSize || mmapSize > fileSize - mmapOffset
+            ? $"an inflight region of {mmapSize} bytes at offset {mmapOffset} of a file of {fileSize} bytes"
+            : null;
+    }
+
+    /// <summary>
+    /// A copy of the region's bytes through pread(2), never a mapping: the back-end's file may
+    /// shrink at any time, and a read past its end is a short read, not a SIGBUS. The range is
+    /// checked against the file's size again first.
+    /// </summary>
+    public byte[] ReadAll()
+    {
+        ulong fileSize = MemFd.GetFileSize(Fd);
+        if (Validate(MmapSize, MmapOffset, fileSize) is { } problem)
+        {
+            throw new VhostUserProtocolException($"The back-end's inflight file no longer holds {problem}.");
+        }
+
+        byte[] bytes = new byte[MmapSize];
+        using var file = new Microsoft.Win32.SafeHandles.SafeFileHandle(Fd.DangerousGetHandle(), ownsHandle: false);
+        bool added = false;
+        Fd.DangerousAddRef(ref added);
+        try
+        {
+            int total = 0;
+            while (total < bytes.Length)
+            {
+                int n = RandomAccess.Read(file, bytes.AsSpan(total), (long)MmapOffset + total);
+                if (n == 0)
+                {
+                    throw new VhostUserProtocolException($"The back-end's inflight file ended {bytes.Length - total} bytes early.");
+                }
+
+                total += n;
+            }
+        }
+        finally
+        {
+            if (added)
+            {
+                Fd.DangerousRelease();
+            }
+        }
+
+        return bytes;
+    }
+
     public void Dispose() => Fd.Dispose();
 }
 

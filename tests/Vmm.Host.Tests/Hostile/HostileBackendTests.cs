@@ -267,32 +267,39 @@ public sealed class HostileBackendTests
         yield return Case("dies once with reconnect=off, then refuses every handshake", HostileOutcome.Fails, DiesThenRefuses, "reconnect=off");
     }
 
-    /// <summary>Closes the first connection once its ring runs; every later one at its first request: the device must give up, and the workload end at once.</summary>
+    /// <summary>
+    /// The first connection withholds ring 0's SET_VRING_ENABLE from the real back-end (acking it
+    /// itself), so the workload's first requests wait, and closes 300 ms later; every later
+    /// connection is closed at its first request. The device must give up, and the waiting
+    /// requests end at once rather than at the workload's request timeout.
+    /// </summary>
     private static HostileScript DiesThenRefuses() => new DelegateScript(
-        onRequest: (l, m) =>
+        onRequest: async (l, m) =>
         {
             if (l.Number > 1)
             {
                 Twist(l, "closed at the first request");
                 l.Close();
-                return Handled;
+                return true;
             }
 
-            return NotHandled;
-        },
-        onReply: (l, m) =>
-        {
-            if ((VhostUserRequest)m.Header.Request == VhostUserRequest.SET_VRING_ENABLE && l.Number == 1)
+            if ((VhostUserRequest)m.Header.Request == VhostUserRequest.SET_VRING_ENABLE && VhostUserVringState.Read(m.Payload.Span) is { Index: 0, Num: 1 })
             {
+                if (VhostUserCodec.NeedsReply(m.Header))
+                {
+                    await l.AckAsync(m).ConfigureAwait(false);
+                }
+
                 l.Background(async ct =>
                 {
-                    await Task.Delay(50, ct).ConfigureAwait(false);
-                    Twist(l, "closed after SET_VRING_ENABLE");
+                    await Task.Delay(300, ct).ConfigureAwait(false);
+                    Twist(l, "ring 0 never served, then closed");
                     l.Close();
                 });
+                return true;
             }
 
-            return NotHandled;
+            return false;
         });
 
     [TestCaseSource(nameof(Cases))]

@@ -1,0 +1,98 @@
+using NUnit.Framework;
+using Vmm.Core.Posix;
+using Vmm.VhostUser.Frontend;
+using Vmm.VhostUser.Protocol;
+
+namespace Vmm.VhostUser.Tests.Frontend;
+
+/// <summary>Replies of a hostile back-end that size something on our side: each is checked before it is used.</summary>
+[TestFixture]
+public sealed class HostileReplyTests
+{
+    private static async Task<(VhostUserFrontendConnection Frontend, ScriptedBackend Backend)> HandshakenAsync(VhostUserProtocolFeatures features)
+    {
+        (VhostUserFrontendConnection frontend, ScriptedBackend backend) = ScriptedBackend.CreatePair();
+        Task<VhostUserBackendInfo> handshake = frontend.HandshakeAsync();
+        await backend.ServeHandshakeAsync(protocolFeatures: features);
+        await handshake;
+        return (frontend, backend);
+    }
+
+    private static byte[] Inflight(ulong size, ulong offset)
+    {
+        byte[] payload = new byte[VhostUserInflight.Size];
+        new VhostUserInflight(size, offset, 1, 256).Write(payload);
+        return payload;
+    }
+
+    [Test]
+    public async Task GET_INFLIGHT_FD_refused_without_an_fd_means_no_inflight_tracking()
+    {
+        (VhostUserFrontendConnection frontend, ScriptedBackend backend) = await HandshakenAsync(VhostUserProtocolFeatures.INFLIGHT_SHMFD);
+        using (frontend)
+        using (backend)
+        {
+            Task<VhostUserInflightRegion?> get = frontend.GetInflightFdAsync(1, 256);
+            await backend.ExpectAndDropAsync(VhostUserRequest.GET_INFLIGHT_FD);
+            await backend.ReplyAsync(VhostUserRequest.GET_INFLIGHT_FD, Inflight(0, 0));
+            Assert.That(await get, Is.Null);
+            Assert.That(frontend.IsDead, Is.False, "a refusal is an answer, not a broken connection");
+        }
+    }
+
+    [TestCase(8192UL, 0UL, TestName = "GET_INFLIGHT_FD_reply_larger_than_its_file_is_refused")]
+    [TestCase(4096UL, 4096UL, TestName = "GET_INFLIGHT_FD_reply_at_an_offset_past_its_file_is_refused")]
+    [TestCase(ulong.MaxValue, 4096UL, TestName = "GET_INFLIGHT_FD_reply_whose_range_wraps_is_refused")]
+    [TestCase(512UL << 20, 0UL, TestName = "GET_INFLIGHT_FD_reply_beyond_the_size_limit_is_refused")]
+    public async Task GET_INFLIGHT_FD_reply_sizes_are_checked_against_the_file(ulong size, ulong offset)
+    {
+        (VhostUserFrontendConnection frontend, ScriptedBackend backend) = await HandshakenAsync(VhostUserProtocolFeatures.INFLIGHT_SHMFD);
+        using (frontend)
+        using (backend)
+        using (SafeFileDescriptor file = MemFd.Create("hostile-inflight", 4096))
+        {
+            Task<VhostUserInflightRegion?> get = frontend.GetInflightFdAsync(1, 256);
+            await backend.ExpectAndDropAsync(VhostUserRequest.GET_INFLIGHT_FD);
+            await backend.ReplyAsync(VhostUserRequest.GET_INFLIGHT_FD, Inflight(size, offset), [file]);
+            VhostUserProtocolException? e = await Assert.ThrowsAsync<VhostUserProtocolException>(async () => await get);
+            Assert.That(e!.Message, Does.Contain("inflight region"));
+        }
+    }
+
+    [Test]
+    public void An_inflight_region_is_read_with_pread_and_a_file_that_shrank_is_an_error_not_a_crash()
+    {
+        // A plain file, which the back-end can shrink (a memfd of ours would be sealed).
+        string path = Path.Combine(Path.GetTempPath(), $"inflight-{Guid.NewGuid():N}");
+        Microsoft.Win32.SafeHandles.SafeFileHandle opened = File.OpenHandle(path, FileMode.CreateNew, FileAccess.ReadWrite, FileShare.None, FileOptions.DeleteOnClose);
+        RandomAccess.Write(opened, new byte[8192], 0);
+        var fd = new SafeFileDescriptor((int)opened.DangerousGetHandle());
+        opened.SetHandleAsInvalid();
+        using var region = new VhostUserInflightRegion(fd, 4096, 4096, 1, 256);
+        using (var file = new Microsoft.Win32.SafeHandles.SafeFileHandle(fd.DangerousGetHandle(), ownsHandle: false))
+        {
+            RandomAccess.Write(file, new byte[] { 7, 8, 9 }, 4096);
+        }
+
+        Assert.That(region.ReadAll().Take(3), Is.EqualTo(new byte[] { 7, 8, 9 }));
+        using (var file = new FileStream(new Microsoft.Win32.SafeHandles.SafeFileHandle(fd.DangerousGetHandle(), ownsHandle: false), FileAccess.ReadWrite, 0))
+        {
+            file.SetLength(100);
+        }
+
+        Assert.That(() => region.ReadAll(), Throws.TypeOf<VhostUserProtocolException>());
+    }
+
+    [Test]
+    public async Task GET_MAX_MEM_SLOTS_of_zero_is_refused_at_the_handshake()
+    {
+        (VhostUserFrontendConnection frontend, ScriptedBackend backend) = ScriptedBackend.CreatePair();
+        using (frontend)
+        using (backend)
+        {
+            Task<VhostUserBackendInfo> handshake = frontend.HandshakeAsync();
+            await backend.ServeHandshakeAsync(protocolFeatures: VhostUserProtocolFeatures.CONFIGURE_MEM_SLOTS, maxMemSlots: 0);
+            await Assert.ThrowsAsync<VhostUserIncompatibleBackendException>(async () => await handshake);
+        }
+    }
+}
