@@ -29,7 +29,6 @@ namespace Vmm.VhostUser.Frontend;
 /// </remarks>
 public sealed partial class VhostUserConnectionActor : ReceiveActor, IWithUnboundedStash, IWithTimers
 {
-    private const string HangUpTimerKey = "hang-up-check";
 
     private readonly ILoggingAdapter _log = Context.GetLogger();
     private readonly VhostUserDeviceOptions _options;
@@ -97,7 +96,7 @@ public sealed partial class VhostUserConnectionActor : ReceiveActor, IWithUnboun
     {
         Commands();
         Receive<MemoryChanged>(HandleMemoryChanged);
-        Receive<CheckHangUp>(HandleCheckHangUp);
+        Receive<ConnectionBroken>(HandleConnectionBroken);
         Receive<BackendConfigChange>(HandleBackendConfigChange);
         Receive<BackendChannelNotice>(HandleBackendChannelNotice);
         Receive<GetConnectionPhase>(_ => Sender.Tell(new ConnectionPhaseReply(ConnectionPhase.Ready)));
@@ -108,7 +107,7 @@ public sealed partial class VhostUserConnectionActor : ReceiveActor, IWithUnboun
     {
         Results();
         Receive<CommandFailed>(HandleCommandFailed);
-        Receive<CheckHangUp>(_ => { });
+        Receive<ConnectionBroken>(_ => { }); // the operation under way fails on the dead connection
         Receive<BackendChannelNotice>(HandleBackendChannelNotice);
         Receive<GetConnectionPhase>(_ => Sender.Tell(new ConnectionPhaseReply(ConnectionPhase.Busy)));
         Receive<IDeviceCommand>(_ => Stash.Stash());
@@ -122,7 +121,7 @@ public sealed partial class VhostUserConnectionActor : ReceiveActor, IWithUnboun
     {
         Receive<GetConnectionPhase>(_ => Sender.Tell(new ConnectionPhaseReply(phase)));
         Receive<IDeviceCommand>(_ => Stash.Stash());
-        Receive<CheckHangUp>(_ => { });
+        Receive<ConnectionBroken>(_ => { }); // the operation under way fails on the dead connection
         Receive<BackendChannelNotice>(HandleBackendChannelNotice);
         Receive<BackendConfigChange>(_ => Stash.Stash());
         ReceiveAny(Unsupported);
@@ -239,7 +238,8 @@ public sealed partial class VhostUserConnectionActor : ReceiveActor, IWithUnboun
 
     private void EnterReady()
     {
-        Timers.StartPeriodicTimer(HangUpTimerKey, CheckHangUp.Instance, _options.HangUpCheckInterval);
+        // Nothing else would notice a back-end that dies, or talks out of turn, while the device is idle.
+        Connection.WatchIdleAsync(_shutdown.Token).PipeTo(Self, success: reason => new ConnectionBroken(reason), failure: _ => new ConnectionBroken(null));
         Context.Parent.Tell(new ConnectionReady(_model.Info!));
         BecomeIdle();
     }
@@ -252,15 +252,16 @@ public sealed partial class VhostUserConnectionActor : ReceiveActor, IWithUnboun
         throw cause;
     }
 
-    private void HandleCheckHangUp(CheckHangUp message)
+    private void HandleConnectionBroken(ConnectionBroken message)
     {
-        // Nothing else would notice a back-end that dies while the device is idle.
-        if (Connection.PollHangUp())
+        if (message.Reason is null)
         {
-            var lost = new VhostUserConnectionLostException("The vhost-user back-end closed the connection.");
-            FailStash(lost);
-            throw lost;
+            return; // the watch was cancelled: this actor is stopping
         }
+
+        var lost = new VhostUserConnectionLostException($"Connection lost: {message.Reason}.");
+        FailStash(lost);
+        throw lost;
     }
 
     #endregion
@@ -412,14 +413,8 @@ public sealed partial class VhostUserConnectionActor : ReceiveActor, IWithUnboun
         }
     }
 
-    private sealed class CheckHangUp
-    {
-        public static readonly CheckHangUp Instance = new();
-
-        private CheckHangUp()
-        {
-        }
-    }
+    /// <summary>The idle watch ended: the back-end hung up or sent bytes unasked (<see cref="VhostUserFrontendConnection.WatchIdleAsync"/>); null: cancelled.</summary>
+    private sealed record ConnectionBroken(string? Reason);
 
     #endregion
 }

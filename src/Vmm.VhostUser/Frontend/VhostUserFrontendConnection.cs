@@ -381,45 +381,75 @@ public sealed partial class VhostUserFrontendConnection : IDisposable
     }
 
     /// <summary>
-    /// Checks without blocking whether the back-end hung up while no request is in flight (the
-    /// G_IO_HUP watch QEMU keeps on its vhost-user chardev): readable with nothing to read is EOF.
-    /// True when the connection is dead; it is then closed. False while a request is in flight.
+    /// Watches the connection while no request is in flight, the way QEMU keeps a G_IO_HUP/G_IO_IN
+    /// watch on its vhost-user chardev: a pending readiness read (a 1-byte MSG_PEEK through the
+    /// BCL's epoll), not a poll on a timer. Whenever the socket becomes readable it takes the
+    /// request lock, so a reply being read by its request is never mistaken: with the lock held and
+    /// no request in flight, anything readable is either EOF (the back-end hung up) or bytes the
+    /// back-end sent unasked. Both end the connection: the stream is out of step and nothing on it
+    /// can be trusted (vhost-user.rst: the back-end only answers; its own requests travel on the
+    /// back-end channel). Completes with the reason the connection died; runs until then, or until
+    /// <paramref name="cancellationToken"/> is cancelled.
     /// </summary>
-    public bool PollHangUp()
+    public async Task<string> WatchIdleAsync(CancellationToken cancellationToken)
     {
-        if (IsDead)
+        while (true)
         {
-            return true;
-        }
-
-        if (_socket is null || !_requestLock.Wait(0))
-        {
-            return false;
-        }
-
-        try
-        {
-            bool hungUp;
             try
             {
-                hungUp = _socket.Poll(0, SelectMode.SelectError) ||
-                    (_socket.Poll(0, SelectMode.SelectRead) && _socket.Available == 0);
+                await _channel.WaitForDataAsync(cancellationToken).ConfigureAwait(false);
             }
-            catch (Exception e) when (e is SocketException or ObjectDisposedException)
+            catch (Exception e) when (e is VhostUserConnectionLostException or ObjectDisposedException or SocketException)
             {
-                hungUp = true;
+                string lost = Volatile.Read(ref _deadReason) ?? "the back-end closed the connection";
+                MarkDead(lost);
+                return lost;
             }
 
-            if (hungUp)
+            await _requestLock.WaitAsync(cancellationToken).ConfigureAwait(false);
+            try
             {
-                MarkDead("the back-end closed the connection");
-            }
+                if (Volatile.Read(ref _deadReason) is { } dead)
+                {
+                    return dead;
+                }
 
-            return hungUp;
+                if (IdleViolation() is { } reason)
+                {
+                    MarkDead(reason);
+                    return reason;
+                }
+            }
+            finally
+            {
+                _requestLock.Release();
+            }
         }
-        finally
+    }
+
+    /// <summary>With the request lock held: why the idle socket is broken, or null when the readable data was a reply its request has since read.</summary>
+    private string? IdleViolation()
+    {
+        try
         {
-            _requestLock.Release();
+            if (_socket!.Poll(0, SelectMode.SelectError))
+            {
+                return "the back-end's socket reported an error";
+            }
+
+            if (!_socket.Poll(0, SelectMode.SelectRead))
+            {
+                return null;
+            }
+
+            int available = _socket.Available;
+            return available == 0
+                ? "the back-end closed the connection"
+                : $"the back-end sent {available} byte(s) while no request was outstanding (a protocol violation)";
+        }
+        catch (Exception e) when (e is SocketException or ObjectDisposedException)
+        {
+            return "the back-end closed the connection";
         }
     }
 

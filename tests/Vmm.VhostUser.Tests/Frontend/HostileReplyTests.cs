@@ -95,4 +95,44 @@ public sealed class HostileReplyTests
             await Assert.ThrowsAsync<VhostUserIncompatibleBackendException>(async () => await handshake);
         }
     }
+
+    [Test]
+    public async Task Bytes_sent_while_no_request_is_outstanding_end_the_connection_and_replies_do_not()
+    {
+        (VhostUserFrontendConnection frontend, ScriptedBackend backend) = await HandshakenAsync(VhostUserProtocolFeatures.None);
+        using (frontend)
+        using (backend)
+        using (var stop = new CancellationTokenSource())
+        {
+            Task<string> watch = frontend.WatchIdleAsync(stop.Token);
+
+            // Requests and their replies go on while the watch is pending.
+            for (int i = 0; i < 20; i++)
+            {
+                Task<ulong> get = frontend.GetU64Async(VhostUserRequest.GET_FEATURES);
+                await backend.ExpectGetU64Async(VhostUserRequest.GET_FEATURES, (ulong)i);
+                Assert.That(await get, Is.EqualTo((ulong)i));
+            }
+
+            Assert.That(watch.IsCompleted, Is.False, "a reply read by its request is not a violation");
+            await backend.ReplyU64Async(VhostUserRequest.GET_VRING_BASE, 0);
+            string reason = await watch;
+            Assert.That(reason, Does.Contain("while no request was outstanding"));
+            Assert.That(frontend.IsDead, Is.True);
+        }
+    }
+
+    [Test]
+    public async Task A_hang_up_while_idle_is_seen_without_a_request()
+    {
+        (VhostUserFrontendConnection frontend, ScriptedBackend backend) = await HandshakenAsync(VhostUserProtocolFeatures.None);
+        using (frontend)
+        using (var stop = new CancellationTokenSource())
+        {
+            Task<string> watch = frontend.WatchIdleAsync(stop.Token);
+            backend.Dispose();
+            Assert.That(await watch, Does.Contain("closed the connection"));
+            Assert.That(frontend.IsDead, Is.True);
+        }
+    }
 }
