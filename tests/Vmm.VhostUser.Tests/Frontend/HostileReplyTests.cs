@@ -135,4 +135,40 @@ public sealed class HostileReplyTests
             Assert.That(frontend.IsDead, Is.True);
         }
     }
+
+    [Test]
+    public async Task A_flood_of_CONFIG_CHANGE_MSG_is_one_pending_change()
+    {
+        (VhostUserFrontendConnection frontend, ScriptedBackend backend) =
+            await HandshakenAsync(VhostUserProtocolFeatures.REPLY_ACK | VhostUserProtocolFeatures.BACKEND_REQ);
+        using (frontend)
+        using (backend)
+        {
+            int changes = 0;
+            frontend.BackendConfigChanged += () => Interlocked.Increment(ref changes);
+            Vmm.VhostUser.Channel.VhostUserChannel channel = backend.BackendChannel!;
+            for (int i = 0; i < 1000; i++)
+            {
+                await channel.SendAsync(VhostUserCodec.BackendRequestHeader(VhostUserBackendRequest.CONFIG_CHANGE_MSG, 0), default);
+            }
+
+            // The last one asks for an ack: every one before it was handled by then.
+            await channel.SendAsync(VhostUserCodec.BackendRequestHeader(VhostUserBackendRequest.CONFIG_CHANGE_MSG, 0, needReply: true), default);
+            using (Vmm.VhostUser.Channel.VhostUserMessage ack = await channel.ReceiveAsync())
+            {
+                Assert.That(VhostUserCodec.ReadU64(ack.Payload.Span), Is.Zero);
+            }
+
+            Assert.That(Volatile.Read(ref changes), Is.EqualTo(1), "one pending change until it is taken");
+
+            frontend.ConfigChangeTaken();
+            await channel.SendAsync(VhostUserCodec.BackendRequestHeader(VhostUserBackendRequest.CONFIG_CHANGE_MSG, 0, needReply: true), default);
+            using (Vmm.VhostUser.Channel.VhostUserMessage ack = await channel.ReceiveAsync())
+            {
+                Assert.That(VhostUserCodec.ReadU64(ack.Payload.Span), Is.Zero);
+            }
+
+            Assert.That(Volatile.Read(ref changes), Is.EqualTo(2), "a change after the taken one is announced again");
+        }
+    }
 }
