@@ -225,6 +225,7 @@ public sealed partial class VhostUserFrontendConnection : IDisposable
     // wrong code or size is rejected before any payload byte is read.
     private VhostUserRequest? _expectedReply;
     private VhostUserPayloadRule _expectedRule;
+    private readonly CancellationTokenSource _lifetime = new();
     private string? _deadReason;
     private int _disposed;
 
@@ -560,6 +561,22 @@ public sealed partial class VhostUserFrontendConnection : IDisposable
         Interlocked.CompareExchange(ref _deadReason, reason, null);
         _channel.Dispose();
         DisposeBackendChannel();
+        EndLifetime();
+    }
+
+    /// <summary>A source that ends with <paramref name="cancellationToken"/> or with this connection (dead or disposed): work outside the socket, a device-state pipe, stops with it.</summary>
+    private CancellationTokenSource LinkLifetime(CancellationToken cancellationToken) =>
+        CancellationTokenSource.CreateLinkedTokenSource(cancellationToken, _lifetime.Token);
+
+    private void EndLifetime()
+    {
+        try
+        {
+            _lifetime.Cancel();
+        }
+        catch (ObjectDisposedException)
+        {
+        }
     }
 
     private static byte[] U64(ulong value)
@@ -588,5 +605,7 @@ public sealed partial class VhostUserFrontendConnection : IDisposable
         Interlocked.CompareExchange(ref _deadReason, "the connection was closed", null);
         _channel.Dispose();
         DisposeBackendChannel();
+        EndLifetime();
+        _lifetime.Dispose();
     }
 }

@@ -1,5 +1,6 @@
 using NUnit.Framework;
 using Vmm.Core.Posix;
+using Vmm.VhostUser.Channel;
 using Vmm.VhostUser.Frontend;
 using Vmm.VhostUser.Protocol;
 
@@ -169,6 +170,40 @@ public sealed class HostileReplyTests
             }
 
             Assert.That(Volatile.Read(ref changes), Is.EqualTo(2), "a change after the taken one is announced again");
+        }
+    }
+
+    [Test]
+    public async Task A_device_state_pipe_held_open_ends_with_the_connection()
+    {
+        (VhostUserFrontendConnection frontend, ScriptedBackend backend) = await HandshakenAsync(VhostUserProtocolFeatures.DEVICE_STATE);
+        using (backend)
+        {
+            Task<byte[]> save = frontend.SaveDeviceStateAsync();
+            using VhostUserMessage set = await backend.ExpectAsync(VhostUserRequest.SET_DEVICE_STATE_FD);
+            Assert.That(set.Fds, Has.Count.EqualTo(1), "the pipe's write end");
+
+            // Our channel is used (bit 8), and its write end is kept open without a byte written.
+            await backend.ReplyU64Async(VhostUserRequest.SET_DEVICE_STATE_FD, 0x100);
+            Assert.That(save.IsCompleted, Is.False);
+            frontend.Dispose();
+            Assert.That(async () => await save, Throws.InstanceOf<VhostUserConnectionLostException>());
+        }
+    }
+
+    [Test]
+    public async Task A_device_state_channel_that_is_no_pipe_or_socket_is_refused()
+    {
+        (VhostUserFrontendConnection frontend, ScriptedBackend backend) = await HandshakenAsync(VhostUserProtocolFeatures.DEVICE_STATE);
+        using (frontend)
+        using (backend)
+        using (SafeFileDescriptor file = MemFd.Create("not-a-pipe", 4096))
+        {
+            Task<byte[]> save = frontend.SaveDeviceStateAsync();
+            await backend.ExpectAndDropAsync(VhostUserRequest.SET_DEVICE_STATE_FD);
+            await backend.ReplyAsync(VhostUserRequest.SET_DEVICE_STATE_FD, BitConverter.GetBytes(0UL), [file]);
+            VhostUserProtocolException? e = await Assert.ThrowsAsync<VhostUserProtocolException>(async () => await save);
+            Assert.That(e!.Message, Does.Contain("not a pipe or a socket"));
         }
     }
 }
