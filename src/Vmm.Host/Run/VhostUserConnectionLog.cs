@@ -22,6 +22,7 @@ public sealed class VhostUserConnectionLog : ReceiveActor
         _error = error;
         Receive<DeviceConnectionLost>(HandleLost);
         Receive<DeviceConnectionRestored>(HandleRestored);
+        Receive<DeviceSocketAppeared>(m => Write(m.Name, "socket is back; reconnecting now."));
         Receive<DeviceFailed>(HandleFailed);
         Receive<DeviceRecovered>(m => Write(m.Name, "device works again after the guest's reset."));
         Receive<DeviceAttached>(m => _attached.Add(m.Name));
@@ -71,6 +72,7 @@ public static class VhostUserConnectionLogging
         IActorRef log = system.ActorOf(VhostUserConnectionLog.Props(sockets, error), "vhost-user-log");
         system.EventStream.Subscribe(log, typeof(DeviceConnectionLost));
         system.EventStream.Subscribe(log, typeof(DeviceConnectionRestored));
+        system.EventStream.Subscribe(log, typeof(DeviceSocketAppeared));
         system.EventStream.Subscribe(log, typeof(DeviceFailed));
         system.EventStream.Subscribe(log, typeof(DeviceRecovered));
         return log;

@@ -39,12 +39,20 @@ public sealed class VhostUserDeviceSupervisor : ReceiveActor, IWithTimers, IWith
     private const string ReconnectTimerKey = "reconnect";
     private const string DecisionTimerKey = "decision";
 
+    /// <summary>
+    /// After an attempt the socket watch started has failed, the next comes this soon (unless the
+    /// backoff is shorter): a back-end binds its socket before it listens, and a connect between
+    /// the two is refused.
+    /// </summary>
+    public static readonly TimeSpan SocketSettleDelay = TimeSpan.FromMilliseconds(20);
+
     private readonly ILoggingAdapter _log = Context.GetLogger();
     private readonly VhostUserDeviceOptions _options;
     private readonly TaskCompletionSource<DeviceInfo>? _firstReady;
     private readonly VhostUserDeviceEvents? _events;
     private readonly VhostUserDeviceModel _model;
     private WatchCallNotifier? _watch;
+    private SocketPathWatch? _socketWatch;
     private EventNotifierLoop? _ownNotifiers;
     private IActorRef? _connection;
     private Exception? _lastFailure;
@@ -98,6 +106,7 @@ public sealed class VhostUserDeviceSupervisor : ReceiveActor, IWithTimers, IWith
     protected override void PostStop()
     {
         Context.System.EventStream.Unsubscribe(Self);
+        StopSocketWatch();
         _model.Dispose();
 
         // After the children stopped: no queue of this device watches a notifier any more.
@@ -158,11 +167,14 @@ public sealed class VhostUserDeviceSupervisor : ReceiveActor, IWithTimers, IWith
         Common(SupervisorPhase.Starting);
     }
 
-    /// <summary>A reconnect attempt (or a fresh start after the guest's reset, when <paramref name="recovering"/>).</summary>
-    private void Connecting(bool recovering)
+    /// <summary>
+    /// A reconnect attempt (or a fresh start after the guest's reset, when <paramref name="recovering"/>);
+    /// <paramref name="byWatch"/>: started because the back-end's socket appeared.
+    /// </summary>
+    private void Connecting(bool recovering, bool byWatch = false)
     {
         Receive<ConnectionReady>(m => HandleConnectionReady(m, recovering));
-        Receive<Terminated>(m => HandleConnectionEnded(m, wasReady: false, recovering));
+        Receive<Terminated>(m => HandleConnectionEnded(m, wasReady: false, recovering, byWatch));
         Receive<CommandRequeued>(_ => Stash.Stash());
         Receive<IDeviceCommand>(_ => Stash.Stash());
         Receive<ReconnectNow>(_ => Sender.Tell(new ReconnectScheduled(false)));
@@ -200,6 +212,14 @@ public sealed class VhostUserDeviceSupervisor : ReceiveActor, IWithTimers, IWith
             Timers.Cancel(ReconnectTimerKey);
             Sender.Tell(new ReconnectScheduled(true));
             StartReconnect(recovering);
+        });
+        Receive<SocketAppeared>(_ =>
+        {
+            // The back-end is back: its socket was just created. No reason to wait for the tick.
+            Timers.Cancel(ReconnectTimerKey);
+            AnnounceSocketAppeared();
+            StartConnection();
+            Become(() => Connecting(recovering, byWatch: true));
         });
         Offline();
         Common(SupervisorPhase.BackingOff);
@@ -244,6 +264,7 @@ public sealed class VhostUserDeviceSupervisor : ReceiveActor, IWithTimers, IWith
         Receive<Reconnect>(_ => { });
         Receive<DecisionTimeout>(_ => { });
         Receive<DeviceDecision>(_ => { });
+        Receive<SocketAppeared>(_ => { }); // an attempt is under way, or there is no reason to connect
         Receive<Status>(_ => { }); // a stray answer is not answered back
         ReceiveAny(m => Sender.Tell(new Status.Failure(new NotSupportedException(
             $"vhost-user device {_options.Name} does not handle {m.GetType().Name} ({phase}).")), Self));
@@ -273,6 +294,8 @@ public sealed class VhostUserDeviceSupervisor : ReceiveActor, IWithTimers, IWith
         {
             return;
         }
+
+        StopSocketWatch();
 
         // Auto-reset of the backoff: a connection that became ready counts as a success.
         int attempts = Math.Max(1, _attempt);
@@ -343,6 +366,7 @@ public sealed class VhostUserDeviceSupervisor : ReceiveActor, IWithTimers, IWith
             _reason = cause.Message;
             _log.Info("Device {0}: waiting for the back-end ({1}); next attempt in {2} ms", _options.Name, cause.Message.TrimEnd('.'), (int)delay.TotalMilliseconds);
             Timers.StartSingleTimer(ReconnectTimerKey, Reconnect.Instance, delay);
+            StartSocketWatch();
             Become(WaitingForBackend);
             return;
         }
@@ -367,13 +391,20 @@ public sealed class VhostUserDeviceSupervisor : ReceiveActor, IWithTimers, IWith
             StartConnection();
             Become(Starting);
         });
+        Receive<SocketAppeared>(_ =>
+        {
+            Timers.Cancel(ReconnectTimerKey);
+            AnnounceSocketAppeared();
+            StartConnection();
+            Become(Starting);
+        });
         Receive<IDeviceCommand>(_ => Stash.Stash());
         Receive<CommandRequeued>(_ => Stash.Stash());
         Receive<Terminated>(_ => { });
         Common(SupervisorPhase.Starting);
     }
 
-    private void HandleConnectionEnded(Terminated message, bool wasReady, bool recovering)
+    private void HandleConnectionEnded(Terminated message, bool wasReady, bool recovering, bool byWatch = false)
     {
         if (!message.ActorRef.Equals(_connection))
         {
@@ -426,17 +457,26 @@ public sealed class VhostUserDeviceSupervisor : ReceiveActor, IWithTimers, IWith
             return;
         }
 
-        ScheduleReconnect(cause.Message, recovering);
+        ScheduleReconnect(cause.Message, recovering, byWatch);
     }
 
-    private void ScheduleReconnect(string reason, bool recovering)
+    /// <param name="reason">Why the last connection or attempt ended.</param>
+    /// <param name="recovering">The device had given up and the VM was told so.</param>
+    /// <param name="afterWatch">The failed attempt was started by the socket watch: the next one follows within <see cref="SocketSettleDelay"/>.</param>
+    private void ScheduleReconnect(string reason, bool recovering, bool afterWatch = false)
     {
         TimeSpan delay = Backoff(_attempt, _options.ReconnectMinBackoff, _options.ReconnectMaxBackoff);
+        if (afterWatch && delay > SocketSettleDelay)
+        {
+            delay = SocketSettleDelay;
+        }
+
         _attempt++;
         _reason = reason;
         _log.Warning("Device {0}: {1}; reconnecting in {2} ms (attempt {3})", _options.Name, reason.TrimEnd('.'), (int)delay.TotalMilliseconds, _attempt);
         Context.System.EventStream.Publish(new DeviceConnectionLost(_options.Name, reason, _attempt, delay));
         Timers.StartSingleTimer(ReconnectTimerKey, Reconnect.Instance, delay);
+        StartSocketWatch();
         Become(() => BackingOff(recovering));
 
         // Whatever waited for the failed attempt is served from the model now.
@@ -448,6 +488,7 @@ public sealed class VhostUserDeviceSupervisor : ReceiveActor, IWithTimers, IWith
     {
         _reason = reason;
         Timers.CancelAll();
+        StopSocketWatch();
         var failed = new DeviceFailed(_options.Name, reason);
         _log.Warning("Device {0} gave up: {1}", _options.Name, reason);
         Context.Parent.Tell(failed);
@@ -494,6 +535,7 @@ public sealed class VhostUserDeviceSupervisor : ReceiveActor, IWithTimers, IWith
     /// <summary>The device ends here (it never came up): the caller of the first start hears why.</summary>
     private void Stop(string reason, Exception? cause)
     {
+        StopSocketWatch();
         var failed = new DeviceFailed(_options.Name, reason);
         _log.Warning("Device {0} stopped: {1}", _options.Name, reason);
         Context.Parent.Tell(failed);
@@ -509,6 +551,35 @@ public sealed class VhostUserDeviceSupervisor : ReceiveActor, IWithTimers, IWith
         }
 
         Context.Stop(Self);
+    }
+
+    /// <summary>
+    /// While no back-end is connected, the socket's directory is watched (inotify) for the socket
+    /// being created again: a device then connects at once instead of at its next backoff tick
+    /// (docs/reconnect.md, "Reconnect on return"). Not for a device that opens its connection some
+    /// other way (<see cref="VhostUserDeviceOptions.Connect"/>).
+    /// </summary>
+    private void StartSocketWatch()
+    {
+        if (_socketWatch is not null || _options.Connect is not null)
+        {
+            return;
+        }
+
+        IActorRef self = Self;
+        _socketWatch = SocketPathWatch.TryStart(_options.SocketPath, () => self.Tell(SocketAppeared.Instance, ActorRefs.NoSender));
+    }
+
+    private void StopSocketWatch()
+    {
+        _socketWatch?.Dispose();
+        _socketWatch = null;
+    }
+
+    private void AnnounceSocketAppeared()
+    {
+        _log.Info("Device {0}: socket {1} appeared; connecting now", _options.Name, _options.SocketPath);
+        Context.System.EventStream.Publish(new DeviceSocketAppeared(_options.Name, _options.SocketPath));
     }
 
     /// <summary>
@@ -533,6 +604,15 @@ public sealed class VhostUserDeviceSupervisor : ReceiveActor, IWithTimers, IWith
         public static readonly Reconnect Instance = new();
 
         private Reconnect()
+        {
+        }
+    }
+
+    private sealed class SocketAppeared
+    {
+        public static readonly SocketAppeared Instance = new();
+
+        private SocketAppeared()
         {
         }
     }
