@@ -46,6 +46,9 @@ public sealed class VhostUserDeviceSupervisor : ReceiveActor, IWithTimers, IWith
     /// </summary>
     public static readonly TimeSpan SocketSettleDelay = TimeSpan.FromMilliseconds(20);
 
+    /// <summary>How many attempts in a row follow within <see cref="SocketSettleDelay"/> once the socket appeared, before the backoff paces them again.</summary>
+    public const int SocketSettleAttempts = 5;
+
     private readonly ILoggingAdapter _log = Context.GetLogger();
     private readonly VhostUserDeviceOptions _options;
     private readonly TaskCompletionSource<DeviceInfo>? _firstReady;
@@ -169,12 +172,13 @@ public sealed class VhostUserDeviceSupervisor : ReceiveActor, IWithTimers, IWith
 
     /// <summary>
     /// A reconnect attempt (or a fresh start after the guest's reset, when <paramref name="recovering"/>);
-    /// <paramref name="byWatch"/>: started because the back-end's socket appeared.
+    /// <paramref name="settleLeft"/>: attempts left that follow within <see cref="SocketSettleDelay"/>,
+    /// since the back-end's socket appeared.
     /// </summary>
-    private void Connecting(bool recovering, bool byWatch = false)
+    private void Connecting(bool recovering, int settleLeft = 0)
     {
         Receive<ConnectionReady>(m => HandleConnectionReady(m, recovering));
-        Receive<Terminated>(m => HandleConnectionEnded(m, wasReady: false, recovering, byWatch));
+        Receive<Terminated>(m => HandleConnectionEnded(m, wasReady: false, recovering, settleLeft));
         Receive<CommandRequeued>(_ => Stash.Stash());
         Receive<IDeviceCommand>(_ => Stash.Stash());
         Receive<ReconnectNow>(_ => Sender.Tell(new ReconnectScheduled(false)));
@@ -202,10 +206,17 @@ public sealed class VhostUserDeviceSupervisor : ReceiveActor, IWithTimers, IWith
         Common(SupervisorPhase.Losing);
     }
 
-    /// <summary>Between attempts; <paramref name="recovering"/>: the device had given up and the VM was told so.</summary>
-    private void BackingOff(bool recovering)
+    /// <summary>
+    /// Between attempts; <paramref name="recovering"/>: the device had given up and the VM was told
+    /// so; <paramref name="settleLeft"/>: quick attempts left since the socket appeared.
+    /// </summary>
+    private void BackingOff(bool recovering, int settleLeft)
     {
-        Receive<Reconnect>(_ => StartReconnect(recovering));
+        Receive<Reconnect>(_ =>
+        {
+            StartConnection();
+            Become(() => Connecting(recovering, settleLeft));
+        });
         Receive<ReconnectNow>(_ =>
         {
             // A host saw the back-end come back: no reason to sit out the rest of the backoff.
@@ -219,7 +230,7 @@ public sealed class VhostUserDeviceSupervisor : ReceiveActor, IWithTimers, IWith
             Timers.Cancel(ReconnectTimerKey);
             AnnounceSocketAppeared();
             StartConnection();
-            Become(() => Connecting(recovering, byWatch: true));
+            Become(() => Connecting(recovering, SocketSettleAttempts));
         });
         Offline();
         Common(SupervisorPhase.BackingOff);
@@ -404,7 +415,7 @@ public sealed class VhostUserDeviceSupervisor : ReceiveActor, IWithTimers, IWith
         Common(SupervisorPhase.Starting);
     }
 
-    private void HandleConnectionEnded(Terminated message, bool wasReady, bool recovering, bool byWatch = false)
+    private void HandleConnectionEnded(Terminated message, bool wasReady, bool recovering, int settleLeft = 0)
     {
         if (!message.ActorRef.Equals(_connection))
         {
@@ -457,16 +468,16 @@ public sealed class VhostUserDeviceSupervisor : ReceiveActor, IWithTimers, IWith
             return;
         }
 
-        ScheduleReconnect(cause.Message, recovering, byWatch);
+        ScheduleReconnect(cause.Message, recovering, settleLeft - 1);
     }
 
     /// <param name="reason">Why the last connection or attempt ended.</param>
     /// <param name="recovering">The device had given up and the VM was told so.</param>
-    /// <param name="afterWatch">The failed attempt was started by the socket watch: the next one follows within <see cref="SocketSettleDelay"/>.</param>
-    private void ScheduleReconnect(string reason, bool recovering, bool afterWatch = false)
+    /// <param name="settleLeft">Above 0: the socket appeared a moment ago, so the next attempt follows within <see cref="SocketSettleDelay"/>.</param>
+    private void ScheduleReconnect(string reason, bool recovering, int settleLeft = 0)
     {
         TimeSpan delay = Backoff(_attempt, _options.ReconnectMinBackoff, _options.ReconnectMaxBackoff);
-        if (afterWatch && delay > SocketSettleDelay)
+        if (settleLeft > 0 && delay > SocketSettleDelay)
         {
             delay = SocketSettleDelay;
         }
@@ -477,7 +488,7 @@ public sealed class VhostUserDeviceSupervisor : ReceiveActor, IWithTimers, IWith
         Context.System.EventStream.Publish(new DeviceConnectionLost(_options.Name, reason, _attempt, delay));
         Timers.StartSingleTimer(ReconnectTimerKey, Reconnect.Instance, delay);
         StartSocketWatch();
-        Become(() => BackingOff(recovering));
+        Become(() => BackingOff(recovering, Math.Max(0, settleLeft)));
 
         // Whatever waited for the failed attempt is served from the model now.
         Stash.UnstashAll();
