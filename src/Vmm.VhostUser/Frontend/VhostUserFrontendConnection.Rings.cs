@@ -262,6 +262,12 @@ public sealed partial class VhostUserFrontendConnection
             return null;
         }
 
+        if (FileDescriptors.GetKind(reply.Fds[0]) is not FileKind.RegularFile and var kind)
+        {
+            // A region is shared memory: a memfd or a file (fstat S_IFREG), never a pipe or a device.
+            throw new VhostUserProtocolException($"GET_INFLIGHT_FD reply carries {kind}, not a memory file.");
+        }
+
         if (VhostUserInflightRegion.Validate(inflight.MmapSize, inflight.MmapOffset, MemFd.GetFileSize(reply.Fds[0])) is { } problem)
         {
             throw new VhostUserProtocolException($"GET_INFLIGHT_FD reply describes {problem}.");

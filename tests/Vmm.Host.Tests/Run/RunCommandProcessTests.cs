@@ -7,7 +7,7 @@ namespace Vmm.Host.Tests.Run;
 
 /// <summary>
 /// <c>vmm run</c> as scripts use it: the real launcher on temporary images, checking stdout,
-/// stderr and exit codes (DESIGN.md, "Vmm.Host: the vmm command"). No timing is asserted.
+/// stderr and exit codes (docs/cli.md). No timing is asserted.
 /// </summary>
 [TestFixture]
 [Parallelizable(ParallelScope.None)]
