@@ -16,7 +16,7 @@ public static class Program
         {
             // One sentence, exit 2 (docs/cli.md, exit codes); the full usage is one --help away.
             // Some parser messages span lines (a list of allowed values): keep them to one.
-            string message = string.Join(' ', parsed.Errors[0].Message.Split((char[])['\n', '\r', '\t'], StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries));
+            string message = OneSentence.Of(parsed.Errors[0].Message);
             await Console.Error.WriteLineAsync($"vmm: {message} (see vmm --help)").ConfigureAwait(false);
             return ExitCodes.Usage;
         }
@@ -31,12 +31,19 @@ public static class Program
         }
         catch (UsageException e)
         {
-            await Console.Error.WriteLineAsync($"vmm: {e.Message}").ConfigureAwait(false);
+            await Console.Error.WriteLineAsync($"vmm: {OneSentence.Of(e.Message)}").ConfigureAwait(false);
             return ExitCodes.Usage;
         }
         catch (WorkloadFailedException e)
         {
-            await Console.Error.WriteLineAsync($"vmm: {e.Message}").ConfigureAwait(false);
+            await Console.Error.WriteLineAsync($"vmm: {OneSentence.Of(e.Message)}").ConfigureAwait(false);
+            return ExitCodes.WorkloadFailed;
+        }
+        catch (Exception e) when (e is not OperationCanceledException)
+        {
+            // The last guard: whatever a peer made some layer throw ends the command with one
+            // sentence and exit code 1, never an abort with a stack trace (docs/cli.md, "Exit codes").
+            await Console.Error.WriteLineAsync($"vmm: failed: {OneSentence.Of(e.Message)} ({e.GetType().Name})").ConfigureAwait(false);
             return ExitCodes.WorkloadFailed;
         }
     }

@@ -30,3 +30,13 @@ public static class ExitCodes
     public const int WorkloadFailed = 1;
     public const int Usage = 2;
 }
+
+/// <summary>Every message <c>vmm</c> ends with is one line: a peer's or a parser's text may hold line breaks and tabs.</summary>
+public static class OneSentence
+{
+    public static string Of(string text)
+    {
+        ArgumentNullException.ThrowIfNull(text);
+        return string.Join(' ', text.Split((char[])['\n', '\r', '\t'], StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries));
+    }
+}

@@ -4,11 +4,14 @@ using Vmm.VhostUser.Frontend;
 namespace Vmm.Host.Cli;
 
 /// <summary>
-/// A vhost-user device: <c>--vhost-user SOCKET,type=NAME|device-id=N[,queues=N][,queue-size=N][,reconnect=on|off][,reconnect-max=N]</c>.
+/// A vhost-user device: <c>--vhost-user SOCKET,type=NAME|device-id=N[,queues=N][,queue-size=N][,reconnect=on|off][,reconnect-max=N][,reconnect-max-delay=SECONDS]</c>.
 /// Type names are those of <see cref="VhostUserDeviceType"/> (blk, rng, net, fs, console, gpio, vsock, ...).
 /// </summary>
 public sealed record VhostUserSpec(string SocketPath, VirtioDeviceId DeviceId, int? Queues, ushort QueueSize, bool Reconnect, int? ReconnectMax)
 {
+    /// <summary>The longest backoff between reconnect attempts; null: the front-end's default (5 s).</summary>
+    public TimeSpan? ReconnectMaxDelay { get; init; }
+
     /// <summary>The name of the device kind (blk, rng, or device-id=N).</summary>
     public string Kind => VhostUserDeviceType.NameOf(DeviceId);
 
@@ -27,6 +30,7 @@ public sealed record VhostUserSpec(string SocketPath, VirtioDeviceId DeviceId, i
         ushort queueSize = 256;
         bool reconnect = true;
         int? reconnectMax = null;
+        TimeSpan? reconnectMaxDelay = null;
         foreach (string part in parts.Skip(1))
         {
             (string key, string? value) = DeviceSpec.SplitOption(part);
@@ -63,6 +67,9 @@ public sealed record VhostUserSpec(string SocketPath, VirtioDeviceId DeviceId, i
                 case "reconnect-max":
                     reconnectMax = DeviceSpec.ParseInt(value, text, key, 0, int.MaxValue);
                     break;
+                case "reconnect-max-delay":
+                    reconnectMaxDelay = TimeSpan.FromSeconds(DeviceSpec.ParseInt(value, text, key, 1, 3600));
+                    break;
                 default:
                     throw new UsageException($"--vhost-user '{text}': unknown or incomplete option '{part}'.");
             }
@@ -73,16 +80,20 @@ public sealed record VhostUserSpec(string SocketPath, VirtioDeviceId DeviceId, i
             throw new UsageException($"--vhost-user '{text}': say what the device is with type=NAME (blk, rng, net, ...) or device-id=N.");
         }
 
-        return new VhostUserSpec(socket, id.Value, queues, queueSize, reconnect, reconnectMax);
+        return new VhostUserSpec(socket, id.Value, queues, queueSize, reconnect, reconnectMax) { ReconnectMaxDelay = reconnectMaxDelay };
     }
 
     /// <summary>The front-end's options for this device; <paramref name="name"/> is its supervisor's actor name.</summary>
-    public VhostUserDeviceOptions ToOptions(string name) => new(SocketPath, DeviceId)
+    public VhostUserDeviceOptions ToOptions(string name)
     {
-        Name = name,
-        Queues = Queues,
-        QueueSize = QueueSize,
-        Reconnect = Reconnect,
-        ReconnectMax = ReconnectMax,
-    };
+        var options = new VhostUserDeviceOptions(SocketPath, DeviceId)
+        {
+            Name = name,
+            Queues = Queues,
+            QueueSize = QueueSize,
+            Reconnect = Reconnect,
+            ReconnectMax = ReconnectMax,
+        };
+        return ReconnectMaxDelay is { } delay ? options with { ReconnectMaxBackoff = delay } : options;
+    }
 }

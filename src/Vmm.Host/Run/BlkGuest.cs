@@ -23,10 +23,35 @@ public sealed class BlkGuest
         Span<byte> config = stackalloc byte[VirtioBlkConfig.Size];
         device.Driver.ReadConfig(0, config);
         Config = VirtioBlkConfig.Read(config);
+        Validate(Config, device.Driver.NegotiatedFeatures);
         Queues = [.. device.Driver.Queues.Select(q => new BlkQueue(q, memory, allocator, (device.Driver.NegotiatedFeatures & VirtioFeatures.RING_INDIRECT_DESC) != 0, device.Health, VmmMeters.FrontendQueues.Get(device.Name, q.Index)))];
     }
 
     public GuestDevice Device { get; }
+
+    /// <summary>Largest capacity in sectors whose every byte has a 64-bit offset (2^55): more cannot be true of any disk.</summary>
+    public const ulong MaxCapacity = ulong.MaxValue / VirtioBlk.SectorSize;
+
+    /// <summary>
+    /// Refuses a configuration that cannot be true, as Linux's virtio_blk refuses a bad blk_size:
+    /// a capacity whose byte size overflows 64 bits would wrap to a small disk (a checksum of
+    /// nothing, reported as a success), and a block size that is no power of two from 512 to
+    /// 64 KiB cannot be (virtio 1.2, 5.2.4).
+    /// </summary>
+    internal static void Validate(VirtioBlkConfig config, ulong features)
+    {
+        if (config.Capacity > MaxCapacity)
+        {
+            throw new WorkloadFailedException(
+                $"the blk device reports a capacity of {config.Capacity} sectors, more than a 64-bit byte offset can address ({MaxCapacity}); its configuration cannot be true.");
+        }
+
+        if ((features & VirtioBlkFeatures.BLK_SIZE) != 0 &&
+            (config.BlkSize < VirtioBlk.SectorSize || config.BlkSize > 65536 || (config.BlkSize & (config.BlkSize - 1)) != 0))
+        {
+            throw new WorkloadFailedException($"the blk device reports a block size of {config.BlkSize} bytes, not a power of two from 512 to 65536.");
+        }
+    }
 
     public VirtioBlkConfig Config { get; }
 

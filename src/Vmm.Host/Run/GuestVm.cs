@@ -131,6 +131,11 @@ public sealed class GuestVm : IDisposable
             {
                 throw new WorkloadFailedException($"{what} on {Name(device)} failed: after a reset, {e.Message.TrimEnd('.')} again.", e);
             }
+            catch (Exception e) when (DeviceFailures.IsDeviceFailure(e))
+            {
+                // A ring the device corrupted, a request its back-end broke: the device's failure.
+                throw DeviceFailures.Describe(Name(device), what, e);
+            }
         }
     }
 
@@ -207,9 +212,9 @@ public sealed class GuestVm : IDisposable
             {
                 driver.Initialize();
             }
-            catch (VirtioDriverException e)
+            catch (Exception e) when (DeviceFailures.IsDeviceFailure(e))
             {
-                throw new WorkloadFailedException($"The guest driver could not initialise the {source.Kind} device: {e.Message}", e);
+                throw DeviceFailures.Describe(Name(guestDevice), "the guest driver's initialisation", e);
             }
         }
     }
@@ -223,9 +228,9 @@ public sealed class GuestVm : IDisposable
         {
             device.Driver.ResetAndReinitialize();
         }
-        catch (VirtioDriverException e)
+        catch (Exception e) when (DeviceFailures.IsDeviceFailure(e))
         {
-            throw new WorkloadFailedException($"The guest driver could not re-initialise {Name(device)} after its reset: {e.Message}", e);
+            throw DeviceFailures.Describe(Name(device), "re-initialising after its reset", e);
         }
     }
 
@@ -259,6 +264,11 @@ public sealed class GuestVm : IDisposable
             catch (Exception e) when (d.Remote is not null && e is VhostUserConnectionLostException or AskTimeoutException)
             {
                 // The back-end is gone and the device gave up (already reported on stderr): nothing left to reset.
+            }
+            catch (Exception e) when (DeviceFailures.IsDeviceFailure(e))
+            {
+                // The guest's final reset met a broken back-end: the result stands, the device is released anyway.
+                Messages.WriteLine($"vmm: {Name(d)}: not reset cleanly at the end: {OneSentence.Of(e.Message)}");
             }
         }
 

@@ -2,6 +2,7 @@ using System.Globalization;
 using Akka.Actor;
 using Vmm.Core.Machine;
 using Vmm.VhostUser.Frontend;
+using Vmm.Host.Cli;
 
 namespace Vmm.Host.Run;
 
@@ -21,6 +22,7 @@ public sealed class VhostUserConnectionLog : ReceiveActor
         _error = error;
         Receive<DeviceConnectionLost>(HandleLost);
         Receive<DeviceConnectionRestored>(HandleRestored);
+        Receive<DeviceSocketAppeared>(m => Write(m.Name, "socket is back; reconnecting now."));
         Receive<DeviceFailed>(HandleFailed);
         Receive<DeviceRecovered>(m => Write(m.Name, "device works again after the guest's reset."));
         Receive<DeviceAttached>(m => _attached.Add(m.Name));
@@ -51,12 +53,10 @@ public sealed class VhostUserConnectionLog : ReceiveActor
     private void Write(string name, string text)
     {
         string where = _sockets.TryGetValue(name, out string? socket) ? $"{name} ({socket})" : name;
-        _error.WriteLine($"vmm: vhost-user {where}: {OneLine(text)}");
+        _error.WriteLine($"vmm: vhost-user {where}: {OneSentence.Of(text)}");
         _error.Flush();
     }
 
-    private static string OneLine(string text) =>
-        string.Join(' ', text.Split((char[])['\n', '\r'], StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries));
 
     /// <summary>The device <paramref name="Name"/> is connected and on the bus: its failures are news from now on.</summary>
     public sealed record DeviceAttached(string Name);
@@ -72,6 +72,7 @@ public static class VhostUserConnectionLogging
         IActorRef log = system.ActorOf(VhostUserConnectionLog.Props(sockets, error), "vhost-user-log");
         system.EventStream.Subscribe(log, typeof(DeviceConnectionLost));
         system.EventStream.Subscribe(log, typeof(DeviceConnectionRestored));
+        system.EventStream.Subscribe(log, typeof(DeviceSocketAppeared));
         system.EventStream.Subscribe(log, typeof(DeviceFailed));
         system.EventStream.Subscribe(log, typeof(DeviceRecovered));
         return log;

@@ -67,15 +67,15 @@ public sealed class VhostUserDeviceSource(VhostUserSpec spec, string name) : IHo
         }
         catch (VhostUserConnectException e)
         {
-            throw new UsageException(OneLine(e.Message), e);
+            throw new UsageException(OneSentence.Of(e.Message), e);
         }
         catch (VhostUserIncompatibleBackendException e)
         {
-            throw new UsageException(OneLine($"The vhost-user back-end at {path} cannot drive this device: {e.Message}"), e);
+            throw new UsageException(OneSentence.Of($"The vhost-user back-end at {path} cannot drive this device: {e.Message}"), e);
         }
         catch (Exception e) when (e is VhostUserProtocolException or VhostUserRequestFailedException)
         {
-            throw new UsageException(OneLine($"The vhost-user back-end at {path} broke off the handshake: {e.Message}"), e);
+            throw new UsageException(OneSentence.Of($"The vhost-user back-end at {path} broke off the handshake: {e.Message}"), e);
         }
 
         if (Spec.Queues is int wanted && device.QueueCount < wanted)
@@ -86,6 +86,4 @@ public sealed class VhostUserDeviceSource(VhostUserSpec spec, string name) : IHo
         return device;
     }
 
-    private static string OneLine(string text) =>
-        string.Join(' ', text.Split((char[])['\n', '\r'], StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries));
 }

@@ -63,9 +63,11 @@ public sealed class VmHost : IDisposable
             .AddAkka("vmm", (akka, _) => akka
                 // The command owns SIGTERM (its workload ends cleanly, the guest resets its devices,
                 // then the host stops): Akka must not start its own shutdown on the same signal,
-                // under devices the guest is still resetting.
+                // under devices the guest is still resetting. stdout is the workload's results only:
+                // Akka's fallback logger, which prints to stdout while the loggers start or stop,
+                // is off (what matters reaches stderr through the logger factory).
                 .AddHocon(
-                    "akka.log-dead-letters = off\nakka.log-dead-letters-during-shutdown = off\nakka.coordinated-shutdown.run-by-clr-shutdown-hook = off",
+                    "akka.log-dead-letters = off\nakka.log-dead-letters-during-shutdown = off\nakka.coordinated-shutdown.run-by-clr-shutdown-hook = off\nakka.stdout-loglevel = OFF",
                     HoconAddMode.Prepend)
                 .ConfigureLoggers(l =>
                 {

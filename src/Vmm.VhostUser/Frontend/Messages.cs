@@ -135,6 +135,12 @@ public sealed record DeviceConnectionLost(string Name, string Reason, int Attemp
 public sealed record DeviceConnectionRestored(string Name, int Attempts);
 
 /// <summary>
+/// Published on the event stream when a device waiting to reconnect saw its back-end's socket
+/// created again and connects at once, without waiting for its backoff (docs/reconnect.md).
+/// </summary>
+public sealed record DeviceSocketAppeared(string Name, string SocketPath);
+
+/// <summary>
 /// Connection actor → supervisor: a command the dying connection did not finish (or had not
 /// started), sent with its original asker as Sender; the supervisor serves it from the snapshot.
 /// </summary>

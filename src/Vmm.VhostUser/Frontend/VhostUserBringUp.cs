@@ -36,8 +36,12 @@ public sealed record InflightPlan(VhostUserInflightRegion? Existing, ushort NumQ
 /// <summary>One ring to set up: the queue it serves, where it lives and where it resumes, and its kick eventfd.</summary>
 public sealed record RingPlan(QueueSnapshot Queue, VhostUserRingAddresses Addresses, EventFd Kick);
 
-/// <summary>What a bring-up changed beyond the rings: the inflight region it had to create (the caller owns it).</summary>
-public sealed record BringUpResult(VhostUserInflightRegion? CreatedInflight);
+/// <summary>
+/// What a bring-up changed beyond the rings: the inflight region it had to create (the caller
+/// owns it); <paramref name="InflightRefused"/>: the back-end refused GET_INFLIGHT_FD, so the
+/// rings run without inflight tracking.
+/// </summary>
+public sealed record BringUpResult(VhostUserInflightRegion? CreatedInflight, bool InflightRefused = false);
 
 /// <summary>
 /// The one bring-up sequence, for the first start and every replay, in QEMU's order
@@ -74,14 +78,23 @@ public static class VhostUserBringUp
         }
 
         VhostUserInflightRegion? created = null;
+        bool refused = false;
         try
         {
-            // 1. The inflight region, before anything else.
+            // 1. The inflight region, before anything else. A back-end may refuse to make one
+            // (mmap_size 0, no fd): the rings then run without it.
             if (plan.Inflight is { } inflight)
             {
-                VhostUserInflightRegion region = inflight.Existing ??
+                VhostUserInflightRegion? region = inflight.Existing ??
                     (created = await connection.GetInflightFdAsync(inflight.NumQueues, inflight.QueueSize, cancellationToken).ConfigureAwait(false));
-                await connection.SetInflightFdAsync(region, cancellationToken).ConfigureAwait(false);
+                if (region is not null)
+                {
+                    await connection.SetInflightFdAsync(region, cancellationToken).ConfigureAwait(false);
+                }
+                else
+                {
+                    refused = true;
+                }
             }
 
             // 2. Features and memory.
@@ -129,7 +142,7 @@ public static class VhostUserBringUp
             throw;
         }
 
-        return new BringUpResult(created);
+        return new BringUpResult(created, refused);
     }
 
     private static Task SetUpRingAsync(

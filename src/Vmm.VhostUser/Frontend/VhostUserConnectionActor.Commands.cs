@@ -259,6 +259,9 @@ public sealed partial class VhostUserConnectionActor
     private void HandleBackendConfigChange(BackendConfigChange message)
     {
         VhostUserFrontendConnection connection = Connection;
+
+        // Before reading: a change announced from now on asks for another read.
+        connection.ConfigChangeTaken();
         int size = _model.Info?.Config?.Length ?? _options.EffectiveConfigSize;
         if (!connection.HasProtocolFeature(VhostUserProtocolFeatures.CONFIG) || size <= 0)
         {

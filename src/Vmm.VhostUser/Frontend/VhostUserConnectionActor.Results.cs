@@ -30,6 +30,7 @@ public sealed partial class VhostUserConnectionActor
 
         // The plan sent the inflight region whenever the back-end has INFLIGHT_SHMFD and did not have it yet.
         _inflightSent |= Connection.HasProtocolFeature(VhostUserProtocolFeatures.INFLIGHT_SHMFD);
+        LogInflightRefusal(message.Result);
 
         _stoppedStates.Remove(message.Queue.Index);
         _model.Started(message.Queue, message.Result);

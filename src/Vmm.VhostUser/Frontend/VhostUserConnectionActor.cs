@@ -32,7 +32,6 @@ namespace Vmm.VhostUser.Frontend;
 /// </remarks>
 public sealed partial class VhostUserConnectionActor : ReceiveActor, IWithUnboundedStash, IWithTimers
 {
-    private const string HangUpTimerKey = "hang-up-check";
 
     private readonly ILoggingAdapter _log = Context.GetLogger();
     private readonly VhostUserDeviceOptions _options;
@@ -104,7 +103,7 @@ public sealed partial class VhostUserConnectionActor : ReceiveActor, IWithUnboun
     {
         Commands();
         Receive<MemoryChanged>(HandleMemoryChanged);
-        Receive<CheckHangUp>(HandleCheckHangUp);
+        Receive<ConnectionBroken>(HandleConnectionBroken);
         Receive<BackendConfigChange>(HandleBackendConfigChange);
         Receive<BackendChannelNotice>(HandleBackendChannelNotice);
         Receive<GetConnectionPhase>(_ => Sender.Tell(new ConnectionPhaseReply(ConnectionPhase.Ready)));
@@ -115,7 +114,7 @@ public sealed partial class VhostUserConnectionActor : ReceiveActor, IWithUnboun
     {
         Results();
         Receive<CommandFailed>(HandleCommandFailed);
-        Receive<CheckHangUp>(_ => { });
+        Receive<ConnectionBroken>(_ => { }); // the operation under way fails on the dead connection
         Receive<BackendChannelNotice>(HandleBackendChannelNotice);
         Receive<GetConnectionPhase>(_ => Sender.Tell(new ConnectionPhaseReply(ConnectionPhase.Busy)));
         Receive<IDeviceCommand>(_ => Stash.Stash());
@@ -129,7 +128,7 @@ public sealed partial class VhostUserConnectionActor : ReceiveActor, IWithUnboun
     {
         Receive<GetConnectionPhase>(_ => Sender.Tell(new ConnectionPhaseReply(phase)));
         Receive<IDeviceCommand>(_ => Stash.Stash());
-        Receive<CheckHangUp>(_ => { });
+        Receive<ConnectionBroken>(_ => { }); // the operation under way fails on the dead connection
         Receive<BackendChannelNotice>(HandleBackendChannelNotice);
         Receive<BackendConfigChange>(_ => Stash.Stash());
         ReceiveAny(Unsupported);
@@ -217,6 +216,7 @@ public sealed partial class VhostUserConnectionActor : ReceiveActor, IWithUnboun
     private void HandleReplayed(Replayed message)
     {
         _model.Replayed(message.Result);
+        LogInflightRefusal(message.Result);
         _inflightSent = _model.Snapshot.Inflight is not null && Connection.HasProtocolFeature(VhostUserProtocolFeatures.INFLIGHT_SHMFD);
         if (_model.Snapshot.Memory is not null)
         {
@@ -236,10 +236,21 @@ public sealed partial class VhostUserConnectionActor : ReceiveActor, IWithUnboun
         EnterReady();
     }
 
+    /// <summary>Once per connection (it is asked once per connection): the rings run without inflight tracking.</summary>
+    private void LogInflightRefusal(BringUpResult result)
+    {
+        if (result.InflightRefused)
+        {
+            _log.Warning("{0}: the back-end refused GET_INFLIGHT_FD; running without inflight tracking on this connection", _options.Name);
+        }
+    }
+
     private void EnterReady()
     {
         FrontendMetrics.Ready(_options.Name, _connectedAt, _reconnect);
-        Timers.StartPeriodicTimer(HangUpTimerKey, CheckHangUp.Instance, _options.HangUpCheckInterval);
+
+        // Nothing else would notice a back-end that dies, or talks out of turn, while the device is idle.
+        Connection.WatchIdleAsync(_shutdown.Token).PipeTo(Self, success: reason => new ConnectionBroken(reason), failure: _ => new ConnectionBroken(null));
         Context.Parent.Tell(new ConnectionReady(_model.Info!));
         BecomeIdle();
     }
@@ -252,15 +263,16 @@ public sealed partial class VhostUserConnectionActor : ReceiveActor, IWithUnboun
         throw cause;
     }
 
-    private void HandleCheckHangUp(CheckHangUp message)
+    private void HandleConnectionBroken(ConnectionBroken message)
     {
-        // Nothing else would notice a back-end that dies while the device is idle.
-        if (Connection.PollHangUp())
+        if (message.Reason is null)
         {
-            var lost = new VhostUserConnectionLostException("The vhost-user back-end closed the connection.");
-            FailStash(lost);
-            throw lost;
+            return; // the watch was cancelled: this actor is stopping
         }
+
+        var lost = new VhostUserConnectionLostException($"Connection lost: {message.Reason}.");
+        FailStash(lost);
+        throw lost;
     }
 
     #endregion
@@ -412,14 +424,8 @@ public sealed partial class VhostUserConnectionActor : ReceiveActor, IWithUnboun
         }
     }
 
-    private sealed class CheckHangUp
-    {
-        public static readonly CheckHangUp Instance = new();
-
-        private CheckHangUp()
-        {
-        }
-    }
+    /// <summary>The idle watch ended: the back-end hung up or sent bytes unasked (<see cref="VhostUserFrontendConnection.WatchIdleAsync"/>); null: cancelled.</summary>
+    private sealed record ConnectionBroken(string? Reason);
 
     #endregion
 }

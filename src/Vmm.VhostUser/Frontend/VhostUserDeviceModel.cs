@@ -291,16 +291,7 @@ public sealed class VhostUserDeviceModel : IDisposable
             return new InflightContents([], 0, 0);
         }
 
-        if (region.MmapSize > int.MaxValue)
-        {
-            throw new InvalidOperationException($"The inflight region ({region.MmapSize} bytes) is too large to copy.");
-        }
-
-        using SharedMapping map = SharedMapping.Map(region.Fd, region.MmapOffset, region.MmapSize);
-        unsafe
-        {
-            return new InflightContents(new ReadOnlySpan<byte>(map.Address, (int)region.MmapSize).ToArray(), region.NumQueues, region.QueueSize);
-        }
+        return new InflightContents(region.ReadAll(), region.NumQueues, region.QueueSize);
     }
 
     // --- Commands while no connection is alive -------------------------------------------------

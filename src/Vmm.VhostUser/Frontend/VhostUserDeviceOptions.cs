@@ -41,9 +41,6 @@ public sealed record VhostUserDeviceOptions(string SocketPath, VirtioDeviceId De
     /// <summary>Deadline of each vhost-user request.</summary>
     public TimeSpan RequestTimeout { get; init; } = VhostUserFrontendConnectionOptions.DefaultRequestTimeout;
 
-    /// <summary>How often an idle connection checks whether the back-end hung up.</summary>
-    public TimeSpan HangUpCheckInterval { get; init; } = TimeSpan.FromMilliseconds(250);
-
     /// <summary>How long an <see cref="Virtio.IVirtioDevice"/> call waits for the device actor.</summary>
     public TimeSpan CommandTimeout { get; init; } = TimeSpan.FromSeconds(30);
 

@@ -40,12 +40,23 @@ public sealed class VhostUserDeviceSupervisor : ReceiveActor, IWithTimers, IWith
     private const string ReconnectTimerKey = "reconnect";
     private const string DecisionTimerKey = "decision";
 
+    /// <summary>
+    /// After an attempt the socket watch started has failed, the next comes this soon (unless the
+    /// backoff is shorter): a back-end binds its socket before it listens, and a connect between
+    /// the two is refused.
+    /// </summary>
+    public static readonly TimeSpan SocketSettleDelay = TimeSpan.FromMilliseconds(20);
+
+    /// <summary>How many attempts in a row follow within <see cref="SocketSettleDelay"/> once the socket appeared, before the backoff paces them again.</summary>
+    public const int SocketSettleAttempts = 5;
+
     private readonly ILoggingAdapter _log = Context.GetLogger();
     private readonly VhostUserDeviceOptions _options;
     private readonly TaskCompletionSource<DeviceInfo>? _firstReady;
     private readonly VhostUserDeviceEvents? _events;
     private readonly VhostUserDeviceModel _model;
     private WatchCallNotifier? _watch;
+    private SocketPathWatch? _socketWatch;
     private EventNotifierLoop? _ownNotifiers;
     private IActorRef? _connection;
     private Exception? _lastFailure;
@@ -99,6 +110,7 @@ public sealed class VhostUserDeviceSupervisor : ReceiveActor, IWithTimers, IWith
     protected override void PostStop()
     {
         Context.System.EventStream.Unsubscribe(Self);
+        StopSocketWatch();
         _model.Dispose();
 
         // After the children stopped: no queue of this device watches a notifier any more.
@@ -160,11 +172,15 @@ public sealed class VhostUserDeviceSupervisor : ReceiveActor, IWithTimers, IWith
         Common(SupervisorPhase.Starting);
     }
 
-    /// <summary>A reconnect attempt (or a fresh start after the guest's reset, when <paramref name="recovering"/>).</summary>
-    private void Connecting(bool recovering)
+    /// <summary>
+    /// A reconnect attempt (or a fresh start after the guest's reset, when <paramref name="recovering"/>);
+    /// <paramref name="settleLeft"/>: attempts left that follow within <see cref="SocketSettleDelay"/>,
+    /// since the back-end's socket appeared.
+    /// </summary>
+    private void Connecting(bool recovering, int settleLeft = 0)
     {
         Receive<ConnectionReady>(m => HandleConnectionReady(m, recovering));
-        Receive<Terminated>(m => HandleConnectionEnded(m, wasReady: false, recovering));
+        Receive<Terminated>(m => HandleConnectionEnded(m, wasReady: false, recovering, settleLeft));
         Receive<CommandRequeued>(_ => Stash.Stash());
         Receive<IDeviceCommand>(_ => Stash.Stash());
         Receive<ReconnectNow>(_ => Sender.Tell(new ReconnectScheduled(false)));
@@ -192,16 +208,31 @@ public sealed class VhostUserDeviceSupervisor : ReceiveActor, IWithTimers, IWith
         Common(SupervisorPhase.Losing);
     }
 
-    /// <summary>Between attempts; <paramref name="recovering"/>: the device had given up and the VM was told so.</summary>
-    private void BackingOff(bool recovering)
+    /// <summary>
+    /// Between attempts; <paramref name="recovering"/>: the device had given up and the VM was told
+    /// so; <paramref name="settleLeft"/>: quick attempts left since the socket appeared.
+    /// </summary>
+    private void BackingOff(bool recovering, int settleLeft)
     {
-        Receive<Reconnect>(_ => StartReconnect(recovering));
+        Receive<Reconnect>(_ =>
+        {
+            StartConnection();
+            Become(() => Connecting(recovering, settleLeft));
+        });
         Receive<ReconnectNow>(_ =>
         {
             // A host saw the back-end come back: no reason to sit out the rest of the backoff.
             Timers.Cancel(ReconnectTimerKey);
             Sender.Tell(new ReconnectScheduled(true));
             StartReconnect(recovering);
+        });
+        Receive<SocketAppeared>(_ =>
+        {
+            // The back-end is back: its socket was just created. No reason to wait for the tick.
+            Timers.Cancel(ReconnectTimerKey);
+            AnnounceSocketAppeared();
+            StartConnection();
+            Become(() => Connecting(recovering, SocketSettleAttempts));
         });
         Offline();
         Common(SupervisorPhase.BackingOff);
@@ -246,6 +277,7 @@ public sealed class VhostUserDeviceSupervisor : ReceiveActor, IWithTimers, IWith
         Receive<Reconnect>(_ => { });
         Receive<DecisionTimeout>(_ => { });
         Receive<DeviceDecision>(_ => { });
+        Receive<SocketAppeared>(_ => { }); // an attempt is under way, or there is no reason to connect
         Receive<Status>(_ => { }); // a stray answer is not answered back
         ReceiveAny(m => Sender.Tell(new Status.Failure(new NotSupportedException(
             $"vhost-user device {_options.Name} does not handle {m.GetType().Name} ({phase}).")), Self));
@@ -275,6 +307,8 @@ public sealed class VhostUserDeviceSupervisor : ReceiveActor, IWithTimers, IWith
         {
             return;
         }
+
+        StopSocketWatch();
 
         // Auto-reset of the backoff: a connection that became ready counts as a success.
         int attempts = Math.Max(1, _attempt);
@@ -345,6 +379,7 @@ public sealed class VhostUserDeviceSupervisor : ReceiveActor, IWithTimers, IWith
             _reason = cause.Message;
             _log.Info("Device {0}: waiting for the back-end ({1}); next attempt in {2} ms", _options.Name, cause.Message.TrimEnd('.'), (int)delay.TotalMilliseconds);
             Timers.StartSingleTimer(ReconnectTimerKey, Reconnect.Instance, delay);
+            StartSocketWatch();
             Become(WaitingForBackend);
             return;
         }
@@ -369,13 +404,20 @@ public sealed class VhostUserDeviceSupervisor : ReceiveActor, IWithTimers, IWith
             StartConnection();
             Become(Starting);
         });
+        Receive<SocketAppeared>(_ =>
+        {
+            Timers.Cancel(ReconnectTimerKey);
+            AnnounceSocketAppeared();
+            StartConnection();
+            Become(Starting);
+        });
         Receive<IDeviceCommand>(_ => Stash.Stash());
         Receive<CommandRequeued>(_ => Stash.Stash());
         Receive<Terminated>(_ => { });
         Common(SupervisorPhase.Starting);
     }
 
-    private void HandleConnectionEnded(Terminated message, bool wasReady, bool recovering)
+    private void HandleConnectionEnded(Terminated message, bool wasReady, bool recovering, int settleLeft = 0)
     {
         if (!message.ActorRef.Equals(_connection))
         {
@@ -428,18 +470,27 @@ public sealed class VhostUserDeviceSupervisor : ReceiveActor, IWithTimers, IWith
             return;
         }
 
-        ScheduleReconnect(cause.Message, recovering);
+        ScheduleReconnect(cause.Message, recovering, settleLeft - 1);
     }
 
-    private void ScheduleReconnect(string reason, bool recovering)
+    /// <param name="reason">Why the last connection or attempt ended.</param>
+    /// <param name="recovering">The device had given up and the VM was told so.</param>
+    /// <param name="settleLeft">Above 0: the socket appeared a moment ago, so the next attempt follows within <see cref="SocketSettleDelay"/>.</param>
+    private void ScheduleReconnect(string reason, bool recovering, int settleLeft = 0)
     {
         TimeSpan delay = Backoff(_attempt, _options.ReconnectMinBackoff, _options.ReconnectMaxBackoff);
+        if (settleLeft > 0 && delay > SocketSettleDelay)
+        {
+            delay = SocketSettleDelay;
+        }
+
         _attempt++;
         _reason = reason;
         _log.Warning("Device {0}: {1}; reconnecting in {2} ms (attempt {3})", _options.Name, reason.TrimEnd('.'), (int)delay.TotalMilliseconds, _attempt);
         Context.System.EventStream.Publish(new DeviceConnectionLost(_options.Name, reason, _attempt, delay));
         Timers.StartSingleTimer(ReconnectTimerKey, Reconnect.Instance, delay);
-        Become(() => BackingOff(recovering));
+        StartSocketWatch();
+        Become(() => BackingOff(recovering, Math.Max(0, settleLeft)));
 
         // Whatever waited for the failed attempt is served from the model now.
         Stash.UnstashAll();
@@ -450,6 +501,7 @@ public sealed class VhostUserDeviceSupervisor : ReceiveActor, IWithTimers, IWith
     {
         _reason = reason;
         Timers.CancelAll();
+        StopSocketWatch();
         var failed = new DeviceFailed(_options.Name, reason);
         _log.Warning("Device {0} gave up: {1}", _options.Name, reason);
         Context.Parent.Tell(failed);
@@ -496,6 +548,7 @@ public sealed class VhostUserDeviceSupervisor : ReceiveActor, IWithTimers, IWith
     /// <summary>The device ends here (it never came up): the caller of the first start hears why.</summary>
     private void Stop(string reason, Exception? cause)
     {
+        StopSocketWatch();
         var failed = new DeviceFailed(_options.Name, reason);
         _log.Warning("Device {0} stopped: {1}", _options.Name, reason);
         Context.Parent.Tell(failed);
@@ -511,6 +564,35 @@ public sealed class VhostUserDeviceSupervisor : ReceiveActor, IWithTimers, IWith
         }
 
         Context.Stop(Self);
+    }
+
+    /// <summary>
+    /// While no back-end is connected, the socket's directory is watched (inotify) for the socket
+    /// being created again: a device then connects at once instead of at its next backoff tick
+    /// (docs/reconnect.md, "Reconnect on return"). Not for a device that opens its connection some
+    /// other way (<see cref="VhostUserDeviceOptions.Connect"/>).
+    /// </summary>
+    private void StartSocketWatch()
+    {
+        if (_socketWatch is not null || _options.Connect is not null)
+        {
+            return;
+        }
+
+        IActorRef self = Self;
+        _socketWatch = SocketPathWatch.TryStart(_options.SocketPath, () => self.Tell(SocketAppeared.Instance, ActorRefs.NoSender));
+    }
+
+    private void StopSocketWatch()
+    {
+        _socketWatch?.Dispose();
+        _socketWatch = null;
+    }
+
+    private void AnnounceSocketAppeared()
+    {
+        _log.Info("Device {0}: socket {1} appeared; connecting now", _options.Name, _options.SocketPath);
+        Context.System.EventStream.Publish(new DeviceSocketAppeared(_options.Name, _options.SocketPath));
     }
 
     /// <summary>
@@ -535,6 +617,15 @@ public sealed class VhostUserDeviceSupervisor : ReceiveActor, IWithTimers, IWith
         public static readonly Reconnect Instance = new();
 
         private Reconnect()
+        {
+        }
+    }
+
+    private sealed class SocketAppeared
+    {
+        public static readonly SocketAppeared Instance = new();
+
+        private SocketAppeared()
         {
         }
     }

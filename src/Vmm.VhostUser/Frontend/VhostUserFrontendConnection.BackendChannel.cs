@@ -16,11 +16,21 @@ public sealed partial class VhostUserFrontendConnection
     private VhostUserChannel? _backendChannel;
     private Task? _backendLoop;
 
+    // 1 while a config change was announced and not yet taken (ConfigChangeTaken): a flood of
+    // CONFIG_CHANGE_MSG then raises one event, not one per message.
+    private int _configChangePending;
+
     /// <summary>
     /// The back-end announced a configuration change (BACKEND_CONFIG_CHANGE_MSG). Raised on the
-    /// back-end channel's receive task: handlers must be short and must not block.
+    /// back-end channel's receive task: handlers must be short and must not block. Coalesced:
+    /// after one is raised, further announcements raise nothing until the handler calls
+    /// <see cref="ConfigChangeTaken"/> (as it starts reading the config), so a flood costs one
+    /// pending change and one GET_CONFIG in progress at most.
     /// </summary>
     public event Action? BackendConfigChanged;
+
+    /// <summary>The announced config change is being handled: the next announcement raises <see cref="BackendConfigChanged"/> again.</summary>
+    public void ConfigChangeTaken() => Volatile.Write(ref _configChangePending, 0);
 
     /// <summary>Something on the back-end channel worth a log line: a refused request, or the channel breaking down.</summary>
     public event Action<string>? BackendChannelNotice;
@@ -96,7 +106,10 @@ public sealed partial class VhostUserFrontendConnection
                 if (header.Request == (uint)VhostUserBackendRequest.CONFIG_CHANGE_MSG)
                 {
                     status = 0;
-                    BackendConfigChanged?.Invoke();
+                    if (Interlocked.Exchange(ref _configChangePending, 1) == 0)
+                    {
+                        BackendConfigChanged?.Invoke();
+                    }
                 }
                 else
                 {

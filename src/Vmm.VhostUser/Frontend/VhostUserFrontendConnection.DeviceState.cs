@@ -9,6 +9,13 @@ public sealed partial class VhostUserFrontendConnection
     public const int MaxDeviceStateSize = 16 << 20;
 
     /// <summary>
+    /// The deadline of one device-state transfer over its pipe (the back-end's own limit for
+    /// the other direction is the same): a back-end that keeps its end open without writing or
+    /// reading cannot hold the device for longer.
+    /// </summary>
+    public static readonly TimeSpan DeviceStateTimeout = TimeSpan.FromSeconds(10);
+
+    /// <summary>
     /// Saves the back-end's internal state (vhost-user.rst, "Migrating back-end state", SAVE in
     /// the STOPPED phase): a pipe's write end goes with SET_DEVICE_STATE_FD, the back-end writes
     /// its state and closes it, we read to end of file, then CHECK_DEVICE_STATE must answer 0.
@@ -30,7 +37,9 @@ public sealed partial class VhostUserFrontendConnection
             }
 
             SafeFileDescriptor source = ours;
-            byte[] state = await Task.Run(() => Pipe.ReadToEnd(source, MaxDeviceStateSize), cancellationToken).ConfigureAwait(false);
+            using CancellationTokenSource transfer = LinkLifetime(cancellationToken);
+            byte[] state = await TransferAsync(() => Pipe.ReadToEnd(source, MaxDeviceStateSize, DeviceStateTimeout, transfer.Token), cancellationToken)
+                .ConfigureAwait(false);
             await CheckDeviceStateAsync(cancellationToken).ConfigureAwait(false);
             return state;
         }
@@ -60,7 +69,12 @@ public sealed partial class VhostUserFrontendConnection
             }
 
             SafeFileDescriptor sink = ours;
-            await Task.Run(() => Pipe.WriteAll(sink, state.Span), cancellationToken).ConfigureAwait(false);
+            using CancellationTokenSource transfer = LinkLifetime(cancellationToken);
+            await TransferAsync(() =>
+            {
+                Pipe.WriteAll(sink, state.Span, DeviceStateTimeout, transfer.Token);
+                return true;
+            }, cancellationToken).ConfigureAwait(false);
 
             // Closing our end is the end of the transfer (spec); only then may we ask.
             ours.Dispose();
@@ -102,7 +116,51 @@ public sealed partial class VhostUserFrontendConnection
                 throw new VhostUserRequestFailedException(VhostUserRequest.SET_DEVICE_STATE_FD, error);
             }
 
-            return hasFd ? reply.TakeFd(0) : null;
+            if (!hasFd)
+            {
+                return null;
+            }
+
+            // The back-end's own channel must be a pipe or a socket (spec, SET_DEVICE_STATE_FD):
+            // anything else (a file, a device) could be read for ever or written without end.
+            SafeFileDescriptor theirs = reply.TakeFd(0);
+            FileKind kind = FileDescriptors.GetKind(theirs);
+            if (kind is not (FileKind.Pipe or FileKind.Socket))
+            {
+                theirs.Dispose();
+                throw new VhostUserProtocolException($"SET_DEVICE_STATE_FD reply carries {kind} as the transfer channel, not a pipe or a socket.");
+            }
+
+            return theirs;
+        }
+    }
+
+    /// <summary>
+    /// Runs a blocking pipe transfer (its own deadline, <see cref="DeviceStateTimeout"/>) off the
+    /// caller's thread; its failures become the back-end's: a transfer that stalls, overflows
+    /// <see cref="MaxDeviceStateSize"/> or breaks off.
+    /// </summary>
+    private static async Task<T> TransferAsync<T>(Func<T> transfer, CancellationToken cancellationToken)
+    {
+        try
+        {
+            return await Task.Run(transfer, CancellationToken.None).ConfigureAwait(false);
+        }
+        catch (TimeoutException e)
+        {
+            throw new VhostUserProtocolException($"The back-end did not finish the device state transfer within {DeviceStateTimeout.TotalSeconds:0} s.", e);
+        }
+        catch (InvalidDataException e)
+        {
+            throw new VhostUserProtocolException($"The back-end's device state is larger than {MaxDeviceStateSize} bytes.", e);
+        }
+        catch (PosixException e)
+        {
+            throw new VhostUserProtocolException($"The device state transfer broke off: {e.Message}", e);
+        }
+        catch (OperationCanceledException) when (!cancellationToken.IsCancellationRequested)
+        {
+            throw new VhostUserConnectionLostException("The connection ended during the device state transfer.");
         }
     }
 }

@@ -57,6 +57,12 @@ public sealed partial class VhostUserFrontendConnection
         if (HasProtocolFeature(VhostUserProtocolFeatures.CONFIGURE_MEM_SLOTS))
         {
             maxMemSlots = await GetU64Async(VhostUserRequest.GET_MAX_MEM_SLOTS, cancellationToken).ConfigureAwait(false);
+            if (maxMemSlots == 0)
+            {
+                // No slot holds no guest memory: no ring could ever run. Refused here, at the
+                // handshake, rather than at the first ring start.
+                throw new VhostUserIncompatibleBackendException("GET_MAX_MEM_SLOTS answered 0 memory slots.");
+            }
         }
 
         // 6. GET_CONFIG, only with CONFIG acked; cached for the guest's config reads. An empty

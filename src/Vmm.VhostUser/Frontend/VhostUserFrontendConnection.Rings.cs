@@ -1,3 +1,4 @@
+using Vmm.Core.Posix;
 using System.Runtime.InteropServices;
 using Vmm.Core.Memory;
 using Vmm.Virtio.Queues;
@@ -245,14 +246,33 @@ public sealed partial class VhostUserFrontendConnection
     /// <summary>
     /// GET_INFLIGHT_FD for <paramref name="queueCount"/> queues of <paramref name="queueSize"/>:
     /// the back-end answers with the region's description and its fd. Needs INFLIGHT_SHMFD.
+    /// Null when the back-end refused: mmap_size 0 and no fd, as our own back-end answers while a
+    /// ring runs (the device then runs without inflight tracking). A description that does not
+    /// fit the file sent with it is a protocol violation (<see cref="VhostUserInflightRegion.Validate"/>).
     /// </summary>
-    public async Task<VhostUserInflightRegion> GetInflightFdAsync(ushort queueCount, ushort queueSize, CancellationToken cancellationToken = default)
+    public async Task<VhostUserInflightRegion?> GetInflightFdAsync(ushort queueCount, ushort queueSize, CancellationToken cancellationToken = default)
     {
         RequireProtocolFeature(VhostUserProtocolFeatures.INFLIGHT_SHMFD, VhostUserRequest.GET_INFLIGHT_FD);
         byte[] payload = Encode(new VhostUserInflight(0, 0, queueCount, queueSize), VhostUserInflight.Size);
         using VhostUserReply reply = await SendAndReceiveAsync(VhostUserRequest.GET_INFLIGHT_FD, payload, cancellationToken: cancellationToken)
             .ConfigureAwait(false);
         VhostUserInflight inflight = VhostUserInflight.Read(reply.Payload);
+        if (inflight.MmapSize == 0)
+        {
+            return null;
+        }
+
+        if (FileDescriptors.GetKind(reply.Fds[0]) is not FileKind.RegularFile and var kind)
+        {
+            // A region is shared memory: a memfd or a file (fstat S_IFREG), never a pipe or a device.
+            throw new VhostUserProtocolException($"GET_INFLIGHT_FD reply carries {kind}, not a memory file.");
+        }
+
+        if (VhostUserInflightRegion.Validate(inflight.MmapSize, inflight.MmapOffset, MemFd.GetFileSize(reply.Fds[0])) is { } problem)
+        {
+            throw new VhostUserProtocolException($"GET_INFLIGHT_FD reply describes {problem}.");
+        }
+
         return new VhostUserInflightRegion(reply.TakeFd(0), inflight.MmapSize, inflight.MmapOffset, inflight.NumQueues, inflight.QueueSize);
     }
 

@@ -82,6 +82,72 @@ public sealed class VhostUserReply : IDisposable
 public sealed record VhostUserInflightRegion(SafeFileDescriptor Fd, ulong MmapSize, ulong MmapOffset, ushort NumQueues, ushort QueueSize)
     : IDisposable
 {
+    /// <summary>
+    /// The largest region a back-end may describe: 64 queues of 32768 descriptors in the packed
+    /// layout (vhost-user.rst, "Inflight I/O tracking": 16-byte descriptors plus a 32-byte header
+    /// per queue) fit many times over; anything larger is refused before it sizes a copy.
+    /// </summary>
+    public const ulong MaxSize = 256UL << 20;
+
+    /// <summary>
+    /// Checks what a back-end's GET_INFLIGHT_FD reply says against the file it sent: a size up to
+    /// <see cref="MaxSize"/>, and the described range inside the file (fstat), so that nothing
+    /// sized by the reply can read or map beyond it. Null when it holds; else why not.
+    /// </summary>
+    public static string? Validate(ulong mmapSize, ulong mmapOffset, ulong fileSize)
+    {
+        if (mmapSize > MaxSize)
+        {
+            return $"an inflight region of {mmapSize} bytes, more than the {MaxSize} allowed";
+        }
+
+        return mmapOffset > fileSize || mmapSize > fileSize - mmapOffset
+            ? $"an inflight region of {mmapSize} bytes at offset {mmapOffset} of a file of {fileSize} bytes"
+            : null;
+    }
+
+    /// <summary>
+    /// A copy of the region's bytes through pread(2), never a mapping: the back-end's file may
+    /// shrink at any time, and a read past its end is a short read, not a SIGBUS. The range is
+    /// checked against the file's size again first.
+    /// </summary>
+    public byte[] ReadAll()
+    {
+        ulong fileSize = MemFd.GetFileSize(Fd);
+        if (Validate(MmapSize, MmapOffset, fileSize) is { } problem)
+        {
+            throw new VhostUserProtocolException($"The back-end's inflight file no longer holds {problem}.");
+        }
+
+        byte[] bytes = new byte[MmapSize];
+        using var file = new Microsoft.Win32.SafeHandles.SafeFileHandle(Fd.DangerousGetHandle(), ownsHandle: false);
+        bool added = false;
+        Fd.DangerousAddRef(ref added);
+        try
+        {
+            int total = 0;
+            while (total < bytes.Length)
+            {
+                int n = RandomAccess.Read(file, bytes.AsSpan(total), (long)MmapOffset + total);
+                if (n == 0)
+                {
+                    throw new VhostUserProtocolException($"The back-end's inflight file ended {bytes.Length - total} bytes early.");
+                }
+
+                total += n;
+            }
+        }
+        finally
+        {
+            if (added)
+            {
+                Fd.DangerousRelease();
+            }
+        }
+
+        return bytes;
+    }
+
     public void Dispose() => Fd.Dispose();
 }
 
@@ -159,6 +225,7 @@ public sealed partial class VhostUserFrontendConnection : IDisposable
     // wrong code or size is rejected before any payload byte is read.
     private VhostUserRequest? _expectedReply;
     private VhostUserPayloadRule _expectedRule;
+    private readonly CancellationTokenSource _lifetime = new();
     private string? _deadReason;
     private int _disposed;
 
@@ -315,45 +382,75 @@ public sealed partial class VhostUserFrontendConnection : IDisposable
     }
 
     /// <summary>
-    /// Checks without blocking whether the back-end hung up while no request is in flight (the
-    /// G_IO_HUP watch QEMU keeps on its vhost-user chardev): readable with nothing to read is EOF.
-    /// True when the connection is dead; it is then closed. False while a request is in flight.
+    /// Watches the connection while no request is in flight, the way QEMU keeps a G_IO_HUP/G_IO_IN
+    /// watch on its vhost-user chardev: a pending readiness read (a 1-byte MSG_PEEK through the
+    /// BCL's epoll), not a poll on a timer. Whenever the socket becomes readable it takes the
+    /// request lock, so a reply being read by its request is never mistaken: with the lock held and
+    /// no request in flight, anything readable is either EOF (the back-end hung up) or bytes the
+    /// back-end sent unasked. Both end the connection: the stream is out of step and nothing on it
+    /// can be trusted (vhost-user.rst: the back-end only answers; its own requests travel on the
+    /// back-end channel). Completes with the reason the connection died; runs until then, or until
+    /// <paramref name="cancellationToken"/> is cancelled.
     /// </summary>
-    public bool PollHangUp()
+    public async Task<string> WatchIdleAsync(CancellationToken cancellationToken)
     {
-        if (IsDead)
+        while (true)
         {
-            return true;
-        }
-
-        if (_socket is null || !_requestLock.Wait(0))
-        {
-            return false;
-        }
-
-        try
-        {
-            bool hungUp;
             try
             {
-                hungUp = _socket.Poll(0, SelectMode.SelectError) ||
-                    (_socket.Poll(0, SelectMode.SelectRead) && _socket.Available == 0);
+                await _channel.WaitForDataAsync(cancellationToken).ConfigureAwait(false);
             }
-            catch (Exception e) when (e is SocketException or ObjectDisposedException)
+            catch (Exception e) when (e is VhostUserConnectionLostException or ObjectDisposedException or SocketException)
             {
-                hungUp = true;
+                string lost = Volatile.Read(ref _deadReason) ?? "the back-end closed the connection";
+                MarkDead(lost);
+                return lost;
             }
 
-            if (hungUp)
+            await _requestLock.WaitAsync(cancellationToken).ConfigureAwait(false);
+            try
             {
-                MarkDead("the back-end closed the connection");
-            }
+                if (Volatile.Read(ref _deadReason) is { } dead)
+                {
+                    return dead;
+                }
 
-            return hungUp;
+                if (IdleViolation() is { } reason)
+                {
+                    MarkDead(reason);
+                    return reason;
+                }
+            }
+            finally
+            {
+                _requestLock.Release();
+            }
         }
-        finally
+    }
+
+    /// <summary>With the request lock held: why the idle socket is broken, or null when the readable data was a reply its request has since read.</summary>
+    private string? IdleViolation()
+    {
+        try
         {
-            _requestLock.Release();
+            if (_socket!.Poll(0, SelectMode.SelectError))
+            {
+                return "the back-end's socket reported an error";
+            }
+
+            if (!_socket.Poll(0, SelectMode.SelectRead))
+            {
+                return null;
+            }
+
+            int available = _socket.Available;
+            return available == 0
+                ? "the back-end closed the connection"
+                : $"the back-end sent {available} byte(s) while no request was outstanding (a protocol violation)";
+        }
+        catch (Exception e) when (e is SocketException or ObjectDisposedException)
+        {
+            return "the back-end closed the connection";
         }
     }
 
@@ -464,6 +561,22 @@ public sealed partial class VhostUserFrontendConnection : IDisposable
         Interlocked.CompareExchange(ref _deadReason, reason, null);
         _channel.Dispose();
         DisposeBackendChannel();
+        EndLifetime();
+    }
+
+    /// <summary>A source that ends with <paramref name="cancellationToken"/> or with this connection (dead or disposed): work outside the socket, a device-state pipe, stops with it.</summary>
+    private CancellationTokenSource LinkLifetime(CancellationToken cancellationToken) =>
+        CancellationTokenSource.CreateLinkedTokenSource(cancellationToken, _lifetime.Token);
+
+    private void EndLifetime()
+    {
+        try
+        {
+            _lifetime.Cancel();
+        }
+        catch (ObjectDisposedException)
+        {
+        }
     }
 
     private static byte[] U64(ulong value)
@@ -492,5 +605,7 @@ public sealed partial class VhostUserFrontendConnection : IDisposable
         Interlocked.CompareExchange(ref _deadReason, "the connection was closed", null);
         _channel.Dispose();
         DisposeBackendChannel();
+        EndLifetime();
+        _lifetime.Dispose();
     }
 }

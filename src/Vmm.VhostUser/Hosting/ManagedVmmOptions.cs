@@ -65,8 +65,6 @@ public sealed class VhostUserDeviceSettings
 
     public TimeSpan? RequestTimeout { get; set; }
 
-    public TimeSpan? HangUpCheckInterval { get; set; }
-
     public TimeSpan? CommandTimeout { get; set; }
 
     public bool? WaitForBackend { get; set; }
@@ -91,7 +89,6 @@ public sealed class VhostUserDeviceSettings
             ReconnectMinBackoff = ReconnectMinBackoff ?? o.ReconnectMinBackoff,
             ReconnectMaxBackoff = ReconnectMaxBackoff ?? o.ReconnectMaxBackoff,
             RequestTimeout = RequestTimeout ?? o.RequestTimeout,
-            HangUpCheckInterval = HangUpCheckInterval ?? o.HangUpCheckInterval,
             CommandTimeout = CommandTimeout ?? o.CommandTimeout,
             WaitForBackend = WaitForBackend ?? o.WaitForBackend,
         };

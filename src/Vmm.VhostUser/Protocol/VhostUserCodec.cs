@@ -1,3 +1,4 @@
+using System.Buffers.Binary;
 namespace Vmm.VhostUser.Protocol;
 
 /// <summary>
@@ -207,13 +208,15 @@ public static class VhostUserCodec
     }
 
     /// <summary>
-    /// The fds the back-end's reply to <paramref name="request"/> may carry: GET_INFLIGHT_FD and
-    /// POSTCOPY_ADVISE one; SET_DEVICE_STATE_FD one unless the reply's bit 8 says none;
+    /// The fds the back-end's reply to <paramref name="request"/> may carry: GET_INFLIGHT_FD one,
+    /// or none when it refuses with mmap_size 0; POSTCOPY_ADVISE one; SET_DEVICE_STATE_FD one unless the reply's bit 8 says none;
     /// GET_SHARED_OBJECT one on success or none; everything else none.
     /// </summary>
     public static VhostUserFdRange ExpectedReplyFds(VhostUserRequest request, ReadOnlySpan<byte> replyPayload) => request switch
     {
-        VhostUserRequest.GET_INFLIGHT_FD => VhostUserFdRange.One,
+        VhostUserRequest.GET_INFLIGHT_FD => replyPayload.Length >= sizeof(ulong) && BinaryPrimitives.ReadUInt64LittleEndian(replyPayload) == 0
+            ? VhostUserFdRange.None
+            : VhostUserFdRange.One,
         VhostUserRequest.POSTCOPY_ADVISE => VhostUserFdRange.One,
         VhostUserRequest.SET_DEVICE_STATE_FD =>
             VhostUserDeviceStateTransfer.ParseReply(ReadU64(replyPayload)).HasFd ? VhostUserFdRange.One : VhostUserFdRange.None,

@@ -24,7 +24,16 @@ public sealed class VhostUserSpecTests
             Assert.That(options.QueueSize, Is.EqualTo(128));
             Assert.That(options.Reconnect, Is.True);
             Assert.That(options.ReconnectMax, Is.EqualTo(5));
+            Assert.That(options.ReconnectMaxBackoff, Is.EqualTo(TimeSpan.FromSeconds(5)), "the default cap");
         });
+    }
+
+    [Test]
+    public void Reconnect_max_delay_caps_the_backoff_in_seconds()
+    {
+        VhostUserDeviceOptions options = VhostUserSpec.Parse("/run/blk.sock,type=blk,reconnect-max-delay=60").ToOptions("blk0");
+        Assert.That(options.ReconnectMaxBackoff, Is.EqualTo(TimeSpan.FromSeconds(60)));
+        Assert.That(() => VhostUserSpec.Parse("/run/blk.sock,type=blk,reconnect-max-delay=0"), Throws.TypeOf<UsageException>());
     }
 
     [TestCase("s,type=blk", VirtioDeviceId.Block)]

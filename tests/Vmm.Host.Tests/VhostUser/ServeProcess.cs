@@ -79,6 +79,13 @@ internal sealed class ServeProcess : IDisposable
         return serve;
     }
 
+    /// <summary>SIGKILL: a crash, which leaves its socket file behind.</summary>
+    public void Kill()
+    {
+        _process.Kill();
+        _process.WaitForExit();
+    }
+
     /// <summary>SIGTERM (it removes its socket), then SIGKILL after 10 s.</summary>
     public void Stop()
     {

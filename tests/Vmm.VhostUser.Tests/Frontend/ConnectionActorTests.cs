@@ -307,7 +307,7 @@ public sealed class ConnectionActorTests : AkkaTest
     /// <summary>A connection under a TestProbe parent whose strategy records the failure and stops it.</summary>
     private Harness Start(BackendFactory backends, VhostUserDeviceModel? model = null)
     {
-        VhostUserDeviceOptions options = backends.Options() with { HangUpCheckInterval = TimeSpan.FromMilliseconds(50) };
+        VhostUserDeviceOptions options = backends.Options();
         model ??= new VhostUserDeviceModel(options);
         TestProbe parent = CreateTestProbe();
         var failure = new TaskCompletionSource<Exception>(TaskCreationOptions.RunContinuationsAsynchronously);

@@ -78,7 +78,11 @@ public sealed class FrontendConnectionTests
         {
             int changes = 0;
             var notices = new List<string>();
-            frontend.BackendConfigChanged += () => Interlocked.Increment(ref changes);
+            frontend.BackendConfigChanged += () =>
+            {
+                Interlocked.Increment(ref changes);
+                frontend.ConfigChangeTaken();
+            };
             frontend.BackendChannelNotice += notice =>
             {
                 lock (notices)
