@@ -244,7 +244,7 @@ public static class SaveRestoreRun
             for (ulong at = 0; at + SaveRestoreFile.PageSize <= region.Size; at += SaveRestoreFile.PageSize)
             {
                 ulong address = region.GuestPhysicalAddress + at;
-                ReadOnlySpan<byte> page = memory.GetSpan(address, SaveRestoreFile.PageSize);
+                ReadOnlySpan<byte> page = memory.GetReadOnlySpan(address, SaveRestoreFile.PageSize);
                 if (page.ContainsAnyExcept((byte)0))
                 {
                     pages.Add(new MemoryPage(address, page.ToArray()));

@@ -126,6 +126,7 @@ public sealed class PackedDeviceQueue : IDeviceQueue
     public void Complete(DescriptorChain chain, uint bytesWritten)
     {
         ArgumentNullException.ThrowIfNull(chain);
+        chain.MarkWritten(Memory);
         ulong d = DescriptorAddress(_nextUsed);
         Span<byte> s = Memory.GetSpan(d, DescriptorSize);
         BinaryPrimitives.WriteUInt32LittleEndian(s[DescriptorLengthOffset..], bytesWritten);
@@ -264,7 +265,7 @@ public sealed class PackedDeviceQueue : IDeviceQueue
                 throw new VirtqueueException($"Packed descriptor chain is longer than the queue size {Size} (virtio 1.2, 2.8.6).");
             }
 
-            ReadOnlySpan<byte> d = Memory.GetSpan(DescriptorAddress(position), DescriptorSize);
+            ReadOnlySpan<byte> d = Memory.GetReadOnlySpan(DescriptorAddress(position), DescriptorSize);
             ulong addr = BinaryPrimitives.ReadUInt64LittleEndian(d);
             uint len = BinaryPrimitives.ReadUInt32LittleEndian(d[DescriptorLengthOffset..]);
             id = BinaryPrimitives.ReadUInt16LittleEndian(d[PackedDescriptorIdOffset..]);
@@ -361,7 +362,7 @@ public sealed class PackedDeviceQueue : IDeviceQueue
         // 2.8.7: the table's descriptors are used in order; their NEXT flag carries no meaning.
         for (uint i = 0; i < entries; i++)
         {
-            ReadOnlySpan<byte> d = Memory.GetSpan(addr + ((ulong)i * DescriptorSize), DescriptorSize);
+            ReadOnlySpan<byte> d = Memory.GetReadOnlySpan(addr + ((ulong)i * DescriptorSize), DescriptorSize);
             ushort f = BinaryPrimitives.ReadUInt16LittleEndian(d[PackedDescriptorFlagsOffset..]);
             if ((f & VIRTQ_DESC_F_INDIRECT) != 0)
             {

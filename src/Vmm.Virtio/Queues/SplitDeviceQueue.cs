@@ -112,6 +112,7 @@ public sealed class SplitDeviceQueue : IDeviceQueue
     public void Complete(DescriptorChain chain, uint bytesWritten)
     {
         ArgumentNullException.ThrowIfNull(chain);
+        chain.MarkWritten(Memory);
         ulong element = _usedRing + SplitUsedRingOffset + ((ulong)(_usedIdx & (Size - 1)) * SplitUsedElementSize);
         Span<byte> e = Memory.GetSpan(element, SplitUsedElementSize);
         BinaryPrimitives.WriteUInt32LittleEndian(e, chain.Head);
@@ -220,7 +221,7 @@ public sealed class SplitDeviceQueue : IDeviceQueue
                 ThrowHelper.ThrowChainLoop(head, tableEntries);
             }
 
-            ReadOnlySpan<byte> d = Memory.GetSpan(table + ((ulong)index * DescriptorSize), DescriptorSize);
+            ReadOnlySpan<byte> d = Memory.GetReadOnlySpan(table + ((ulong)index * DescriptorSize), DescriptorSize);
             ulong addr = BinaryPrimitives.ReadUInt64LittleEndian(d);
             uint len = BinaryPrimitives.ReadUInt32LittleEndian(d[DescriptorLengthOffset..]);
             ushort flags = BinaryPrimitives.ReadUInt16LittleEndian(d[SplitDescriptorFlagsOffset..]);
