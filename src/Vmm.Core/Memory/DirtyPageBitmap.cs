@@ -3,96 +3,53 @@ using System.Numerics;
 namespace Vmm.Core.Memory;
 
 /// <summary>
-/// The dirty-page bitmap layout shared by the vhost-user log and the VMM's own write tracking
-/// (vhost-user.rst, "Migration": one bit per VHOST_LOG_PAGE of 4 KiB, bit = GPA / 4096, u64 words).
+/// Bitmaps in the layout of <see cref="DirtyPageLog"/> held by a caller (what
+/// <see cref="IDirtyPageTracking.HarvestDirtyPages"/> fills): one bit per 4 KiB page, bit
+/// <c>n % 64</c> of u64 word <c>n / 64</c> for the page at guest-physical address <c>n * 4096</c>.
 /// </summary>
 public static class DirtyPageBitmap
 {
-    /// <summary>Bytes of guest memory one bit covers (VHOST_LOG_PAGE).</summary>
-    public const ulong PageSize = 4096;
-
     /// <summary>Pages one u64 word covers.</summary>
     public const int PagesPerWord = 64;
 
     /// <summary>u64 words that cover guest-physical addresses [0, <paramref name="end"/>).</summary>
-    public static ulong WordsFor(ulong end) => (((end + PageSize - 1) / PageSize) + PagesPerWord - 1) / PagesPerWord;
+    public static ulong WordsFor(ulong end) => DirtyPageLog.SizeFor(end) / sizeof(ulong);
 
     /// <summary>u64 words that cover every region of <paramref name="memory"/>.</summary>
-    public static ulong WordsFor(GuestMemory memory)
+    public static ulong WordsFor(GuestMemory memory) => WordsFor(End(memory));
+
+    /// <summary>The end of the highest region of <paramref name="memory"/> (0 without regions; saturates at 2^64 - 1).</summary>
+    public static ulong End(GuestMemory memory)
     {
         ArgumentNullException.ThrowIfNull(memory);
         IReadOnlyList<GuestMemoryRegion> regions = memory.Regions;
-        if (regions.Count == 0)
+        return regions.Count == 0 ? 0 : regions[^1].LastAddress == ulong.MaxValue ? ulong.MaxValue : regions[^1].LastAddress + 1;
+    }
+
+    /// <summary>Sets the bits of the pages [address, address + length) touches that lie inside <paramref name="bitmap"/>; returns how many were not set before.</summary>
+    public static long Mark(Span<ulong> bitmap, ulong address, ulong length)
+    {
+        long added = 0;
+        if (length == 0)
         {
             return 0;
         }
 
-        ulong last = regions[^1].LastAddress;
-        return (last / PageSize / PagesPerWord) + 1;
-    }
-
-    /// <summary>Sets the bits of every page of [address, address + length) with atomic ORs; pages past <paramref name="bitmap"/> are skipped and reported.</summary>
-    /// <returns>False when some page lay past the end of <paramref name="bitmap"/>.</returns>
-    public static bool Mark(Span<ulong> bitmap, ulong address, ulong length)
-    {
-        if (length == 0)
-        {
-            return true;
-        }
-
-        ulong first = address / PageSize;
-        ulong last = (address + (length - 1) < address ? ulong.MaxValue : address + (length - 1)) / PageSize;
+        ulong first = address / DirtyPageLog.PageSize;
+        ulong last = (length - 1 > ulong.MaxValue - address ? ulong.MaxValue : address + (length - 1)) / DirtyPageLog.PageSize;
         ulong limit = (ulong)bitmap.Length * PagesPerWord;
-        bool inside = last < limit;
-        if (first >= limit)
+        for (ulong page = first; page <= last && page < limit; page++)
         {
-            return false;
-        }
-
-        last = Math.Min(last, limit - 1);
-        for (ulong page = first; page <= last;)
-        {
-            int word = (int)(page / PagesPerWord);
-            int bit = (int)(page % PagesPerWord);
-            int count = (int)Math.Min((ulong)(PagesPerWord - bit), last - page + 1);
-            ulong mask = count == PagesPerWord ? ulong.MaxValue : ((1UL << count) - 1) << bit;
-            if ((Volatile.Read(ref bitmap[word]) & mask) != mask)
+            ulong bit = 1UL << (int)(page % PagesPerWord);
+            ref ulong word = ref bitmap[(int)(page / PagesPerWord)];
+            if ((word & bit) == 0)
             {
-                Interlocked.Or(ref bitmap[word], mask);
+                word |= bit;
+                added++;
             }
-
-            page += (ulong)count;
         }
 
-        return inside;
-    }
-
-    /// <summary>
-    /// Moves every set bit of <paramref name="source"/> into <paramref name="destination"/>: one
-    /// atomic exchange with zero per non-zero source word, so a bit set concurrently is either
-    /// moved now or stays for the next call. Returns the number of bits moved.
-    /// </summary>
-    public static long Harvest(Span<ulong> source, Span<ulong> destination)
-    {
-        if (destination.Length < source.Length)
-        {
-            throw new ArgumentException($"The bitmap has {destination.Length} words; the log to harvest has {source.Length}.", nameof(destination));
-        }
-
-        long moved = 0;
-        for (int i = 0; i < source.Length; i++)
-        {
-            if (Volatile.Read(ref source[i]) == 0)
-            {
-                continue;
-            }
-
-            ulong bits = Interlocked.Exchange(ref source[i], 0);
-            destination[i] |= bits;
-            moved += BitOperations.PopCount(bits);
-        }
-
-        return moved;
+        return added;
     }
 
     /// <summary>The number of pages set in <paramref name="bitmap"/>.</summary>
@@ -118,7 +75,7 @@ public static class DirtyPageBitmap
             {
                 int bit = BitOperations.TrailingZeroCount(word);
                 word &= word - 1;
-                yield return (((ulong)i * PagesPerWord) + (ulong)bit) * PageSize;
+                yield return (((ulong)i * PagesPerWord) + (ulong)bit) * DirtyPageLog.PageSize;
             }
         }
     }

@@ -3,7 +3,8 @@ namespace Vmm.Core.Memory;
 /// <summary>
 /// Tracking of the VMM's own writes to guest memory (the in-process guest driver's and the
 /// in-process devices'), for a live copy (docs/migration.md): the pages a vhost-user back-end
-/// writes come from its dirty log; the ones this process writes come from here.
+/// writes come from its dirty log; the ones this process writes come from here, into a
+/// <see cref="DirtyPageLog"/> of the same layout.
 /// </summary>
 /// <remarks>
 /// Off, it costs every write accessor one field read (<see cref="_written"/> is null). On, a
@@ -14,26 +15,29 @@ namespace Vmm.Core.Memory;
 /// </remarks>
 public sealed partial class GuestMemory : IDirtyPageTracking
 {
-    // One bit per 4 KiB page (DirtyPageBitmap's layout); null while writes are not tracked.
-    private volatile ulong[]? _written;
+    // Orders harvests against StopLogging, which unmaps the log.
+    private readonly object _trackingLock = new();
 
-    // 1 when a tracked write hit a page past the bitmap (a region added after tracking started):
+    // One bit per 4 KiB page; null while writes are not tracked.
+    private volatile DirtyPageLog? _written;
+
+    // 1 when a tracked write hit a page past the log (a region added after tracking started):
     // the next harvest then reports every page past it.
     private int _writtenBeyond;
 
     /// <summary>True while writes are tracked.</summary>
     public bool IsTrackingWrites => _written is not null;
 
-    /// <summary>Starts tracking writes; the bitmap covers the regions of this moment.</summary>
+    /// <summary>Starts tracking writes; the log covers the regions of this moment.</summary>
     public void StartLogging()
     {
-        lock (_writeLock)
+        lock (_trackingLock)
         {
             ObjectDisposedException.ThrowIf(_disposed, this);
             if (_written is null)
             {
                 Volatile.Write(ref _writtenBeyond, 0);
-                _written = new ulong[DirtyPageBitmap.WordsFor(this)];
+                _written = DirtyPageLog.Create(Math.Max(DirtyPageLog.PageSize, DirtyPageBitmap.End(this)));
             }
         }
     }
@@ -41,34 +45,49 @@ public sealed partial class GuestMemory : IDirtyPageTracking
     /// <inheritdoc/>
     public long HarvestDirtyPages(Span<ulong> bitmap)
     {
-        ulong[]? written = _written;
-        if (written is null)
+        lock (_trackingLock)
         {
-            return 0;
-        }
-
-        long moved = DirtyPageBitmap.Harvest(written, bitmap);
-        if (Interlocked.Exchange(ref _writtenBeyond, 0) != 0)
-        {
-            // Pages past the bitmap were written: report all of them (more than were written, never fewer).
-            ulong start = (ulong)written.Length * DirtyPageBitmap.PagesPerWord * DirtyPageBitmap.PageSize;
-            foreach (GuestMemoryRegion region in _regions)
+            DirtyPageLog? written = _written;
+            if (written is null)
             {
-                if (region.LastAddress >= start)
+                return 0;
+            }
+
+            if (DirtyPageBitmap.WordsFor(written.CoveredBytes) > (ulong)bitmap.Length)
+            {
+                throw new ArgumentException($"The bitmap has {bitmap.Length} words; the VMM's write log has {DirtyPageBitmap.WordsFor(written.CoveredBytes)}.", nameof(bitmap));
+            }
+
+            long moved = (long)written.HarvestAndClear(bitmap);
+            if (Interlocked.Exchange(ref _writtenBeyond, 0) != 0)
+            {
+                // Pages past the log were written: report all of them (more than were written, never fewer).
+                foreach (GuestMemoryRegion region in _regions)
                 {
-                    ulong from = Math.Max(start, region.GuestPhysicalAddress);
-                    ulong length = region.LastAddress - from + 1;
-                    moved += (long)((length + DirtyPageBitmap.PageSize - 1) / DirtyPageBitmap.PageSize);
-                    DirtyPageBitmap.Mark(bitmap, from, length);
+                    if (region.LastAddress >= written.CoveredBytes)
+                    {
+                        ulong from = Math.Max(written.CoveredBytes, region.GuestPhysicalAddress);
+                        moved += DirtyPageBitmap.Mark(bitmap, from, region.LastAddress - from + 1);
+                    }
                 }
             }
-        }
 
-        return moved;
+            return moved;
+        }
     }
 
     /// <summary>Stops tracking writes.</summary>
-    public void StopLogging() => _written = null;
+    public void StopLogging()
+    {
+        lock (_trackingLock)
+        {
+            DirtyPageLog? written = _written;
+            _written = null;
+
+            // Waits for the marks in progress to leave the log before it is unmapped.
+            written?.Dispose();
+        }
+    }
 
     /// <summary>
     /// Records that [address, address + length) was written by other means than this class's
@@ -77,8 +96,14 @@ public sealed partial class GuestMemory : IDirtyPageTracking
     /// </summary>
     public void MarkWritten(ulong address, ulong length)
     {
-        ulong[]? written = _written;
-        if (written is not null && !DirtyPageBitmap.Mark(written, address, length))
+        DirtyPageLog? written = _written;
+        if (written is null)
+        {
+            return;
+        }
+
+        // False: the log was stopped meanwhile, nothing to record.
+        if (written.MarkDirty(address, length) && length != 0 && address + (length - 1) >= written.CoveredBytes)
         {
             Volatile.Write(ref _writtenBeyond, 1);
         }

@@ -464,6 +464,8 @@ public sealed unsafe partial class GuestMemory : IDisposable
         {
             region.Dispose();
         }
+
+        StopLogging();
     }
 
     private static void ValidateRange(ulong address, ulong size)

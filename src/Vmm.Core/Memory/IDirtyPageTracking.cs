@@ -8,7 +8,7 @@ namespace Vmm.Core.Memory;
 /// </summary>
 /// <remarks>
 /// Bitmaps have the layout of the vhost-user log: one bit per 4 KiB page
-/// (<see cref="DirtyPageBitmap.PageSize"/>), bit <c>n % 64</c> of u64 word <c>n / 64</c> for the
+/// (<see cref="DirtyPageLog.PageSize"/>), bit <c>n % 64</c> of u64 word <c>n / 64</c> for the
 /// page at guest-physical address <c>n * 4096</c>. Size them with <see cref="DirtyPageBitmap.WordsFor(GuestMemory)"/>.
 /// </remarks>
 public interface IDirtyPageTracking
