@@ -369,11 +369,8 @@ public sealed unsafe partial class GuestMemory : IDisposable
     /// <summary>Copies <paramref name="source"/> into guest memory at <paramref name="address"/>; may cross adjacent regions.</summary>
     public void Write(ulong address, ReadOnlySpan<byte> source)
     {
-        if (_written is not null)
-        {
-            MarkWritten(address, (ulong)source.Length);
-        }
-
+        ulong start = address;
+        ulong length = (ulong)source.Length;
         while (!source.IsEmpty)
         {
             int chunk = ChunkAt(address, source.Length, out byte* p);
@@ -381,16 +378,19 @@ public sealed unsafe partial class GuestMemory : IDisposable
             source = source[chunk..];
             address += (ulong)chunk;
         }
+
+        // After the store: a harvest between a mark and its store would lose the page.
+        if (_written is not null)
+        {
+            MarkWritten(start, length);
+        }
     }
 
     /// <summary>Fills [address, address + length) with zeroes.</summary>
     public void Clear(ulong address, ulong length)
     {
-        if (_written is not null)
-        {
-            MarkWritten(address, length);
-        }
-
+        ulong start = address;
+        ulong total = length;
         while (length > 0)
         {
             int chunk = ChunkAt(address, (int)Math.Min(length, int.MaxValue), out byte* p);
@@ -398,11 +398,20 @@ public sealed unsafe partial class GuestMemory : IDisposable
             length -= (ulong)chunk;
             address += (ulong)chunk;
         }
+
+        if (_written is not null)
+        {
+            MarkWritten(start, total);
+        }
     }
 
     public byte ReadByte(ulong address) => *Translate(address, 1);
 
-    public void WriteByte(ulong address, byte value) => *TranslateForWrite(address, 1) = value;
+    public void WriteByte(ulong address, byte value)
+    {
+        *Translate(address, 1) = value;
+        Written(address, 1);
+    }
 
     public ushort ReadUInt16(ulong address) => BinaryPrimitives.ReadUInt16LittleEndian(new ReadOnlySpan<byte>(Translate(address, 2), 2));
 
@@ -410,11 +419,23 @@ public sealed unsafe partial class GuestMemory : IDisposable
 
     public ulong ReadUInt64(ulong address) => BinaryPrimitives.ReadUInt64LittleEndian(new ReadOnlySpan<byte>(Translate(address, 8), 8));
 
-    public void WriteUInt16(ulong address, ushort value) => BinaryPrimitives.WriteUInt16LittleEndian(new Span<byte>(TranslateForWrite(address, 2), 2), value);
+    public void WriteUInt16(ulong address, ushort value)
+    {
+        BinaryPrimitives.WriteUInt16LittleEndian(new Span<byte>(Translate(address, 2), 2), value);
+        Written(address, 2);
+    }
 
-    public void WriteUInt32(ulong address, uint value) => BinaryPrimitives.WriteUInt32LittleEndian(new Span<byte>(TranslateForWrite(address, 4), 4), value);
+    public void WriteUInt32(ulong address, uint value)
+    {
+        BinaryPrimitives.WriteUInt32LittleEndian(new Span<byte>(Translate(address, 4), 4), value);
+        Written(address, 4);
+    }
 
-    public void WriteUInt64(ulong address, ulong value) => BinaryPrimitives.WriteUInt64LittleEndian(new Span<byte>(TranslateForWrite(address, 8), 8), value);
+    public void WriteUInt64(ulong address, ulong value)
+    {
+        BinaryPrimitives.WriteUInt64LittleEndian(new Span<byte>(Translate(address, 8), 8), value);
+        Written(address, 8);
+    }
 
     /// <summary>
     /// Reads a ring index with acquire semantics: later reads (the descriptors it publishes)
@@ -433,8 +454,9 @@ public sealed unsafe partial class GuestMemory : IDisposable
     /// </summary>
     public void WriteUInt16Release(ulong address, ushort value)
     {
-        ushort* p = (ushort*)TranslateForWrite(address, 2);
+        ushort* p = (ushort*)Translate(address, 2);
         Volatile.Write(ref *p, BitConverter.IsLittleEndian ? value : BinaryPrimitives.ReverseEndianness(value));
+        Written(address, 2);
     }
 
     /// <summary>
@@ -535,16 +557,14 @@ public sealed unsafe partial class GuestMemory : IDisposable
         return region.HostAddress + (address - region.GuestPhysicalAddress);
     }
 
-    /// <summary><see cref="Translate"/> for a store: the pages count as written while writes are tracked.</summary>
-    private byte* TranslateForWrite(ulong address, ulong length)
+    /// <summary>After a store: its pages count as written while writes are tracked (one field read otherwise).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private void Written(ulong address, ulong length)
     {
-        byte* p = Translate(address, length);
         if (_written is not null)
         {
             MarkWritten(address, length);
         }
-
-        return p;
     }
 
     /// <summary>The largest piece of [address, address + wanted) inside the region holding address.</summary>
