@@ -36,9 +36,13 @@ public static class ServeCommand
         var verbose = new Option<bool>("--verbose", "-v") { Description = "Log every ring start and stop." };
         Option<UnsealedMemoryPolicy> memory = MemoryOption();
 
+        // Test only (docs/migration.md): offers LOG_ALL but marks nothing, so the live-migration
+        // test can show that it catches a back-end that does not log.
+        var ignoreDirtyLog = new Option<bool>("--test-ignore-dirty-log") { Hidden = true };
+
         var blk = new Command("blk", "Serve a virtio-blk device backed by a disk image or a block device.")
         {
-            socket, disk, readOnly, queues, queueSize, cache, aio, verbose, memory,
+            socket, disk, readOnly, queues, queueSize, cache, aio, verbose, memory, ignoreDirtyLog,
         };
         blk.SetAction((result, ct) =>
         {
@@ -69,7 +73,7 @@ public static class ServeCommand
                 () => new VirtioBlkDevice(options),
                 result.GetValue(socket)!,
                 result.GetValue(verbose),
-                result.GetValue(memory),
+                new VhostUserBackendOptions { UnsealedMemory = result.GetValue(memory), TestIgnoreDirtyLog = result.GetValue(ignoreDirtyLog) },
                 ct);
         });
 
@@ -77,7 +81,7 @@ public static class ServeCommand
         var rngVerbose = new Option<bool>("--verbose", "-v") { Description = "Log every ring start and stop." };
         Option<UnsealedMemoryPolicy> rngMemory = MemoryOption();
         var rng = new Command("rng", "Serve a virtio-rng (entropy) device.") { rngSocket, rngVerbose, rngMemory };
-        rng.SetAction((result, ct) => ServeAsync(() => new VirtioRngDevice(), result.GetValue(rngSocket)!, result.GetValue(rngVerbose), result.GetValue(rngMemory), ct));
+        rng.SetAction((result, ct) => ServeAsync(() => new VirtioRngDevice(), result.GetValue(rngSocket)!, result.GetValue(rngVerbose), new VhostUserBackendOptions { UnsealedMemory = result.GetValue(rngMemory) }, ct));
 
         return new Command("serve", "Serve a virtio device as a vhost-user back-end.") { blk, rng };
     }
@@ -103,7 +107,7 @@ public static class ServeCommand
         return default;
     }
 
-    private static async Task<int> ServeAsync(Func<IVirtioDevice> createDevice, string socketPath, bool verbose, UnsealedMemoryPolicy memory, CancellationToken cancellationToken)
+    private static async Task<int> ServeAsync(Func<IVirtioDevice> createDevice, string socketPath, bool verbose, VhostUserBackendOptions backendOptions, CancellationToken cancellationToken)
     {
         using ILoggerFactory loggers = StderrLogging.Create(verbose ? LogLevel.Debug : LogLevel.Information);
         ILogger logger = loggers.CreateLogger("vmm.serve");
@@ -134,7 +138,7 @@ public static class ServeCommand
             VhostUserBackendServer server;
             try
             {
-                server = VhostUserBackendServer.Bind(device, socketPath, logger, new VhostUserBackendOptions { UnsealedMemory = memory });
+                server = VhostUserBackendServer.Bind(device, socketPath, logger, backendOptions);
             }
             catch (IOException e)
             {

@@ -26,6 +26,7 @@ public sealed class PackedDeviceQueue : IDeviceQueue
     private readonly IPackedInflightTracker? _packedTracker;
     private readonly PackedRingDescriptor[]? _raw;
     private readonly Queue<PackedResubmitChain>? _resubmit;
+    private readonly VirtqueueDirtyLog? _dirtyLog;
 
     private ushort _nextAvail;
     private bool _availWrap;
@@ -58,6 +59,7 @@ public sealed class PackedDeviceQueue : IDeviceQueue
         _indirect = (negotiatedFeatures & VirtioFeatures.RING_INDIRECT_DESC) != 0;
         _interrupt = resources.Interrupt;
         _tracker = tracker;
+        _dirtyLog = resources.DirtyLog;
         _builder = new ChainBuilder(Memory, DeviceQueue.MaxChainSegments(Size, _indirect));
         _packedTracker = tracker as IPackedInflightTracker;
         _raw = _packedTracker is null ? null : new PackedRingDescriptor[Size];
@@ -153,10 +155,18 @@ public sealed class PackedDeviceQueue : IDeviceQueue
         _nextUsed = (ushort)next;
         _usedSinceSignal += chain.RingSlots;
         _tracker?.OnCompleted(chain.Head);
+
+        // Live migration (vhost-user.rst, "Migration"): marked after the writes, as for split rings.
+        if (_dirtyLog is { IsLogging: true } dirty)
+        {
+            dirty.MarkWritable(chain);
+            dirty.MarkRingAt(d, DescriptorSize);
+        }
     }
 
     public void NotifyIfNeeded()
     {
+        _dirtyLog?.SignalIfMarked();
         if (_usedSinceSignal == 0)
         {
             return;
@@ -198,6 +208,7 @@ public sealed class PackedDeviceQueue : IDeviceQueue
             // Kick wanted once the driver makes the descriptor at our position available (2.8.10).
             ushort offWrap = (ushort)(_nextAvail | (_availWrap ? 1 << PackedEventWrapShift : 0));
             Memory.WriteUInt16Release(_deviceEvent + PackedEventOffWrapOffset, offWrap);
+            _dirtyLog?.MarkRingAt(_deviceEvent + PackedEventOffWrapOffset, sizeof(ushort));
             SetDeviceEventFlags(RING_EVENT_FLAGS_DESC);
         }
         else
@@ -244,6 +255,7 @@ public sealed class PackedDeviceQueue : IDeviceQueue
         {
             Memory.WriteUInt16Release(_deviceEvent + PackedEventFlagsOffset, flags);
             _deviceEventFlags = flags;
+            _dirtyLog?.MarkRingAt(_deviceEvent + PackedEventFlagsOffset, sizeof(ushort));
         }
     }
 
