@@ -3,6 +3,8 @@ using Vmm.Core.Memory;
 using Vmm.Host.Cli;
 using Vmm.Virtio.Queues;
 using Vmm.Virtio.Spec;
+using Vmm.VhostUser.Frontend;
+using Vmm.VhostUser.Protocol;
 
 namespace Vmm.Host.Run;
 
@@ -62,14 +64,7 @@ internal sealed class LiveSave : IDisposable
 
         foreach (IDirtyPageTracking tracker in _trackers)
         {
-            try
-            {
-                tracker.StartLogging();
-            }
-            catch (NotSupportedException e)
-            {
-                throw new WorkloadFailedException($"--live cannot follow the device's writes: {e.Message}");
-            }
+            Device(tracker.StartLogging, "cannot follow the device's writes");
         }
 
         _logging = true;
@@ -153,7 +148,15 @@ internal sealed class LiveSave : IDisposable
             }
         }
 
-        StopLogging();
+        try
+        {
+            StopLogging();
+        }
+        catch (WorkloadFailedException)
+        {
+            // Already on the way out with the failure that matters; the device goes with the VM.
+        }
+
         _endOfWorkload.Dispose();
     }
 
@@ -257,7 +260,21 @@ internal sealed class LiveSave : IDisposable
         _logging = false;
         foreach (IDirtyPageTracking tracker in _trackers)
         {
-            tracker.StopLogging();
+            Device(tracker.StopLogging, "could not stop the device's dirty logging");
+        }
+    }
+
+    /// <summary>A call into a device: what a vhost-user device can fail with becomes one sentence (exit 1).</summary>
+    private static void Device(Action call, string what)
+    {
+        try
+        {
+            call();
+        }
+        catch (Exception e) when (e is NotSupportedException or InvalidOperationException or VhostUserRequestFailedException or
+            VhostUserConnectionLostException or VhostUserProtocolException or Akka.Actor.AskTimeoutException)
+        {
+            throw new WorkloadFailedException($"--live {what}: {e.Message}", e);
         }
     }
 }

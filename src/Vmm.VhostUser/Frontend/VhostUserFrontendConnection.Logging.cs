@@ -20,9 +20,10 @@ public sealed partial class VhostUserFrontendConnection
 
     /// <summary>
     /// SET_LOG_BASE with the log description (mmap size, offset 0) and the log's memfd in the
-    /// ancillary data (LOG_SHMFD). The back-end answers it whether or not NEED_REPLY was set:
-    /// libvhost-user with a u64, DPDK with an empty body, and QEMU reads either, so no
-    /// NEED_REPLY is sent and either answer is taken.
+    /// ancillary data (LOG_SHMFD). The back-end answers it whether or not NEED_REPLY was set, so
+    /// none is set; the answer's body means nothing and is not read, as QEMU does not read it:
+    /// libvhost-user (qemu-storage-daemon) echoes the first 8 bytes of the request as a "u64",
+    /// DPDK sends an empty body.
     /// </summary>
     public async Task SetLogBaseAsync(DirtyPageLog log, CancellationToken cancellationToken = default)
     {
@@ -33,10 +34,6 @@ public sealed partial class VhostUserFrontendConnection
         SafeFileDescriptor fd = log.Fd ?? throw new ArgumentException("Only a log this process created (a memfd) can be sent.", nameof(log));
         using VhostUserReply reply = await SendAndReceiveAsync(VhostUserRequest.SET_LOG_BASE, payload, [fd], cancellationToken)
             .ConfigureAwait(false);
-        if (reply.Payload.Length == VhostUserU64.Size && VhostUserCodec.ReadU64(reply.Payload) is var status and not 0)
-        {
-            throw new VhostUserRequestFailedException(VhostUserRequest.SET_LOG_BASE, status);
-        }
     }
 
     /// <summary>

@@ -112,7 +112,7 @@ public sealed class DirtyLoggingTests : AkkaTest
     }
 
     [Test]
-    public async Task SET_LOG_BASE_takes_an_empty_answer_and_fails_on_a_non_zero_one()
+    public async Task SET_LOG_BASE_takes_an_empty_answer_or_eight_bytes_of_anything()
     {
         using var memory = GuestMemory.Create(1 << 20);
         using var log = VhostUserDirtyLog.For(memory);
@@ -126,11 +126,12 @@ public sealed class DirtyLoggingTests : AkkaTest
             await backend.ReplyAsync(VhostUserRequest.SET_LOG_BASE, []);
             await empty;
 
-            Task refused = frontend.SetLogBaseAsync(log.Current);
+            // libvhost-user (qemu-storage-daemon) answers with the request's first 8 bytes, the log's size.
+            Task echoed = frontend.SetLogBaseAsync(log.Current);
             await backend.ExpectAndDropAsync(VhostUserRequest.SET_LOG_BASE);
-            await backend.ReplyU64Async(VhostUserRequest.SET_LOG_BASE, 1);
-            await Assert.ThrowsAsync<VhostUserRequestFailedException>(async () => await refused);
-            Assert.That(frontend.IsDead, Is.False, "a refusal leaves the connection usable");
+            await backend.ReplyU64Async(VhostUserRequest.SET_LOG_BASE, log.Current.Size);
+            await echoed;
+            Assert.That(frontend.IsDead, Is.False);
         }
     }
 
