@@ -1,4 +1,3 @@
-using System.Runtime.InteropServices;
 using Vmm.Core.Memory;
 using Vmm.Core.Posix;
 using Vmm.VhostUser.Protocol;
@@ -52,8 +51,6 @@ public sealed partial class VhostUserFrontendConnection
         uint flags = ring.LogGuestAddress is null ? 0 : VhostUserVringAddr.VHOST_VRING_F_LOG;
         var addr = new VhostUserVringAddr(
             RingIndex(ring.Index), flags, ring.DescriptorUserAddress, ring.DeviceUserAddress, ring.DriverUserAddress, ring.LogGuestAddress ?? 0);
-        var buffer = new byte[VhostUserVringAddr.Size];
-        MemoryMarshal.Write(buffer, in addr);
-        return buffer;
+        return Encode(addr, VhostUserVringAddr.Size);
     }
 }
