@@ -35,6 +35,10 @@ internal sealed class LiveSave : IDisposable
     private int _stopRequested;
     private bool _logging;
 
+    // Where round 0's scan of memory is (it may be finished by the stop).
+    private int _scanRegion;
+    private ulong _scanOffset;
+
     // Pages the back-ends' dirty logs reported during the pre-copy rounds.
     private long _fromBackends;
 
@@ -103,6 +107,7 @@ internal sealed class LiveSave : IDisposable
     public List<MemoryPage> Finish(IEnumerable<QueueRecord> queues, bool packed)
     {
         _preCopy?.GetAwaiter().GetResult();
+        long rest = Scan(CancellationToken.None);
         ulong[] dirty = Harvest();
         for (int i = 0; i < _lastRound.Length && i < dirty.Length; i++)
         {
@@ -114,7 +119,7 @@ internal sealed class LiveSave : IDisposable
             MarkRing(dirty, q.Params, packed);
         }
 
-        _rounds.Add(Copy(dirty));
+        _rounds.Add(rest + Copy(dirty));
         StopLogging();
         var pages = new List<MemoryPage>(_pages.Count);
         foreach ((ulong address, byte[] data) in _pages.OrderBy(p => p.Key))
@@ -163,17 +168,9 @@ internal sealed class LiveSave : IDisposable
     private void PreCopy()
     {
         // Round 0: all of memory. Zero pages are skipped: a restore starts from zeroed memory,
-        // and a page written later is in a later round.
-        long copied = 0;
-        foreach (GuestMemoryRegion region in _memory.Regions)
-        {
-            for (ulong at = 0; at + DirtyPageLog.PageSize <= region.Size; at += DirtyPageLog.PageSize)
-            {
-                copied += CopyPage(region.GuestPhysicalAddress + at, skipZero: true) ? 1 : 0;
-            }
-        }
-
-        _rounds.Add(copied);
+        // and a page written later is in a later round. When the workload ends first, the scan
+        // stops where it is and the stop finishes it (Finish).
+        _rounds.Add(Scan(_endOfWorkload.Token));
         while (_rounds.Count <= _settings.LiveMaxRounds && !_endOfWorkload.IsCancellationRequested)
         {
             ulong[] dirty = Harvest();
@@ -185,6 +182,28 @@ internal sealed class LiveSave : IDisposable
                 break;
             }
         }
+    }
+
+    /// <summary>Copies the non-zero pages of memory from where the scan stopped, until the end or <paramref name="stop"/>; returns how many.</summary>
+    private long Scan(CancellationToken stop)
+    {
+        long copied = 0;
+        IReadOnlyList<GuestMemoryRegion> regions = _memory.Regions;
+        for (; _scanRegion < regions.Count; _scanRegion++, _scanOffset = 0)
+        {
+            GuestMemoryRegion region = regions[_scanRegion];
+            for (; _scanOffset + DirtyPageLog.PageSize <= region.Size; _scanOffset += DirtyPageLog.PageSize)
+            {
+                if ((_scanOffset & 0xFFFFF) == 0 && stop.IsCancellationRequested)
+                {
+                    return copied;
+                }
+
+                copied += CopyPage(region.GuestPhysicalAddress + _scanOffset, skipZero: true) ? 1 : 0;
+            }
+        }
+
+        return copied;
     }
 
     private ulong[] Harvest()
