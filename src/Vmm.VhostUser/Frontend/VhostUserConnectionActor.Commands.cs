@@ -234,7 +234,7 @@ public sealed partial class VhostUserConnectionActor
         VhostUserFrontendConnection connection = Connection;
         GuestMemoryChange change = message.Change;
         GuestMemory memory = message.Memory;
-        DirtyPageLog? grown = GrowLogFor(memory);
+        bool growLog = LogTooSmallFor(memory);
         RunCommand(message, async ct =>
         {
             if (!connection.HasProtocolFeature(VhostUserProtocolFeatures.CONFIGURE_MEM_SLOTS))
@@ -250,6 +250,7 @@ public sealed partial class VhostUserConnectionActor
                 await connection.RemoveMemoryRegionAsync(change.Region, ct).ConfigureAwait(false);
             }
 
+            DirtyPageLog? grown = growLog ? VhostUserDirtyLog.CreateFor(memory) : null;
             if (grown is not null)
             {
                 try

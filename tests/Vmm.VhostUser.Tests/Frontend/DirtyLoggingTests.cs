@@ -255,6 +255,51 @@ public sealed class DirtyLoggingTests : AkkaTest
     }
 
     [Test]
+    public async Task Memory_that_grows_past_the_log_gets_a_larger_one_after_the_memory_update()
+    {
+        var backends = new BackendFactory();
+        using var rig = new TestRing();
+        (Harness h, ScriptedBackend backend) = await StartWithQueueAsync(backends, rig, LoggingFeatures);
+        using (backend)
+        {
+            h.Connection.Tell(StartDirtyLogging.Instance, TestActor);
+            using (VhostUserMessage m = await backend.ExpectAsync(VhostUserRequest.SET_LOG_BASE, ack: null))
+            using (SafeFileDescriptor fd = m.TakeFd(0))
+            using (DirtyPageLog first = DirtyPageLog.Map(fd, VhostUserLog.Read(m.Payload.Span).MmapSize, 0))
+            {
+                first.MarkDirty(0x4000, 1);
+                await backend.ReplyU64Async(VhostUserRequest.SET_LOG_BASE, 0);
+            }
+
+            await backend.ExpectAndDropAsync(VhostUserRequest.SET_FEATURES);
+            await backend.ExpectAndDropAsync(VhostUserRequest.SET_VRING_ADDR);
+            DirtyLoggingStarted started = await ExpectMsgAsync<DirtyLoggingStarted>();
+
+            rig.Memory.AddRegion(new GuestMemoryRange(64UL << 20, 1 << 20));
+            await backend.ExpectAndDropAsync(VhostUserRequest.SET_MEM_TABLE);
+            using (VhostUserMessage m = await backend.ExpectAsync(VhostUserRequest.SET_LOG_BASE, ack: null))
+            {
+                Assert.That(VhostUserLog.Read(m.Payload.Span).MmapSize, Is.EqualTo(DirtyPageLog.SizeFor(65UL << 20)), "covers the new region");
+                using SafeFileDescriptor fd = m.TakeFd(0);
+                using DirtyPageLog grown = DirtyPageLog.Map(fd, VhostUserLog.Read(m.Payload.Span).MmapSize, 0);
+                grown.MarkDirty((64UL << 20) + 0x1000, 1);
+                await backend.ReplyU64Async(VhostUserRequest.SET_LOG_BASE, 0);
+            }
+
+            // Both logs' bits reach the host: the replaced one is harvested once more.
+            ulong expected = (64UL << 20) + 0x1000;
+            var bitmap = new ulong[DirtyPageBitmap.WordsFor(rig.Memory)];
+            long moved = 0;
+            await AwaitConditionAsync(() =>
+            {
+                moved += started.Log.Harvest(bitmap);
+                return Task.FromResult(moved == 2);
+            }, TimeSpan.FromSeconds(10));
+            Assert.That(DirtyPageBitmap.Pages(bitmap), Is.EqualTo(new ulong[] { 0x4000, expected }));
+        }
+    }
+
+    [Test]
     public async Task StartDirtyLogging_fails_with_NotSupported_when_the_backend_cannot_log()
     {
         var backends = new BackendFactory();

@@ -114,9 +114,8 @@ public sealed partial class VhostUserConnectionActor
         Done(message.ReplyTo, DirtyLoggingStopped.Instance);
     }
 
-    /// <summary>Memory grew past the log: a larger one, to send with SET_LOG_BASE after the memory update (vhost_dev_log_resize).</summary>
-    private DirtyPageLog? GrowLogFor(GuestMemory memory) =>
-        _model.Snapshot.DirtyLog is { } log && log.IsTooSmallFor(memory) ? VhostUserDirtyLog.CreateFor(memory) : null;
+    /// <summary>Memory grew past the log: a larger one goes with SET_LOG_BASE after the memory update (vhost_dev_log_resize).</summary>
+    private bool LogTooSmallFor(GuestMemory memory) => _model.Snapshot.DirtyLog is { } log && log.IsTooSmallFor(memory);
 
     private void LogGrown(DirtyPageLog? grown)
     {
