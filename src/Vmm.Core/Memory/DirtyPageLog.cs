@@ -69,9 +69,19 @@ public sealed unsafe class DirtyPageLog : IDisposable
     /// </summary>
     public static ulong SizeFor(ulong guestMemoryEnd)
     {
+        ulong bytes = BytesToCover(guestMemoryEnd);
+        return (bytes / BytesPerWord * BytesPerWord) + (bytes % BytesPerWord != 0 ? BytesPerWord : 0);
+    }
+
+    /// <summary>
+    /// The fewest bytes of log that give every page below <paramref name="guestMemoryEnd"/> its
+    /// bit: what a log a peer describes must have at least (vhost-user.rst: "large enough to
+    /// cover all known guest addresses").
+    /// </summary>
+    public static ulong BytesToCover(ulong guestMemoryEnd)
+    {
         ulong pages = (guestMemoryEnd >> PageShift) + ((guestMemoryEnd & (PageSize - 1)) != 0 ? 1UL : 0);
-        ulong words = (pages / PagesPerWord) + (pages % PagesPerWord != 0 ? 1UL : 0);
-        return words * BytesPerWord;
+        return (pages / 8) + (pages % 8 != 0 ? 1UL : 0);
     }
 
     /// <summary>

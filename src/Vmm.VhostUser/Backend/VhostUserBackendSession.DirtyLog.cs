@@ -42,7 +42,7 @@ public sealed partial class VhostUserBackendSession
 
         VhostUserLog description = VhostUserLog.Read(payload);
         ulong memoryEnd = GuestMemoryEnd();
-        ulong needed = BytesToCover(memoryEnd);
+        ulong needed = DirtyPageLog.BytesToCover(memoryEnd);
         if (description.MmapSize < needed)
         {
             throw new RequestRejectedException(
@@ -131,13 +131,6 @@ public sealed partial class VhostUserBackendSession
         }
 
         return end;
-    }
-
-    /// <summary>Bytes of log that give every page below <paramref name="end"/> its bit (bit n of byte n / 8).</summary>
-    private static ulong BytesToCover(ulong end)
-    {
-        ulong pages = (end >> DirtyPageLog.PageShift) + ((end & (DirtyPageLog.PageSize - 1)) != 0 ? 1UL : 0);
-        return (pages / 8) + (pages % 8 != 0 ? 1UL : 0);
     }
 
     private static ulong SaturatingMultiply(ulong a, ulong b) => a != 0 && b > ulong.MaxValue / a ? ulong.MaxValue : a * b;

@@ -18,6 +18,9 @@ public sealed unsafe class DirtyPageLogTests
         Assert.That(DirtyPageLog.SizeFor(64 * Page), Is.EqualTo(8UL));
         Assert.That(DirtyPageLog.SizeFor((64 * Page) + 1), Is.EqualTo(16UL));
         Assert.That(DirtyPageLog.SizeFor(256UL << 20), Is.EqualTo(8192UL));
+        Assert.That(DirtyPageLog.BytesToCover(9 * Page), Is.EqualTo(2UL));
+        Assert.That(DirtyPageLog.BytesToCover((8 * Page) + 1), Is.EqualTo(2UL));
+        Assert.That(DirtyPageLog.BytesToCover(8 * Page), Is.EqualTo(1UL));
     }
 
     [Test]
