@@ -19,7 +19,7 @@ namespace Vmm.Core.Memory;
 /// cannot pull pages from under us. A region received from a peer is sealed against shrinking
 /// when its file allows; when it does not, <see cref="UnsealedRegions"/> decides.
 /// </remarks>
-public sealed unsafe class GuestMemory : IDisposable
+public sealed unsafe partial class GuestMemory : IDisposable
 {
     /// <summary>
     /// The most regions a table may hold. vhost-user back-ends commonly advertise 509 slots
@@ -330,14 +330,28 @@ public sealed unsafe class GuestMemory : IDisposable
     }
 
     /// <summary>
-    /// A span over [address, address + length) inside one region. Valid until that region is
-    /// removed and disposed; hold it only while the queue using it runs.
+    /// A writable span over [address, address + length) inside one region. Valid until that region
+    /// is removed and disposed; hold it only while the queue using it runs. While writes are
+    /// tracked (<see cref="StartLogging"/>) its pages count as written: use
+    /// <see cref="GetReadOnlySpan"/> to look without writing.
     /// </summary>
     public Span<byte> GetSpan(ulong address, int length)
     {
         ArgumentOutOfRangeException.ThrowIfNegative(length);
         byte* p = Translate(address, (ulong)length);
+        if (_written is not null)
+        {
+            MarkWritten(address, (ulong)length);
+        }
+
         return new Span<byte>(p, length);
+    }
+
+    /// <summary>A read-only span over [address, address + length) inside one region; never counts as a write.</summary>
+    public ReadOnlySpan<byte> GetReadOnlySpan(ulong address, int length)
+    {
+        ArgumentOutOfRangeException.ThrowIfNegative(length);
+        return new ReadOnlySpan<byte>(Translate(address, (ulong)length), length);
     }
 
     /// <summary>Copies guest memory at <paramref name="address"/> into <paramref name="destination"/>; may cross adjacent regions.</summary>
@@ -355,6 +369,8 @@ public sealed unsafe class GuestMemory : IDisposable
     /// <summary>Copies <paramref name="source"/> into guest memory at <paramref name="address"/>; may cross adjacent regions.</summary>
     public void Write(ulong address, ReadOnlySpan<byte> source)
     {
+        ulong start = address;
+        ulong length = (ulong)source.Length;
         while (!source.IsEmpty)
         {
             int chunk = ChunkAt(address, source.Length, out byte* p);
@@ -362,11 +378,19 @@ public sealed unsafe class GuestMemory : IDisposable
             source = source[chunk..];
             address += (ulong)chunk;
         }
+
+        // After the store: a harvest between a mark and its store would lose the page.
+        if (_written is not null)
+        {
+            MarkWritten(start, length);
+        }
     }
 
     /// <summary>Fills [address, address + length) with zeroes.</summary>
     public void Clear(ulong address, ulong length)
     {
+        ulong start = address;
+        ulong total = length;
         while (length > 0)
         {
             int chunk = ChunkAt(address, (int)Math.Min(length, int.MaxValue), out byte* p);
@@ -374,11 +398,20 @@ public sealed unsafe class GuestMemory : IDisposable
             length -= (ulong)chunk;
             address += (ulong)chunk;
         }
+
+        if (_written is not null)
+        {
+            MarkWritten(start, total);
+        }
     }
 
     public byte ReadByte(ulong address) => *Translate(address, 1);
 
-    public void WriteByte(ulong address, byte value) => *Translate(address, 1) = value;
+    public void WriteByte(ulong address, byte value)
+    {
+        *Translate(address, 1) = value;
+        Written(address, 1);
+    }
 
     public ushort ReadUInt16(ulong address) => BinaryPrimitives.ReadUInt16LittleEndian(new ReadOnlySpan<byte>(Translate(address, 2), 2));
 
@@ -386,11 +419,23 @@ public sealed unsafe class GuestMemory : IDisposable
 
     public ulong ReadUInt64(ulong address) => BinaryPrimitives.ReadUInt64LittleEndian(new ReadOnlySpan<byte>(Translate(address, 8), 8));
 
-    public void WriteUInt16(ulong address, ushort value) => BinaryPrimitives.WriteUInt16LittleEndian(new Span<byte>(Translate(address, 2), 2), value);
+    public void WriteUInt16(ulong address, ushort value)
+    {
+        BinaryPrimitives.WriteUInt16LittleEndian(new Span<byte>(Translate(address, 2), 2), value);
+        Written(address, 2);
+    }
 
-    public void WriteUInt32(ulong address, uint value) => BinaryPrimitives.WriteUInt32LittleEndian(new Span<byte>(Translate(address, 4), 4), value);
+    public void WriteUInt32(ulong address, uint value)
+    {
+        BinaryPrimitives.WriteUInt32LittleEndian(new Span<byte>(Translate(address, 4), 4), value);
+        Written(address, 4);
+    }
 
-    public void WriteUInt64(ulong address, ulong value) => BinaryPrimitives.WriteUInt64LittleEndian(new Span<byte>(Translate(address, 8), 8), value);
+    public void WriteUInt64(ulong address, ulong value)
+    {
+        BinaryPrimitives.WriteUInt64LittleEndian(new Span<byte>(Translate(address, 8), 8), value);
+        Written(address, 8);
+    }
 
     /// <summary>
     /// Reads a ring index with acquire semantics: later reads (the descriptors it publishes)
@@ -411,6 +456,7 @@ public sealed unsafe class GuestMemory : IDisposable
     {
         ushort* p = (ushort*)Translate(address, 2);
         Volatile.Write(ref *p, BitConverter.IsLittleEndian ? value : BinaryPrimitives.ReverseEndianness(value));
+        Written(address, 2);
     }
 
     /// <summary>
@@ -440,6 +486,8 @@ public sealed unsafe class GuestMemory : IDisposable
         {
             region.Dispose();
         }
+
+        StopLogging();
     }
 
     private static void ValidateRange(ulong address, ulong size)
@@ -507,6 +555,16 @@ public sealed unsafe class GuestMemory : IDisposable
     {
         GuestMemoryRegion? region = FindRegion(address, length) ?? throw new GuestMemoryException(address, length);
         return region.HostAddress + (address - region.GuestPhysicalAddress);
+    }
+
+    /// <summary>After a store: its pages count as written while writes are tracked (one field read otherwise).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private void Written(ulong address, ulong length)
+    {
+        if (_written is not null)
+        {
+            MarkWritten(address, length);
+        }
     }
 
     /// <summary>The largest piece of [address, address + wanted) inside the region holding address.</summary>

@@ -68,13 +68,36 @@ public static class SaveRestoreRun
             Console.Error.WriteLine($"vmm: restored from {settings.RestorePath}; verify resumes at request {resumeAt} of {snapshot.Workload.Total}.");
         }
 
+        // The stop time runs from the moment the workload is told to stop until the file is written.
+        var stopClock = new Stopwatch();
+        using LiveSave? live = settings.Live ? new LiveSave(vm.Memory, Trackers(vm), settings) : null;
+        long total = 2 * VerifyBlocks(vm, blk);
         Func<long, bool>? pause = settings.SavePath is null
             ? null
-            : i => Volatile.Read(ref requested) != 0 || (settings.SaveAfter is { } n && i >= n);
+            : i =>
+            {
+                bool triggered = Volatile.Read(ref requested) != 0 || (settings.SaveAfter is { } n && i >= n);
+                if (live is not null && triggered)
+                {
+                    // --live: the trigger starts the pre-copy; the workload stops once it converged.
+                    live.Begin();
+                }
+
+                bool stop = live is null ? triggered : live.ShouldStop(i, total);
+                if (stop && !stopClock.IsRunning)
+                {
+                    stopClock.Start();
+                }
+
+                return stop;
+            };
         VerifyOutcome outcome = Verify(vm, blk, resumeAt, snapshot?.Workload.Total, pause, cancellationToken);
         if (outcome.Paused)
         {
-            long bytes = Save(vm, settings.SavePath!, new WorkloadProgress(RunWorkload.Verify, outcome.Done, outcome.Total));
+            (long bytes, int pages) = Save(vm, settings.SavePath!, new WorkloadProgress(RunWorkload.Verify, outcome.Done, outcome.Total), live);
+            Console.Error.WriteLine(live is not null
+                ? live.Describe(stopClock.ElapsedMilliseconds)
+                : string.Create(CultureInfo.InvariantCulture, $"vmm: save: stopped for {stopClock.ElapsedMilliseconds} ms, copying {pages} non-zero pages at the stop."));
             output.WriteLine(string.Create(
                 CultureInfo.InvariantCulture,
                 $"save: verify paused after {outcome.Done} of {outcome.Total} requests; snapshot {settings.SavePath} ({bytes} bytes)"));
@@ -144,7 +167,7 @@ public static class SaveRestoreRun
     {
         ulong region = Math.Min(Workloads.VerifyRegion, blk.CapacityBytes);
         int chunk = vm.Options.BlockSize;
-        long count = (long)((region + (ulong)chunk - 1) / (ulong)chunk);
+        long count = VerifyBlocks(vm, blk);
         long total = 2 * count;
         if (expectedTotal is { } saved && saved != total)
         {
@@ -210,8 +233,24 @@ public static class SaveRestoreRun
             $"verify: wrote, flushed, read back and compared {Workloads.Mib(region)} in {stopwatch.ElapsedMilliseconds} ms: equal{(expectedTotal is not null ? $" (resumed at request {resumeAt} of {total})" : string.Empty)}"));
     }
 
-    /// <summary>Stops every queue, collects the device's and the VM's state and writes the file. Returns its size.</summary>
-    private static long Save(GuestVm vm, string path, WorkloadProgress progress)
+    /// <summary>The blocks verify writes and reads back: the first <see cref="Workloads.VerifyRegion"/> bytes of the disk in block-size requests.</summary>
+    private static long VerifyBlocks(GuestVm vm, BlkGuest blk)
+    {
+        ulong region = Math.Min(Workloads.VerifyRegion, blk.CapacityBytes);
+        ulong chunk = (ulong)vm.Options.BlockSize;
+        return (long)((region + chunk - 1) / chunk);
+    }
+
+    /// <summary>Who writes guest memory: the VMM itself, and each vhost-user back-end through its dirty log.</summary>
+    private static List<IDirtyPageTracking> Trackers(GuestVm vm) =>
+        [vm.Memory, .. vm.Devices.Select(d => d.Remote).OfType<IDirtyPageTracking>()];
+
+    /// <summary>
+    /// Stops every queue, collects the device's and the VM's state and writes the file. Returns
+    /// its size and the pages saved. With <paramref name="live"/>, memory is what the pre-copy
+    /// gathered plus the pages written since (<see cref="LiveSave.Finish"/>).
+    /// </summary>
+    private static (long Bytes, int Pages) Save(GuestVm vm, string path, WorkloadProgress progress, LiveSave? live)
     {
         GuestDevice d = vm.Devices[0];
         var queues = new List<QueueRecord>();
@@ -232,8 +271,9 @@ public static class SaveRestoreRun
         var machine = new MachineSnapshot(
             vm.Options.MemorySize, vm.Options.Transport == Vmm.Virtio.Driver.VirtioTransportKind.Pci, vm.Options.PackedRing,
             vm.Options.EventIndex, vm.Options.IndirectDescriptors, vm.Options.BlockSize, vm.Options.IoDepth);
-        SaveRestoreFile.Write(path, new VmSnapshot(machine, NonZeroPages(vm.Memory), [device], progress));
-        return new FileInfo(path).Length;
+        List<MemoryPage> pages = live?.Finish(queues, vm.Options.PackedRing) ?? NonZeroPages(vm.Memory);
+        SaveRestoreFile.Write(path, new VmSnapshot(machine, pages, [device], progress));
+        return (new FileInfo(path).Length, pages.Count);
     }
 
     private static List<MemoryPage> NonZeroPages(GuestMemory memory)
@@ -244,7 +284,7 @@ public static class SaveRestoreRun
             for (ulong at = 0; at + SaveRestoreFile.PageSize <= region.Size; at += SaveRestoreFile.PageSize)
             {
                 ulong address = region.GuestPhysicalAddress + at;
-                ReadOnlySpan<byte> page = memory.GetSpan(address, SaveRestoreFile.PageSize);
+                ReadOnlySpan<byte> page = memory.GetReadOnlySpan(address, SaveRestoreFile.PageSize);
                 if (page.ContainsAnyExcept((byte)0))
                 {
                     pages.Add(new MemoryPage(address, page.ToArray()));

@@ -38,9 +38,13 @@ public static class ServeCommand
         Option<bool> stats = StatsOption();
         Option<UnsealedMemoryPolicy> memory = MemoryOption();
 
+        // Test only (docs/migration.md): offers LOG_ALL but marks nothing, so the live-migration
+        // test can show that it catches a back-end that does not log.
+        var ignoreDirtyLog = new Option<bool>("--test-ignore-dirty-log") { Hidden = true };
+
         var blk = new Command("blk", "Serve a virtio-blk device backed by a disk image or a block device.")
         {
-            socket, disk, readOnly, queues, queueSize, cache, aio, verbose, memory, stats,
+            socket, disk, readOnly, queues, queueSize, cache, aio, verbose, memory, stats, ignoreDirtyLog,
         };
         blk.SetAction((result, ct) =>
         {
@@ -71,7 +75,7 @@ public static class ServeCommand
                 () => new VirtioBlkDevice(options),
                 result.GetValue(socket)!,
                 result.GetValue(verbose),
-                result.GetValue(memory),
+                new VhostUserBackendOptions { UnsealedMemory = result.GetValue(memory), TestIgnoreDirtyLog = result.GetValue(ignoreDirtyLog) },
                 result.GetValue(stats),
                 ct);
         });
@@ -82,7 +86,7 @@ public static class ServeCommand
         Option<bool> rngStats = StatsOption();
         var rng = new Command("rng", "Serve a virtio-rng (entropy) device.") { rngSocket, rngVerbose, rngMemory, rngStats };
         rng.SetAction((result, ct) => ServeAsync(
-            () => new VirtioRngDevice(), result.GetValue(rngSocket)!, result.GetValue(rngVerbose), result.GetValue(rngMemory), result.GetValue(rngStats), ct));
+            () => new VirtioRngDevice(), result.GetValue(rngSocket)!, result.GetValue(rngVerbose), new VhostUserBackendOptions { UnsealedMemory = result.GetValue(rngMemory) }, result.GetValue(rngStats), ct));
 
         return new Command("serve", "Serve a virtio device as a vhost-user back-end.") { blk, rng };
     }
@@ -114,7 +118,7 @@ public static class ServeCommand
         return default;
     }
 
-    private static async Task<int> ServeAsync(Func<IVirtioDevice> createDevice, string socketPath, bool verbose, UnsealedMemoryPolicy memory, bool stats, CancellationToken cancellationToken)
+    private static async Task<int> ServeAsync(Func<IVirtioDevice> createDevice, string socketPath, bool verbose, VhostUserBackendOptions backendOptions, bool stats, CancellationToken cancellationToken)
     {
         using ILoggerFactory loggers = StderrLogging.Create(verbose ? LogLevel.Debug : LogLevel.Information);
         ILogger logger = loggers.CreateLogger("vmm.serve");
@@ -145,7 +149,7 @@ public static class ServeCommand
             VhostUserBackendServer server;
             try
             {
-                server = VhostUserBackendServer.Bind(device, socketPath, logger, new VhostUserBackendOptions { UnsealedMemory = memory });
+                server = VhostUserBackendServer.Bind(device, socketPath, logger, backendOptions);
             }
             catch (IOException e)
             {

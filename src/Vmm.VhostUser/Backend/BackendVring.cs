@@ -32,6 +32,15 @@ internal sealed class BackendVring : IDisposable
 
     public bool HasAddresses { get; set; }
 
+    /// <summary>
+    /// SET_VRING_ADDR's log_guest_addr when its flags have VHOST_VRING_F_LOG: where the log
+    /// counts the used ring's first byte. Null when the ring's writes are not to be logged.
+    /// </summary>
+    public ulong? LogGuestAddress { get; set; }
+
+    /// <summary>Where this ring's queue marks the pages it writes; the session sets its target.</summary>
+    public VirtqueueDirtyLog DirtyLog { get; } = new();
+
     /// <summary>SET_VRING_BASE's num, kept raw: the ring kind decides how to read it.</summary>
     public uint Base { get; set; }
 
@@ -109,6 +118,8 @@ internal sealed class BackendVring : IDisposable
         Size = 0;
         DescriptorUserAddress = AvailableUserAddress = UsedUserAddress = 0;
         HasAddresses = false;
+        LogGuestAddress = null;
+        DirtyLog.Set(null, null, null);
         Base = 0;
         Kick?.Dispose();
         Kick = null;

@@ -12,6 +12,7 @@ public sealed record VhostUserBackendOptions
     /// </summary>
     public const VhostUserProtocolFeatures Implemented =
         VhostUserProtocolFeatures.MQ |
+        VhostUserProtocolFeatures.LOG_SHMFD |
         VhostUserProtocolFeatures.REPLY_ACK |
         VhostUserProtocolFeatures.BACKEND_REQ |
         VhostUserProtocolFeatures.CONFIG |
@@ -59,6 +60,13 @@ public sealed record VhostUserBackendOptions
 
     /// <summary>How long a SET_DEVICE_STATE_FD transfer may take before it is abandoned.</summary>
     public TimeSpan DeviceStateTimeout { get; init; } = TimeSpan.FromSeconds(10);
+
+    /// <summary>
+    /// TEST ONLY: offer LOG_ALL and accept the log, but never mark a page in it, so that a live
+    /// migration test can show it detects a back-end that does not log (docs/migration.md).
+    /// Never set in production: a guest migrated this way loses what the device wrote meanwhile.
+    /// </summary>
+    public bool TestIgnoreDirtyLog { get; init; }
 
     /// <summary>How long the front-end may take to ack a back-end request before the back-end channel is closed.</summary>
     public TimeSpan BackendReplyTimeout { get; init; } = TimeSpan.FromSeconds(5);

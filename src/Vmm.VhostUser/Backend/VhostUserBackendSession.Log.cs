@@ -54,6 +54,9 @@ public sealed partial class VhostUserBackendSession
         [LoggerMessage(20, LogLevel.Warning, "Ring {Index}: the error eventfd cannot be signalled (logged once for this fd): {Reason}")]
         public static partial void ErrorFdFailed(ILogger logger, int index, string reason);
 
+        [LoggerMessage(21, LogLevel.Information, "Dirty-page log set: {Bytes} bytes, covering guest memory below 0x{Covered:x}")]
+        public static partial void DirtyLogSet(ILogger logger, ulong bytes, ulong covered);
+
         [LoggerMessage(19, LogLevel.Information, "Memory region {Region} can still shrink (its file is not sealed): mapped under the SIGBUS guard")]
         public static partial void RegionGuarded(ILogger logger, string region);
     }

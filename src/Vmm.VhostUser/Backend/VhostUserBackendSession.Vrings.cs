@@ -57,15 +57,15 @@ public sealed partial class VhostUserBackendSession
             throw new RequestRejectedException($"ring {address.Index}: {invalid}");
         }
 
-        if ((address.Flags & VhostUserVringAddr.VHOST_VRING_F_LOG) != 0)
-        {
-            throw new RequestRejectedException($"ring {address.Index}: dirty logging (VHOST_VRING_F_LOG) is not supported; LOG_ALL was never offered");
-        }
-
         vring.DescriptorUserAddress = address.Descriptor;
         vring.AvailableUserAddress = address.Available;
         vring.UsedUserAddress = address.Used;
         vring.HasAddresses = true;
+
+        // QEMU turns used-ring logging on and off by sending the same addresses again with the
+        // LOG flag changed while the ring runs (vhost-user.rst, "Migration"): takes effect at once.
+        vring.LogGuestAddress = (address.Flags & VhostUserVringAddr.VHOST_VRING_F_LOG) != 0 ? address.Log : null;
+        PublishDirtyLog(vring);
     }
 
     private void SetVringBase(VhostUserVringState state)
@@ -236,6 +236,7 @@ public sealed partial class VhostUserBackendSession
             Inflight = (IInflightTracker?)inflight ?? packedInflight,
             Resubmit = resubmit,
             ResubmitPacked = resubmitPacked,
+            DirtyLog = vring.DirtyLog,
         };
         ulong deviceFeatures = _ackedFeatures & ~VhostUserVirtioFeatures.TransportMask;
         try

@@ -70,8 +70,13 @@ public sealed partial class VhostUserBackendSession : IDisposable
         HeaderValidator = static header => VhostUserCodec.ValidateRequestHeader(header),
     };
 
-    /// <summary>Virtio features offered: the device's, VERSION_1, and PROTOCOL_FEATURES (vhost-user.rst, "Feature bits").</summary>
-    public ulong OfferedFeatures => _device.DeviceFeatures | VirtioFeatures.VERSION_1 | VhostUserVirtioFeatures.PROTOCOL_FEATURES;
+    /// <summary>
+    /// Virtio features offered: the device's, VERSION_1, PROTOCOL_FEATURES (vhost-user.rst,
+    /// "Feature bits"), and VHOST_F_LOG_ALL when LOG_SHMFD is offered too: a front-end can only
+    /// share the log through it, and QEMU refuses to migrate a guest whose device lacks LOG_ALL.
+    /// </summary>
+    public ulong OfferedFeatures => _device.DeviceFeatures | VirtioFeatures.VERSION_1 | VhostUserVirtioFeatures.PROTOCOL_FEATURES |
+        ((_options.ProtocolFeatures & VhostUserProtocolFeatures.LOG_SHMFD) != 0 ? VhostUserVirtioFeatures.LOG_ALL : 0);
 
     private bool ProtocolFeaturesNegotiated => (_ackedFeatures & VhostUserVirtioFeatures.PROTOCOL_FEATURES) != 0;
 
@@ -149,6 +154,8 @@ public sealed partial class VhostUserBackendSession : IDisposable
         {
             vring.Dispose();
         }
+
+        DisposeDirtyLog();
 
         if (_wedged)
         {
@@ -366,6 +373,11 @@ public sealed partial class VhostUserBackendSession : IDisposable
                 return SetDeviceStateFd(message);
             case VhostUserRequest.CHECK_DEVICE_STATE:
                 return CheckDeviceState();
+            case VhostUserRequest.SET_LOG_BASE:
+                return SetLogBase(message);
+            case VhostUserRequest.SET_LOG_FD:
+                SetLogFd(message);
+                return Reply.Ack;
             case VhostUserRequest.SET_BACKEND_REQ_FD:
                 SetBackendRequestFd(message);
                 return Reply.Ack;
@@ -374,12 +386,16 @@ public sealed partial class VhostUserBackendSession : IDisposable
         }
     }
 
-    /// <summary>Requests whose reply carries data (vhost-user.rst, "Communication": the list of requests that need replies).</summary>
+    /// <summary>
+    /// Requests whose reply carries data (vhost-user.rst, "Communication": the list of requests
+    /// that need replies), and SET_LOG_BASE, which front-ends await an answer to whenever
+    /// LOG_SHMFD was negotiated (QEMU's vhost_user_set_log_base reads one unconditionally).
+    /// </summary>
     private static bool HasNaturalReply(VhostUserRequest request) => request is
         VhostUserRequest.GET_FEATURES or VhostUserRequest.GET_PROTOCOL_FEATURES or VhostUserRequest.GET_VRING_BASE or
         VhostUserRequest.GET_QUEUE_NUM or VhostUserRequest.GET_MAX_MEM_SLOTS or VhostUserRequest.GET_STATUS or
         VhostUserRequest.GET_CONFIG or VhostUserRequest.GET_INFLIGHT_FD or
-        VhostUserRequest.SET_DEVICE_STATE_FD or VhostUserRequest.CHECK_DEVICE_STATE;
+        VhostUserRequest.SET_DEVICE_STATE_FD or VhostUserRequest.CHECK_DEVICE_STATE or VhostUserRequest.SET_LOG_BASE;
 
     private void RequireProtocolFeature(VhostUserProtocolFeatures feature, VhostUserRequest request)
     {
@@ -401,6 +417,9 @@ public sealed partial class VhostUserBackendSession : IDisposable
         // layout only takes effect at the next ring start.
         _ackedFeatures = features;
         Log.FeaturesSet(_logger, features);
+
+        // LOG_ALL starts and stops dirty logging at once, under running rings (vhost-user.rst, "Migration").
+        PublishDirtyLog();
         if (!ProtocolFeaturesNegotiated)
         {
             // Without PROTOCOL_FEATURES a ring starts directly in the enabled state (vhost-user.rst, "Ring states").
@@ -456,6 +475,8 @@ public sealed partial class VhostUserBackendSession : IDisposable
             vring.Clear();
         }
 
+        // After the rings stopped and let go of it (BackendVring.Clear).
+        DisposeDirtyLog();
         _ackedFeatures = 0;
         _status = 0;
     }

@@ -6,7 +6,8 @@ namespace Vmm.VhostUser.Frontend;
 
 /// <summary>
 /// What a vhost-user device was told, as an immutable value: negotiated features, memory table,
-/// running queues, the inflight region, the config image and the driver's status. The
+/// running queues, the inflight region, the config image, the driver's status and, while
+/// dirty pages are logged, the log. The
 /// <see cref="VhostUserDeviceModel"/> holds the current one; a new connection replays it, as
 /// cloud-hypervisor's <c>reinitialize_vhost_user</c> does.
 /// </summary>
@@ -16,12 +17,13 @@ public sealed record DeviceSnapshot(
     ImmutableSortedDictionary<int, QueueSnapshot> Queues,
     ConfigImage Config,
     VhostUserInflightRegion? Inflight = null,
-    byte DriverStatus = 0)
+    byte DriverStatus = 0,
+    VhostUserDirtyLog? DirtyLog = null)
 {
     public static DeviceSnapshot Empty { get; } = new(null, null, ImmutableSortedDictionary<int, QueueSnapshot>.Empty, ConfigImage.Empty(0));
 
     /// <summary>True when a new connection has nothing to replay.</summary>
-    public bool IsEmpty => GuestFeatures is null && Memory is null && Queues.IsEmpty && Config.Written.IsEmpty && Inflight is null && DriverStatus == 0;
+    public bool IsEmpty => GuestFeatures is null && Memory is null && Queues.IsEmpty && Config.Written.IsEmpty && Inflight is null && DriverStatus == 0 && DirtyLog is null;
 }
 
 /// <summary>A running queue: where it lives and with which features it was started.</summary>

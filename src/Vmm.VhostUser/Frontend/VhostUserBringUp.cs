@@ -26,8 +26,14 @@ public sealed record BringUpPlan(
     byte? Status,
     bool RollBackRefusedRing)
 {
+    /// <summary>SET_FEATURES carries VHOST_F_LOG_ALL: dirty pages are being logged (vhost-user.rst, "Migration").</summary>
+    public bool LogAll { get; init; }
+
+    /// <summary>SET_LOG_BASE with this log, after the memory table and before any ring; null: none.</summary>
+    public Core.Memory.DirtyPageLog? LogBase { get; init; }
+
     /// <summary>True when there is nothing to send.</summary>
-    public bool IsEmpty => Inflight is null && Features is null && Memory is null && Rings.Count == 0 && Config.Count == 0 && Status is null;
+    public bool IsEmpty => Inflight is null && Features is null && Memory is null && Rings.Count == 0 && Config.Count == 0 && Status is null && LogBase is null;
 }
 
 /// <summary>The inflight region to hand over: <paramref name="Existing"/>, or a new one of this shape from GET_INFLIGHT_FD.</summary>
@@ -50,7 +56,8 @@ public sealed record BringUpResult(VhostUserInflightRegion? CreatedInflight, boo
 /// <item>GET_INFLIGHT_FD when no region exists yet, then SET_INFLIGHT_FD, before any ring
 /// (vhost-user.rst, "Inflight I/O tracking": the back-end must know what was in flight before a
 /// ring starts);</item>
-/// <item>SET_FEATURES, then the memory table;</item>
+/// <item>SET_FEATURES (with VHOST_F_LOG_ALL while logging), then the memory table, then
+/// SET_LOG_BASE when the back-end does not have the log yet;</item>
 /// <item>per ring SET_VRING_NUM, ADDR, BASE, then SET_VRING_CALL before SET_VRING_KICK (a back-end
 /// may start the ring on its kick and complete a request at once: it needs its call fd by then);</item>
 /// <item>SET_CONFIG of what the guest wrote, before any ring is enabled (requests must not run
@@ -100,12 +107,17 @@ public static class VhostUserBringUp
             // 2. Features and memory.
             if (plan.Features is ulong features)
             {
-                await connection.SetFeaturesAsync(features, cancellationToken).ConfigureAwait(false);
+                await connection.SetFeaturesAsync(features, plan.LogAll, cancellationToken).ConfigureAwait(false);
             }
 
             if (plan.Memory is not null)
             {
                 await connection.SetMemoryAsync(plan.Memory, cancellationToken).ConfigureAwait(false);
+            }
+
+            if (plan.LogBase is not null)
+            {
+                await connection.SetLogBaseAsync(plan.LogBase, cancellationToken).ConfigureAwait(false);
             }
 
             // 3. Each ring: where it is, its call, then its kick.

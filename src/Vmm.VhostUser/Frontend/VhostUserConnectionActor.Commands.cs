@@ -23,6 +23,7 @@ public sealed partial class VhostUserConnectionActor
         Receive<LoadDeviceState>(HandleLoadDeviceState);
         Receive<RestoreInflight>(HandleRestoreInflight);
         Receive<ReadInflight>(_ => Sender.Tell(_model.ReadInflight()));
+        DirtyLoggingCommands();
     }
 
     private void HandleStartQueue(StartQueue message)
@@ -36,7 +37,7 @@ public sealed partial class VhostUserConnectionActor
         BringUpPlan plan;
         try
         {
-            plan = _model.PlanStart(message, Connection, _inflightSent);
+            plan = _model.WithDirtyLog(_model.PlanStart(message, Connection, _inflightSent), sendLog: !_logSent);
         }
         catch (Exception e) when (e is ArgumentException or GuestMemoryException or InvalidOperationException)
         {
@@ -233,6 +234,7 @@ public sealed partial class VhostUserConnectionActor
         VhostUserFrontendConnection connection = Connection;
         GuestMemoryChange change = message.Change;
         GuestMemory memory = message.Memory;
+        bool growLog = LogTooSmallFor(memory);
         RunCommand(message, async ct =>
         {
             if (!connection.HasProtocolFeature(VhostUserProtocolFeatures.CONFIGURE_MEM_SLOTS))
@@ -248,7 +250,21 @@ public sealed partial class VhostUserConnectionActor
                 await connection.RemoveMemoryRegionAsync(change.Region, ct).ConfigureAwait(false);
             }
 
-            return new MemoryUpdateDone();
+            DirtyPageLog? grown = growLog ? VhostUserDirtyLog.CreateFor(memory) : null;
+            if (grown is not null)
+            {
+                try
+                {
+                    await connection.SetLogBaseAsync(grown, ct).ConfigureAwait(false);
+                }
+                catch
+                {
+                    grown.Dispose();
+                    throw;
+                }
+            }
+
+            return new MemoryUpdateDone(grown);
         });
     }
 
@@ -310,7 +326,7 @@ public sealed partial class VhostUserConnectionActor
 
     private sealed record DeviceStateDone(IActorRef ReplyTo, object Reply);
 
-    private sealed record MemoryUpdateDone;
+    private sealed record MemoryUpdateDone(DirtyPageLog? GrownLog);
 
     private sealed record CommandFailed(IActorRef ReplyTo, Exception Cause, QueueStartCleanup? Cleanup);
 

@@ -21,7 +21,12 @@ public sealed partial class VhostUserConnectionActor
         Receive<ConfigRefreshDone>(HandleConfigRefreshed);
         Receive<StatusSetDone>(m => Done(m.ReplyTo, DriverStatusSet.Instance));
         Receive<DeviceStateDone>(m => Done(m.ReplyTo, m.Reply));
-        Receive<MemoryUpdateDone>(_ => Done(ActorRefs.Nobody, null));
+        Receive<MemoryUpdateDone>(m =>
+        {
+            LogGrown(m.GrownLog);
+            Done(ActorRefs.Nobody, null);
+        });
+        DirtyLoggingResults();
     }
 
     private void HandleQueueStarted(QueueStartDone message)
@@ -31,6 +36,7 @@ public sealed partial class VhostUserConnectionActor
         // The plan sent the inflight region whenever the back-end has INFLIGHT_SHMFD and did not have it yet.
         _inflightSent |= Connection.HasProtocolFeature(VhostUserProtocolFeatures.INFLIGHT_SHMFD);
         LogInflightRefusal(message.Result);
+        _logSent |= _model.Snapshot.DirtyLog is not null;
 
         _stoppedStates.Remove(message.Queue.Index);
         _model.Started(message.Queue, message.Result);
@@ -51,6 +57,7 @@ public sealed partial class VhostUserConnectionActor
         _stoppedStates.Clear();
         _model.Reset(backendKeepsMemory: Connection.HasProtocolFeature(VhostUserProtocolFeatures.CONFIGURE_MEM_SLOTS));
         _inflightSent = false;
+        _logSent = false;
         if (_model.Snapshot.Memory is null)
         {
             Unsubscribe();

@@ -207,7 +207,7 @@ public sealed partial class VhostUserConnectionActor : ReceiveActor, IWithUnboun
         _log.Info("Replaying device state: {0} queue(s)", _model.Snapshot.Queues.Count);
         Become(Replaying);
         VhostUserFrontendConnection connection = Connection;
-        BringUpPlan plan = _model.PlanReplay(connection);
+        BringUpPlan plan = _model.WithDirtyLog(_model.PlanReplay(connection), sendLog: true);
         IReadOnlyList<VirtqueueCallRouter> routers = CreateQueues(plan);
         VhostUserBringUp.ExecuteAsync(connection, plan, routers, _shutdown.Token)
             .PipeTo(Self, success: result => new Replayed(result), failure: e => new OperationFailed(e));
@@ -218,6 +218,7 @@ public sealed partial class VhostUserConnectionActor : ReceiveActor, IWithUnboun
         _model.Replayed(message.Result);
         LogInflightRefusal(message.Result);
         _inflightSent = _model.Snapshot.Inflight is not null && Connection.HasProtocolFeature(VhostUserProtocolFeatures.INFLIGHT_SHMFD);
+        _logSent = _model.Snapshot.DirtyLog is not null;
         if (_model.Snapshot.Memory is not null)
         {
             Subscribe(_model.Snapshot.Memory);

@@ -12,7 +12,13 @@ namespace Vmm.VhostUser.Frontend;
 /// what only a device with a back-end in another process has (its connection's events and state,
 /// the inflight region). What <c>IManagedVmm.GetDeviceAsync</c> hands out.
 /// </summary>
-public interface IVhostUserDevice : IVirtioDevice
+/// <remarks>
+/// As an <see cref="Core.Memory.IDirtyPageTracking"/> it logs the guest pages its back-end writes
+/// (vhost-user.rst, "Migration"; docs/migration.md): <see cref="Core.Memory.IDirtyPageTracking.StartLogging"/>
+/// throws <see cref="NotSupportedException"/> when the back-end offers no VHOST_F_LOG_ALL or
+/// LOG_SHMFD, and <see cref="InvalidOperationException"/> before a queue has started.
+/// </remarks>
+public interface IVhostUserDevice : IVirtioDevice, Core.Memory.IDirtyPageTracking
 {
     /// <summary>The device's name in its VM (the supervisor's actor name).</summary>
     string Name { get; }
@@ -66,6 +72,9 @@ public sealed class VhostUserDevice : IVhostUserDevice
     private readonly Task _stopped;
     private int _disposed;
     private int _connected = 1;
+
+    // The log being harvested, while logging is on (the supervisor's model owns and closes it).
+    private VhostUserDirtyLog? _dirtyLog;
 
     private VhostUserDevice(IActorRef supervisor, VhostUserDeviceOptions options, DeviceInfo info, VhostUserDeviceEvents? events)
     {
@@ -233,6 +242,22 @@ public sealed class VhostUserDevice : IVhostUserDevice
         Call<InflightRestored>(new RestoreInflight(contents.ToArray(), numQueues, queueSize));
 
     public InflightContents ReadInflight() => Call<InflightContents>(Frontend.ReadInflight.Instance);
+
+    /// <summary>
+    /// Starts logging the pages the back-end writes (<see cref="StartDirtyLogging"/>); the log is
+    /// then harvested here without a message, straight from its shared mapping.
+    /// </summary>
+    public void StartLogging() => Volatile.Write(ref _dirtyLog, Call<DirtyLoggingStarted>(StartDirtyLogging.Instance).Log);
+
+    /// <inheritdoc/>
+    public long HarvestDirtyPages(Span<ulong> bitmap) => Volatile.Read(ref _dirtyLog)?.Harvest(bitmap) ?? 0;
+
+    /// <summary>Stops logging (<see cref="StopDirtyLogging"/>).</summary>
+    public void StopLogging()
+    {
+        Call<DirtyLoggingStopped>(StopDirtyLogging.Instance);
+        Volatile.Write(ref _dirtyLog, null);
+    }
 
     /// <summary>
     /// The guest's status goes to the back-end (SET_STATUS, when STATUS was negotiated). It is

@@ -15,7 +15,7 @@ namespace Vmm.VhostUser.Frontend;
 /// applies their results; the supervisor takes it back when that actor has terminated. At any
 /// moment exactly one actor uses it, and Akka's Terminated orders the hand-back.
 /// </summary>
-public sealed class VhostUserDeviceModel : IDisposable
+public sealed partial class VhostUserDeviceModel : IDisposable
 {
     /// <summary>Where a ring starts that was given no state: index 0, wrap counters set (virtio 1.2, 2.8.1).</summary>
     private static readonly VirtqueueState FreshRing = new(0, 0);
@@ -71,6 +71,11 @@ public sealed class VhostUserDeviceModel : IDisposable
         if (!s.Config.Written.IsEmpty && (backend.ProtocolFeatures & VhostUserProtocolFeatures.CONFIG) == 0)
         {
             return "the new back-end does not offer CONFIG, so the guest's config writes cannot be given to it";
+        }
+
+        if (s.DirtyLog is not null && !VhostUserFrontendConnection.SupportsLogging(backend.Features, backend.ProtocolFeatures))
+        {
+            return "dirty pages are being logged and the new back-end cannot log them (no VHOST_F_LOG_ALL or no LOG_SHMFD)";
         }
 
         int queues = backend.QueueCount ?? 1;
@@ -211,6 +216,9 @@ public sealed class VhostUserDeviceModel : IDisposable
         Snapshot = DeviceSnapshot.Empty with
         {
             Memory = backendKeepsMemory ? Snapshot.Memory : null,
+
+            // Logging is the host's, not the guest's: a guest's reset does not end a migration.
+            DirtyLog = Snapshot.DirtyLog,
             Config = _backendConfig is not null ? ConfigImage.FromBackend(_backendConfig) : ConfigImage.Empty(Snapshot.Config.Length),
         };
 
@@ -370,13 +378,17 @@ public sealed class VhostUserDeviceModel : IDisposable
                 return ReadInflight();
 
             default:
-                return new Status.Failure(new VhostUserConnectionLostException(
+                return ServeLoggingOffline(command) ?? new Status.Failure(new VhostUserConnectionLostException(
                     $"vhost-user device {_options.Name} is not connected; {command.GetType().Name} needs its back-end."));
         }
     }
 
-    /// <summary>Closes the inflight region (the snapshot's only fd).</summary>
-    public void Dispose() => Snapshot.Inflight?.Dispose();
+    /// <summary>Closes the inflight region and the dirty log (the snapshot's fds).</summary>
+    public void Dispose()
+    {
+        Snapshot.Inflight?.Dispose();
+        Snapshot.DirtyLog?.Dispose();
+    }
 
     // --- Helpers -------------------------------------------------------------------------------
 

@@ -87,15 +87,27 @@ public sealed partial class VhostUserFrontendConnection
     /// <summary>
     /// SET_FEATURES with <paramref name="guestFeatures"/> ∩ the back-end's offer, plus
     /// VHOST_USER_F_PROTOCOL_FEATURES when the back-end offered it (vhost-user.rst: a front-end
-    /// that negotiated protocol features must keep bit 30 in SET_FEATURES). LOG_ALL is never set
-    /// (no live migration). Returns what was sent.
+    /// that negotiated protocol features must keep bit 30 in SET_FEATURES), plus VHOST_F_LOG_ALL
+    /// while dirty pages are logged (the overload with logAll; vhost-user.rst, "Migration": the
+    /// front-end turns logging on and off with SET_FEATURES). Returns what was sent.
     /// </summary>
-    public async Task<ulong> SetFeaturesAsync(ulong guestFeatures, CancellationToken cancellationToken = default)
+    public Task<ulong> SetFeaturesAsync(ulong guestFeatures, CancellationToken cancellationToken = default) =>
+        SetFeaturesAsync(guestFeatures, logAll: false, cancellationToken);
+
+    /// <inheritdoc cref="SetFeaturesAsync(ulong, CancellationToken)"/>
+    public async Task<ulong> SetFeaturesAsync(ulong guestFeatures, bool logAll, CancellationToken cancellationToken = default)
     {
         ulong features = guestFeatures & BackendFeatures & ~VhostUserVirtioFeatures.TransportMask;
         if ((BackendFeatures & VhostUserVirtioFeatures.PROTOCOL_FEATURES) != 0)
         {
             features |= VhostUserVirtioFeatures.PROTOCOL_FEATURES;
+        }
+
+        if (logAll)
+        {
+            features |= (BackendFeatures & VhostUserVirtioFeatures.LOG_ALL) != 0
+                ? VhostUserVirtioFeatures.LOG_ALL
+                : throw new InvalidOperationException("The back-end does not offer VHOST_F_LOG_ALL: it cannot log the pages it writes.");
         }
 
         await SendU64Async(VhostUserRequest.SET_FEATURES, features, cancellationToken: cancellationToken).ConfigureAwait(false);

@@ -161,8 +161,7 @@ public sealed partial class VhostUserFrontendConnection
         uint index = RingIndex(ring.Index);
         await SendAsync(VhostUserRequest.SET_VRING_NUM, Encode(new VhostUserVringState(index, ring.Size), VhostUserVringState.Size),
             cancellationToken: cancellationToken).ConfigureAwait(false);
-        var addr = new VhostUserVringAddr(index, 0, ring.DescriptorUserAddress, ring.DeviceUserAddress, ring.DriverUserAddress, 0);
-        await SendAsync(VhostUserRequest.SET_VRING_ADDR, Encode(addr, VhostUserVringAddr.Size), cancellationToken: cancellationToken)
+        await SendAsync(VhostUserRequest.SET_VRING_ADDR, EncodeRingAddress(ring), cancellationToken: cancellationToken)
             .ConfigureAwait(false);
         await SendAsync(VhostUserRequest.SET_VRING_BASE, Encode(new VhostUserVringState(index, ring.Base), VhostUserVringState.Size),
             cancellationToken: cancellationToken).ConfigureAwait(false);

@@ -164,6 +164,12 @@ public sealed record VhostUserRingAddresses(
     ulong DeviceUserAddress,
     uint Base)
 {
+    /// <summary>
+    /// The guest-physical address of the used ring when its writes are logged (SET_VRING_ADDR with
+    /// VHOST_VRING_F_LOG, vhost-user.rst "Migration"); null while not logging.
+    /// </summary>
+    public ulong? LogGuestAddress { get; init; }
+
     /// <summary>The addresses of ring <paramref name="index"/> at <paramref name="queue"/>, resuming at <paramref name="state"/>.</summary>
     public static VhostUserRingAddresses For(int index, GuestMemory memory, VirtqueueParams queue, bool packed, VirtqueueState state)
     {
@@ -215,7 +221,8 @@ public sealed partial class VhostUserFrontendConnection : IDisposable
         VhostUserProtocolFeatures.CONFIGURE_MEM_SLOTS |
         VhostUserProtocolFeatures.STATUS |
         VhostUserProtocolFeatures.INFLIGHT_SHMFD |
-        VhostUserProtocolFeatures.DEVICE_STATE;
+        VhostUserProtocolFeatures.DEVICE_STATE |
+        VhostUserProtocolFeatures.LOG_SHMFD;
 
     private readonly VhostUserFrontendConnectionOptions _options;
     private readonly SemaphoreSlim _requestLock = new(1, 1);

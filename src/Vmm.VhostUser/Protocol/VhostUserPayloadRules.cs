@@ -113,6 +113,10 @@ public static class VhostUserPayloadRules
         // The answer is the userfaultfd in the ancillary data; QEMU sends no body, libvhost-user a u64.
         VhostUserRequest.POSTCOPY_ADVISE => VhostUserPayloadRule.Range(0, VhostUserU64.Size, VhostUserU64.Size),
 
+        // The spec gives SET_LOG_BASE no reply, yet QEMU waits for one when LOG_SHMFD is acked
+        // (and ignores its body): libvhost-user answers with 8 bytes, DPDK with none.
+        VhostUserRequest.SET_LOG_BASE => VhostUserPayloadRule.Range(0, VhostUserU64.Size, VhostUserU64.Size),
+
         // The dma-buf fd travels in the ancillary data; accept an empty body or a u64 status.
         VhostUserRequest.GET_SHARED_OBJECT => VhostUserPayloadRule.Range(0, VhostUserU64.Size, VhostUserU64.Size),
         VhostUserRequest.GET_SHMEM_CONFIG => s_shmemConfig,

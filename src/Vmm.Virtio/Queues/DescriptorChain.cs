@@ -40,4 +40,27 @@ public sealed class DescriptorChain
     public ulong ReadableLength { get; }
 
     public ulong WritableLength { get; }
+
+    /// <summary>
+    /// Records the device-writable buffers as written in <paramref name="memory"/>'s write
+    /// tracking, when it is on: a device publishing a buffer it filled marks it then, after the
+    /// data is in place, as a vhost-user back-end logs a used buffer (vhost-user.rst, "Migration").
+    /// </summary>
+    public void MarkWritten(Core.Memory.GuestMemory memory)
+    {
+        ArgumentNullException.ThrowIfNull(memory);
+        if (!memory.IsTrackingWrites)
+        {
+            return;
+        }
+
+        for (int i = 0; i < Segments.Count; i++)
+        {
+            DescriptorSegment s = Segments[i];
+            if (s.IsDeviceWritable)
+            {
+                memory.MarkWritten(s.Address, s.Length);
+            }
+        }
+    }
 }

@@ -26,6 +26,7 @@ public sealed class PackedDeviceQueue : IDeviceQueue
     private readonly IPackedInflightTracker? _packedTracker;
     private readonly PackedRingDescriptor[]? _raw;
     private readonly Queue<PackedResubmitChain>? _resubmit;
+    private readonly VirtqueueDirtyLog? _dirtyLog;
 
     private ushort _nextAvail;
     private bool _availWrap;
@@ -58,6 +59,7 @@ public sealed class PackedDeviceQueue : IDeviceQueue
         _indirect = (negotiatedFeatures & VirtioFeatures.RING_INDIRECT_DESC) != 0;
         _interrupt = resources.Interrupt;
         _tracker = tracker;
+        _dirtyLog = resources.DirtyLog;
         _builder = new ChainBuilder(Memory, DeviceQueue.MaxChainSegments(Size, _indirect));
         _packedTracker = tracker as IPackedInflightTracker;
         _raw = _packedTracker is null ? null : new PackedRingDescriptor[Size];
@@ -126,6 +128,7 @@ public sealed class PackedDeviceQueue : IDeviceQueue
     public void Complete(DescriptorChain chain, uint bytesWritten)
     {
         ArgumentNullException.ThrowIfNull(chain);
+        chain.MarkWritten(Memory);
         ulong d = DescriptorAddress(_nextUsed);
         Span<byte> s = Memory.GetSpan(d, DescriptorSize);
         BinaryPrimitives.WriteUInt32LittleEndian(s[DescriptorLengthOffset..], bytesWritten);
@@ -152,10 +155,18 @@ public sealed class PackedDeviceQueue : IDeviceQueue
         _nextUsed = (ushort)next;
         _usedSinceSignal += chain.RingSlots;
         _tracker?.OnCompleted(chain.Head);
+
+        // Live migration (vhost-user.rst, "Migration"): marked after the writes, as for split rings.
+        if (_dirtyLog is { IsLogging: true } dirty)
+        {
+            dirty.MarkWritable(chain);
+            dirty.MarkRingAt(d, DescriptorSize);
+        }
     }
 
     public bool NotifyIfNeeded()
     {
+        _dirtyLog?.SignalIfMarked();
         if (_usedSinceSignal == 0)
         {
             return false;
@@ -199,6 +210,7 @@ public sealed class PackedDeviceQueue : IDeviceQueue
             // Kick wanted once the driver makes the descriptor at our position available (2.8.10).
             ushort offWrap = (ushort)(_nextAvail | (_availWrap ? 1 << PackedEventWrapShift : 0));
             Memory.WriteUInt16Release(_deviceEvent + PackedEventOffWrapOffset, offWrap);
+            _dirtyLog?.MarkRingAt(_deviceEvent + PackedEventOffWrapOffset, sizeof(ushort));
             SetDeviceEventFlags(RING_EVENT_FLAGS_DESC);
         }
         else
@@ -245,6 +257,7 @@ public sealed class PackedDeviceQueue : IDeviceQueue
         {
             Memory.WriteUInt16Release(_deviceEvent + PackedEventFlagsOffset, flags);
             _deviceEventFlags = flags;
+            _dirtyLog?.MarkRingAt(_deviceEvent + PackedEventFlagsOffset, sizeof(ushort));
         }
     }
 
@@ -266,7 +279,7 @@ public sealed class PackedDeviceQueue : IDeviceQueue
                 throw new VirtqueueException($"Packed descriptor chain is longer than the queue size {Size} (virtio 1.2, 2.8.6).");
             }
 
-            ReadOnlySpan<byte> d = Memory.GetSpan(DescriptorAddress(position), DescriptorSize);
+            ReadOnlySpan<byte> d = Memory.GetReadOnlySpan(DescriptorAddress(position), DescriptorSize);
             ulong addr = BinaryPrimitives.ReadUInt64LittleEndian(d);
             uint len = BinaryPrimitives.ReadUInt32LittleEndian(d[DescriptorLengthOffset..]);
             id = BinaryPrimitives.ReadUInt16LittleEndian(d[PackedDescriptorIdOffset..]);
@@ -363,7 +376,7 @@ public sealed class PackedDeviceQueue : IDeviceQueue
         // 2.8.7: the table's descriptors are used in order; their NEXT flag carries no meaning.
         for (uint i = 0; i < entries; i++)
         {
-            ReadOnlySpan<byte> d = Memory.GetSpan(addr + ((ulong)i * DescriptorSize), DescriptorSize);
+            ReadOnlySpan<byte> d = Memory.GetReadOnlySpan(addr + ((ulong)i * DescriptorSize), DescriptorSize);
             ushort f = BinaryPrimitives.ReadUInt16LittleEndian(d[PackedDescriptorFlagsOffset..]);
             if ((f & VIRTQ_DESC_F_INDIRECT) != 0)
             {

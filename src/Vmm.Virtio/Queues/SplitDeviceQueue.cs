@@ -24,6 +24,7 @@ public sealed class SplitDeviceQueue : IDeviceQueue
     private readonly IInflightTracker? _tracker;
     private readonly ChainBuilder _builder;
     private readonly Queue<ushort>? _resubmit;
+    private readonly VirtqueueDirtyLog? _dirtyLog;
 
     private ushort _lastAvail;
     private ushort _cachedAvailIdx;
@@ -58,6 +59,7 @@ public sealed class SplitDeviceQueue : IDeviceQueue
         _indirect = (negotiatedFeatures & VirtioFeatures.RING_INDIRECT_DESC) != 0;
         _interrupt = resources.Interrupt;
         _tracker = tracker;
+        _dirtyLog = resources.DirtyLog;
         _builder = new ChainBuilder(Memory, DeviceQueue.MaxChainSegments(Size, _indirect));
         if (resources.Resubmit is { Count: > 0 } resubmit)
         {
@@ -112,8 +114,9 @@ public sealed class SplitDeviceQueue : IDeviceQueue
     public void Complete(DescriptorChain chain, uint bytesWritten)
     {
         ArgumentNullException.ThrowIfNull(chain);
-        ulong element = _usedRing + SplitUsedRingOffset + ((ulong)(_usedIdx & (Size - 1)) * SplitUsedElementSize);
-        Span<byte> e = Memory.GetSpan(element, SplitUsedElementSize);
+        chain.MarkWritten(Memory);
+        ulong elementOffset = SplitUsedRingOffset + ((ulong)(_usedIdx & (Size - 1)) * SplitUsedElementSize);
+        Span<byte> e = Memory.GetSpan(_usedRing + elementOffset, SplitUsedElementSize);
         BinaryPrimitives.WriteUInt32LittleEndian(e, chain.Head);
         BinaryPrimitives.WriteUInt32LittleEndian(e[4..], bytesWritten);
         _usedIdx++;
@@ -122,10 +125,20 @@ public sealed class SplitDeviceQueue : IDeviceQueue
         // Release: the used element above becomes visible before the driver sees idx cover it (2.7.8.2).
         Memory.WriteUInt16Release(_usedRing + SplitUsedIdxOffset, _usedIdx);
         _tracker?.OnCompleted(chain.Head);
+
+        // Live migration (vhost-user.rst, "Migration"): every page written for this chain is
+        // marked after the write, so a harvest between the two only sees the page again later.
+        if (_dirtyLog is { IsLogging: true } dirty)
+        {
+            dirty.MarkWritable(chain);
+            dirty.MarkRing(elementOffset, SplitUsedElementSize);
+            dirty.MarkRing(SplitUsedIdxOffset, sizeof(ushort));
+        }
     }
 
     public bool NotifyIfNeeded()
     {
+        _dirtyLog?.SignalIfMarked();
         if (_usedIdx == _signalledUsed)
         {
             return false;
@@ -153,6 +166,7 @@ public sealed class SplitDeviceQueue : IDeviceQueue
         {
             // Ask for a kick as soon as the driver makes the entry at our position available (2.7.10).
             Memory.WriteUInt16Release(_availEventAddress, _lastAvail);
+            _dirtyLog?.MarkRing(_availEventAddress - _usedRing, sizeof(ushort));
         }
         else
         {
@@ -183,6 +197,7 @@ public sealed class SplitDeviceQueue : IDeviceQueue
         {
             Memory.WriteUInt16Release(_usedRing + SplitUsedFlagsOffset, flags);
             _usedFlagsShadow = flags;
+            _dirtyLog?.MarkRing(SplitUsedFlagsOffset, sizeof(ushort));
         }
     }
 
@@ -222,7 +237,7 @@ public sealed class SplitDeviceQueue : IDeviceQueue
                 ThrowHelper.ThrowChainLoop(head, tableEntries);
             }
 
-            ReadOnlySpan<byte> d = Memory.GetSpan(table + ((ulong)index * DescriptorSize), DescriptorSize);
+            ReadOnlySpan<byte> d = Memory.GetReadOnlySpan(table + ((ulong)index * DescriptorSize), DescriptorSize);
             ulong addr = BinaryPrimitives.ReadUInt64LittleEndian(d);
             uint len = BinaryPrimitives.ReadUInt32LittleEndian(d[DescriptorLengthOffset..]);
             ushort flags = BinaryPrimitives.ReadUInt16LittleEndian(d[SplitDescriptorFlagsOffset..]);

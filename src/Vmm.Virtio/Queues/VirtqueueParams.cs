@@ -40,6 +40,12 @@ public sealed record VirtqueueResources(VirtqueueParams Params, GuestMemory Memo
     /// may since hold used descriptors).
     /// </summary>
     public IReadOnlyList<PackedResubmitChain>? ResubmitPacked { get; init; }
+
+    /// <summary>
+    /// Where the queue marks the guest pages it writes during live migration (a vhost-user
+    /// back-end with VHOST_F_LOG_ALL); null when nobody ever logs.
+    /// </summary>
+    public VirtqueueDirtyLog? DirtyLog { get; init; }
 }
 
 /// <summary>

@@ -73,6 +73,89 @@ public sealed class SaveRestoreTests
     }
 
     [Test]
+    public void A_live_save_pre_copies_while_verify_runs_and_the_restore_finishes([Values(false, true)] bool packed)
+    {
+        // 4 MiB in 4 KiB blocks: 2048 requests, the save starts during the writes.
+        const int size = 4 << 20;
+        using var image = new TempImage(size, seed: 46);
+        string snapshot = Path.Combine(Path.GetTempPath(), $"vmm-snap-{Guid.NewGuid():N}");
+        try
+        {
+            RunOptions first = RunOptionsFor(image) with
+            {
+                PackedRing = packed,
+                BlockSize = 4096,
+                IoDepth = 8,
+                SaveRestore = new SaveRestoreSettings(snapshot, 300, null) { Live = true },
+            };
+            var output = new StringWriter();
+            Assert.That(RunCommand.Execute(first, output, CancellationToken.None), Is.Zero);
+            Assert.That(output.ToString(), Does.Match(@"^save: verify paused after \d+ of 2048 requests"));
+            WorkloadProgress progress = SaveRestoreFile.Read(snapshot).Workload;
+            Assert.That(progress.Done, Is.GreaterThanOrEqualTo(300).And.LessThan(2048), "paused after the trigger, before the end");
+
+            output = new StringWriter();
+            Assert.That(RunCommand.Execute(RunOptionsFor(image) with { SaveRestore = new SaveRestoreSettings(null, null, snapshot) }, output, CancellationToken.None), Is.Zero);
+            Assert.That(output.ToString(), Does.Contain($"equal (resumed at request {progress.Done} of 2048)"));
+            byte[] expected = new byte[size];
+            VerifyPattern.Fill(expected, 0);
+            Assert.That(image.Read().AsSpan().SequenceEqual(expected), Is.True, "the image holds the whole pattern");
+        }
+        finally
+        {
+            File.Delete(snapshot);
+        }
+    }
+
+    [Test]
+    public void A_live_save_against_vmm_serve_prints_its_rounds_and_the_restore_finishes()
+    {
+        const int size = 8 << 20;
+        using var image = new TempImage(size, seed: 47);
+        DirectoryInfo dir = Directory.CreateTempSubdirectory("vmm-sr-");
+        string snapshot = Path.Combine(dir.FullName, "snap");
+        try
+        {
+            VmmProcess.Result saved;
+            using (Serve first = Serve.Start(Path.Combine(dir.FullName, "a.sock"), image.Path))
+            {
+                saved = VmmProcess.Run("run", "--vhost-user", $"{first.Socket},type=blk", "--memory", "32M", "--block-size", "4k", "--iodepth", "8",
+                    "--save", snapshot, "--save-after", "2500", "--live", "--live-threshold", "32", "--live-rounds", "4");
+            }
+
+            Assert.That(saved.ExitCode, Is.Zero, saved.Stderr);
+            Assert.That(saved.Stderr, Does.Match(@"vmm: live save: \d+ pre-copy round\(s\) of [\d, ]+ pages.*stopped for \d+ ms, copying \d+ pages at the stop"));
+            long done = SaveRestoreFile.Read(snapshot).Workload.Done;
+
+            VmmProcess.Result restored;
+            using (Serve second = Serve.Start(Path.Combine(dir.FullName, "b.sock"), image.Path))
+            {
+                restored = VmmProcess.Run("run", "--vhost-user", $"{second.Socket},type=blk", "--restore", snapshot);
+            }
+
+            Assert.That(restored.ExitCode, Is.Zero, restored.Stderr);
+            Assert.That(restored.Stdout, Does.Contain($"equal (resumed at request {done} of 4096)"));
+            byte[] expected = new byte[size];
+            VerifyPattern.Fill(expected, 0);
+            Assert.That(image.Read().AsSpan().SequenceEqual(expected), Is.True, "the image holds the whole pattern");
+        }
+        finally
+        {
+            dir.Delete(recursive: true);
+        }
+    }
+
+    [TestCase("--live", "--live needs --save FILE.")]
+    [TestCase("--save x --live-rounds 3", "--live-threshold and --live-rounds need --live.")]
+    [TestCase("--save x --live --live-rounds 0", "--live-rounds must be from 1 to 1000.")]
+    public void Live_options_out_of_place_are_one_sentence_and_exit_2(string options, string message)
+    {
+        VmmProcess.Result r = VmmProcess.Run(["run", "--device", "blk,disk=/dev/null", .. options.Split(' ')]);
+        Assert.That(r.ExitCode, Is.EqualTo(2));
+        Assert.That(r.Stderr, Does.Contain(message));
+    }
+
+    [Test]
     public void A_snapshot_round_trips_through_the_file_format()
     {
         var snapshot = new VmSnapshot(

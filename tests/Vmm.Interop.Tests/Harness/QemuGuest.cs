@@ -15,7 +15,7 @@ public enum GuestDevice
 /// <summary>What the guest runs and which vhost-user device QEMU gives it.</summary>
 public sealed record GuestOptions
 {
-    /// <summary>The /init scenario: blk-rw, blk-ro, blk-mq, blk-loop, blk-big or rng.</summary>
+    /// <summary>The /init scenario: blk-rw, blk-ro, blk-mq, blk-loop, blk-big, blk-migrate or rng.</summary>
     public required string Scenario { get; init; }
     /// <summary>The back-end's vhost-user socket (QEMU connects to it); unused for <see cref="GuestDevice.BuiltinRng"/>.</summary>
     public string Socket { get; init; } = "";
@@ -36,6 +36,10 @@ public sealed record GuestOptions
     /// memory-backend-file (a file QEMU creates there: /dev/shm, or a hugetlbfs mount).
     /// </summary>
     public string? MemoryPath { get; init; }
+    /// <summary>More words for the guest kernel's command line.</summary>
+    public string KernelArguments { get; init; } = "";
+    /// <summary>More QEMU arguments (a QMP socket, <c>-incoming</c> for a migration destination).</summary>
+    public IReadOnlyList<string> ExtraArguments { get; init; } = [];
 }
 
 /// <summary>
@@ -89,7 +93,7 @@ public sealed partial class QemuGuest : IDisposable
 
     public static IReadOnlyList<string> Arguments(GuestOptions o, GuestImage image)
     {
-        var append = $"console=ttyS0 panic=-1 vmmtest={o.Scenario} vmmtest.off={o.OffsetMiB} vmmtest.mib={o.SizeMiB} vmmtest.seed={o.Seed}";
+        var append = $"console=ttyS0 panic=-1 vmmtest={o.Scenario} vmmtest.off={o.OffsetMiB} vmmtest.mib={o.SizeMiB} vmmtest.seed={o.Seed} {o.KernelArguments}";
         string[] device = o.Device switch
         {
             GuestDevice.Blk => ["-chardev", $"socket,id=c0,path={o.Socket}", "-device",
@@ -106,6 +110,7 @@ public sealed partial class QemuGuest : IDisposable
             "-nodefaults", "-no-user-config", "-display", "none", "-serial", "stdio", "-no-reboot",
             "-kernel", image.Kernel, "-initrd", image.Initramfs, "-append", append,
             .. device,
+            .. o.ExtraArguments,
         ];
     }
 
