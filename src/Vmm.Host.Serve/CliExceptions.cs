@@ -1,6 +1,6 @@
 namespace Vmm.Host.Cli;
 
-/// <summary>Bad usage or an unreachable resource: one sentence on stderr, exit code 2 (DESIGN.md, "Exit codes").</summary>
+/// <summary>Bad usage or an unreachable resource: one sentence on stderr, exit code 2 (docs/cli.md, exit codes).</summary>
 public sealed class UsageException : Exception
 {
     public UsageException(string message) : base(message)
