@@ -3,6 +3,7 @@ using System.Runtime.InteropServices;
 using Microsoft.Extensions.Logging;
 using Vmm.Core.Memory;
 using Vmm.Host.Cli;
+using Vmm.Host.Stats;
 using Vmm.Virtio;
 using Vmm.Virtio.Devices.Blk;
 using Vmm.Virtio.Devices.Rng;
@@ -34,11 +35,12 @@ public static class ServeCommand
             DefaultValueFactory = _ => "auto",
         };
         var verbose = new Option<bool>("--verbose", "-v") { Description = "Log every ring start and stop." };
+        Option<bool> stats = StatsOption();
         Option<UnsealedMemoryPolicy> memory = MemoryOption();
 
         var blk = new Command("blk", "Serve a virtio-blk device backed by a disk image or a block device.")
         {
-            socket, disk, readOnly, queues, queueSize, cache, aio, verbose, memory,
+            socket, disk, readOnly, queues, queueSize, cache, aio, verbose, memory, stats,
         };
         blk.SetAction((result, ct) =>
         {
@@ -70,17 +72,26 @@ public static class ServeCommand
                 result.GetValue(socket)!,
                 result.GetValue(verbose),
                 result.GetValue(memory),
+                result.GetValue(stats),
                 ct);
         });
 
         var rngSocket = new Option<string>("--socket") { Description = "Path of the vhost-user socket to listen on.", Required = true };
         var rngVerbose = new Option<bool>("--verbose", "-v") { Description = "Log every ring start and stop." };
         Option<UnsealedMemoryPolicy> rngMemory = MemoryOption();
-        var rng = new Command("rng", "Serve a virtio-rng (entropy) device.") { rngSocket, rngVerbose, rngMemory };
-        rng.SetAction((result, ct) => ServeAsync(() => new VirtioRngDevice(), result.GetValue(rngSocket)!, result.GetValue(rngVerbose), result.GetValue(rngMemory), ct));
+        Option<bool> rngStats = StatsOption();
+        var rng = new Command("rng", "Serve a virtio-rng (entropy) device.") { rngSocket, rngVerbose, rngMemory, rngStats };
+        rng.SetAction((result, ct) => ServeAsync(
+            () => new VirtioRngDevice(), result.GetValue(rngSocket)!, result.GetValue(rngVerbose), result.GetValue(rngMemory), result.GetValue(rngStats), ct));
 
         return new Command("serve", "Serve a virtio device as a vhost-user back-end.") { blk, rng };
     }
+
+    /// <summary><c>--stats</c>: per-queue figures on stderr each second (<see cref="StatsTable"/>).</summary>
+    private static Option<bool> StatsOption() => new("--stats")
+    {
+        Description = "Print per-queue figures on stderr each second (a live table on a terminal, key=value lines otherwise).",
+    };
 
     /// <summary><c>--memory guard|strict</c>: what to do with front-end memory that is not sealed against shrinking.</summary>
     private static Option<UnsealedMemoryPolicy> MemoryOption() => new("--memory")
@@ -103,7 +114,7 @@ public static class ServeCommand
         return default;
     }
 
-    private static async Task<int> ServeAsync(Func<IVirtioDevice> createDevice, string socketPath, bool verbose, UnsealedMemoryPolicy memory, CancellationToken cancellationToken)
+    private static async Task<int> ServeAsync(Func<IVirtioDevice> createDevice, string socketPath, bool verbose, UnsealedMemoryPolicy memory, bool stats, CancellationToken cancellationToken)
     {
         using ILoggerFactory loggers = StderrLogging.Create(verbose ? LogLevel.Debug : LogLevel.Information);
         ILogger logger = loggers.CreateLogger("vmm.serve");
@@ -150,6 +161,7 @@ public static class ServeCommand
                     logger.LogInformation("Disk {Disk}", BlkStorageOptions.Describe(blkDevice));
                 }
 
+                using StatsTable? table = stats ? StatsTable.Start() : null;
                 Task serving = server.RunAsync(stop.Token);
                 await Task.WhenAny(serving, stopRequested.Task).ConfigureAwait(false);
                 try

@@ -1,5 +1,6 @@
 using Vmm.Core.Events;
 using Vmm.Core.Memory;
+using Vmm.Virtio.Metrics;
 using Vmm.Virtio.Queues;
 using Vmm.Virtio.Spec;
 
@@ -37,6 +38,7 @@ public abstract class VirtioDeviceBase : IVirtioDevice
         QueueCount = queueCount;
         _maxQueueSize = maxQueueSize;
         _queues = new QueueSlot[queueCount];
+        MetricsName = ShortName(id);
         for (int i = 0; i < queueCount; i++)
         {
             _queues[i] = new QueueSlot();
@@ -54,6 +56,13 @@ public abstract class VirtioDeviceBase : IVirtioDevice
     public int QueueCount { get; }
 
     public abstract int ConfigSize { get; }
+
+    /// <summary>
+    /// The <c>device</c> tag of this device's queue metrics (<see cref="VmmMeters.BackendQueues"/>):
+    /// the device type's short name unless the host names it (two devices of a type in one
+    /// process need two names). Read when a queue starts.
+    /// </summary>
+    public string MetricsName { get; set; }
 
     /// <summary>The features of the most recent <see cref="StartQueue"/> (the driver's accepted set).</summary>
     protected ulong NegotiatedFeatures { get; private set; }
@@ -91,8 +100,8 @@ public abstract class VirtioDeviceBase : IVirtioDevice
             NegotiatedFeatures = features;
             IQueueRequestProcessor? processor = CreateRequestProcessor(index, memory, resources.Params.Size);
             VirtqueueWorker worker = processor is null
-                ? new VirtqueueWorker(QueueThreadName(index), queue, kick, chain => ProcessRequest(index, chain, memory), ex => ReportFault(index, ex))
-                : new VirtqueueWorker(QueueThreadName(index), queue, kick, processor, ex => ReportFault(index, ex));
+                ? new VirtqueueWorker(QueueThreadName(index), queue, kick, chain => ProcessRequest(index, chain, memory), ex => ReportFault(index, ex)) { Metrics = GetQueueMetrics(index) }
+                : new VirtqueueWorker(QueueThreadName(index), queue, kick, processor, ex => ReportFault(index, ex)) { Metrics = GetQueueMetrics(index) };
             slot.Worker = worker;
             slot.StoppedState = null;
             worker.Start();
@@ -161,6 +170,9 @@ public abstract class VirtioDeviceBase : IVirtioDevice
 
     /// <summary>The inflight tracker for a queue being started (a vhost-user back-end supplies one); none by default.</summary>
     protected virtual IInflightTracker? CreateInflightTracker(int queueIndex) => null;
+
+    /// <summary>Queue <paramref name="queueIndex"/>'s counters under <see cref="MetricsName"/>; a request processor counts its requests there.</summary>
+    protected QueueMetrics GetQueueMetrics(int queueIndex) => VmmMeters.BackendQueues.Get(MetricsName, queueIndex);
 
     /// <summary>The worker thread's name, e.g. "vq-blk-0".</summary>
     protected virtual string QueueThreadName(int queueIndex) => $"vq-{ShortName(DeviceId)}-{queueIndex}";

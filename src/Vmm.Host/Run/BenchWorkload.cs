@@ -110,7 +110,7 @@ public static class BenchWorkload
     public static BenchResult RunWithProgress(GuestVm vm, BlkGuest blk, CancellationToken cancellationToken = default)
     {
         ArgumentNullException.ThrowIfNull(vm);
-        if (vm.Options.Json || Console.IsOutputRedirected)
+        if (vm.Options.Json || vm.Options.Stats || Console.IsOutputRedirected)
         {
             return Run(vm, blk, null, cancellationToken);
         }

@@ -2,6 +2,7 @@ using Vmm.Core.Memory;
 using Vmm.Host.Cli;
 using Vmm.Virtio.Driver;
 using Vmm.Virtio.Driver.Blk;
+using Vmm.Virtio.Metrics;
 using Vmm.Virtio.Spec;
 
 namespace Vmm.Host.Run;
@@ -22,7 +23,7 @@ public sealed class BlkGuest
         Span<byte> config = stackalloc byte[VirtioBlkConfig.Size];
         device.Driver.ReadConfig(0, config);
         Config = VirtioBlkConfig.Read(config);
-        Queues = [.. device.Driver.Queues.Select(q => new BlkQueue(q, memory, allocator, (device.Driver.NegotiatedFeatures & VirtioFeatures.RING_INDIRECT_DESC) != 0, device.Health))];
+        Queues = [.. device.Driver.Queues.Select(q => new BlkQueue(q, memory, allocator, (device.Driver.NegotiatedFeatures & VirtioFeatures.RING_INDIRECT_DESC) != 0, device.Health, VmmMeters.FrontendQueues.Get(device.Name, q.Index)))];
     }
 
     public GuestDevice Device { get; }
@@ -48,14 +49,22 @@ public sealed class BlkQueue
     private readonly VirtioDriverQueue _queue;
     private readonly VirtioBlkRequests _requests;
     private readonly DeviceHealth? _health;
+    private readonly QueueMetrics? _metrics;
 
-    public BlkQueue(VirtioDriverQueue queue, GuestMemory memory, GuestMemoryAllocator allocator, bool indirect, DeviceHealth? health = null)
+    /// <param name="queue">The driver's queue.</param>
+    /// <param name="memory">Guest memory.</param>
+    /// <param name="allocator">Where the header and status slab comes from.</param>
+    /// <param name="indirect">Whether requests go in indirect tables (VIRTIO_F_INDIRECT_DESC negotiated).</param>
+    /// <param name="health">Tells a wait that the device asked for a reset; null: never.</param>
+    /// <param name="metrics">Where the guest's requests and kicks on this queue are counted; null: not counted.</param>
+    public BlkQueue(VirtioDriverQueue queue, GuestMemory memory, GuestMemoryAllocator allocator, bool indirect, DeviceHealth? health = null, QueueMetrics? metrics = null)
     {
+        _metrics = metrics;
         _health = health;
         MaxRequests = indirect ? queue.Queue.Size : Math.Max(1, queue.Queue.Size / 3);
         ArgumentNullException.ThrowIfNull(queue);
         _queue = queue;
-        _requests = new VirtioBlkRequests(queue.Queue, memory, new SlabBufferPool(allocator, queue.Queue.Size * 2));
+        _requests = new VirtioBlkRequests(queue.Queue, memory, new SlabBufferPool(allocator, queue.Queue.Size * 2)) { Metrics = metrics };
     }
 
     public int Index => _queue.Index;
@@ -100,7 +109,13 @@ public sealed class BlkQueue
     }
 
     /// <summary>Notifies the device if it asked to be (event suppression decides).</summary>
-    public void Kick() => _queue.Notify();
+    public void Kick()
+    {
+        if (_queue.Notify())
+        {
+            _metrics?.Kicked();
+        }
+    }
 
     /// <summary>Takes a completion if one is there, without waiting.</summary>
     public VirtioBlkRequest? TryComplete()

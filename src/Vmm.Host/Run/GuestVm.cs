@@ -15,7 +15,11 @@ namespace Vmm.Host.Run;
 /// in-process one; <see cref="Health"/> says whether it asked for a reset.
 /// </summary>
 public sealed record GuestDevice(
-    IDeviceSource Source, IVirtioDevice Device, VirtioDeviceLocation Location, VirtioGuestDriver Driver, IVhostUserDevice? Remote, DeviceHealth Health);
+    IDeviceSource Source, IVirtioDevice Device, VirtioDeviceLocation Location, VirtioGuestDriver Driver, IVhostUserDevice? Remote, DeviceHealth Health)
+{
+    /// <summary>The <c>device</c> tag of its metrics: a vhost-user device's name (<c>blk0</c>), <c>local-blk0</c> for an in-process one.</summary>
+    public string Name { get; init; } = Source.Kind;
+}
 
 /// <summary>
 /// The VM <c>vmm run</c> builds: guest memory; the actor tree of an embedding host
@@ -145,6 +149,11 @@ public sealed class GuestVm : IDisposable
         {
             IVhostUserDevice? remote = source is IHostedDeviceSource h ? h.Connect(_host.Vmm) : null;
             IVirtioDevice device = remote ?? source.Create();
+            if (device is VirtioDeviceBase local)
+            {
+                local.MetricsName = MetricsName(_devices.Count);
+            }
+
             device = _hooks?.WrapDevice?.Invoke(device, _devices.Count, remote) ?? device;
             _devices.Add(device);
             remotes.Add(remote);
@@ -192,7 +201,7 @@ public sealed class GuestVm : IDisposable
                 QueueSize = _devices[i].GetMaxQueueSize(0),
             }));
             driver.DeviceNeedsReset += healths[i].SetNeedsReset;
-            var guestDevice = new GuestDevice(source, _devices[i], location, driver, remotes[i], healths[i]);
+            var guestDevice = new GuestDevice(source, _devices[i], location, driver, remotes[i], healths[i]) { Name = MetricsName(i) };
             _guestDevices.Add(guestDevice);
             try
             {
@@ -218,6 +227,15 @@ public sealed class GuestVm : IDisposable
         {
             throw new WorkloadFailedException($"The guest driver could not re-initialise {Name(device)} after its reset: {e.Message}", e);
         }
+    }
+
+    /// <summary>Device <paramref name="index"/>'s metrics name: a vhost-user device's own, <c>local-KIND</c> and its rank among the in-process ones otherwise.</summary>
+    private string MetricsName(int index)
+    {
+        IDeviceSource source = Options.Devices[index];
+        return source is IHostedDeviceSource hosted
+            ? hosted.Name
+            : $"local-{source.Kind}{Options.Devices.Take(index).Count(d => d is not IHostedDeviceSource)}";
     }
 
     private static string Name(GuestDevice device) =>

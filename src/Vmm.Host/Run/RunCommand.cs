@@ -1,6 +1,7 @@
 using System.CommandLine;
 using System.Runtime.InteropServices;
 using Vmm.Host.Cli;
+using Vmm.Host.Stats;
 using Vmm.Virtio.Driver;
 using Vmm.Virtio.Machine;
 
@@ -49,6 +50,7 @@ public static class RunCommand
         var rw = new Option<string>("--rw") { Description = "bench: randread, randwrite, read, write or randrw.", DefaultValueFactory = _ => "randread" };
         rw.AcceptOnlyFromAmong("randread", "randwrite", "read", "write", "randrw");
         var json = new Option<bool>("--json") { Description = "bench: print one JSON object on stdout." };
+        var stats = new Option<bool>("--stats") { Description = "Print per-queue figures on stderr each second (a live table on a terminal, key=value lines otherwise)." };
         var packed = new Option<bool>("--packed") { Description = "Use packed rings (VIRTIO_F_RING_PACKED)." };
         var noEventIdx = new Option<bool>("--no-event-idx") { Description = "Do not negotiate VIRTIO_F_EVENT_IDX." };
         var noIndirect = new Option<bool>("--no-indirect") { Description = "Do not negotiate VIRTIO_F_INDIRECT_DESC." };
@@ -62,7 +64,7 @@ public static class RunCommand
         var command = new Command("run", "Start a VM with virtio devices and run a guest workload on them.")
         {
             vhostUser, device, memory, transport, workload, seconds, iodepth, blockSize, rw, json, packed, noEventIdx, noIndirect, interrupts,
-            frames, noMrgRxbuf,
+            frames, noMrgRxbuf, stats,
         };
 
         SaveRestoreSettings.AddOptions(command);
@@ -98,6 +100,7 @@ public static class RunCommand
                 BlockSize = ParseBlockSize(result.GetValue(blockSize)!),
                 Mix = Enum.Parse<ReadWriteMix>(result.GetValue(rw)!, ignoreCase: true),
                 Json = result.GetValue(json),
+                Stats = result.GetValue(stats),
                 PackedRing = result.GetValue(packed),
                 EventIndex = !result.GetValue(noEventIdx),
                 IndirectDescriptors = !result.GetValue(noIndirect),
@@ -181,6 +184,7 @@ public static class RunCommand
     {
         ArgumentNullException.ThrowIfNull(options);
         ArgumentNullException.ThrowIfNull(output);
+        using StatsTable? table = options.Stats ? StatsTable.Start() : null;
         if (options.SaveRestore is not null)
         {
             return SaveRestoreRun.Execute(options, output, cancellationToken);

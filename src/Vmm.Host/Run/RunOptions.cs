@@ -47,6 +47,9 @@ public sealed record RunOptions
 
     public bool Json { get; init; }
 
+    /// <summary>Per-queue figures on stderr each second (<c>--stats</c>).</summary>
+    public bool Stats { get; init; }
+
     public bool PackedRing { get; init; }
 
     public bool EventIndex { get; init; } = true;

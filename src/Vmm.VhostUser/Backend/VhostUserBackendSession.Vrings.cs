@@ -5,6 +5,7 @@ using Vmm.Virtio.Queues;
 using Vmm.VhostUser.Inflight;
 using Vmm.Virtio.Spec;
 using Vmm.VhostUser.Channel;
+using Vmm.VhostUser.Metrics;
 using Vmm.VhostUser.Protocol;
 
 namespace Vmm.VhostUser.Backend;
@@ -248,6 +249,12 @@ public sealed partial class VhostUserBackendSession
 
         vring.Running = true;
         vring.Resume = null;
+        if (!_handshakeCounted)
+        {
+            _handshakeCounted = true;
+            BackendMetrics.FirstRingStarted(_metricsName, _startedAt);
+        }
+
         vring.Stopped = null;
 
         // Look at the ring once now: buffers made available before the start need no new kick.

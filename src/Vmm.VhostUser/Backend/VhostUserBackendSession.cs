@@ -3,6 +3,7 @@ using Vmm.Core.Memory;
 using Vmm.Virtio;
 using Vmm.Virtio.Spec;
 using Vmm.VhostUser.Channel;
+using Vmm.VhostUser.Metrics;
 using Vmm.VhostUser.Protocol;
 
 namespace Vmm.VhostUser.Backend;
@@ -40,6 +41,11 @@ public sealed partial class VhostUserBackendSession : IDisposable
     private byte _status;
     private bool _disposed;
 
+    // Metrics: the device's tag, when the session started, whether its first ring started yet.
+    private readonly string _metricsName;
+    private long _startedAt;
+    private bool _handshakeCounted;
+
     public VhostUserBackendSession(IVirtioDevice device, VhostUserChannel channel, ILogger logger, VhostUserBackendOptions? options = null)
     {
         _device = device ?? throw new ArgumentNullException(nameof(device));
@@ -53,6 +59,7 @@ public sealed partial class VhostUserBackendSession : IDisposable
         }
 
         _memory = NewMemoryTable();
+        _metricsName = BackendMetrics.DeviceName(device);
         _device.Faulted += OnDeviceFaulted;
         _device.ConfigChanged += OnDeviceConfigChanged;
     }
@@ -77,6 +84,7 @@ public sealed partial class VhostUserBackendSession : IDisposable
     public async Task RunAsync(CancellationToken cancellationToken = default)
     {
         using var session = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken, _end.Token);
+        _startedAt = BackendMetrics.SessionStarted(_metricsName);
         try
         {
             bool first = true;
@@ -94,10 +102,17 @@ public sealed partial class VhostUserBackendSession : IDisposable
         catch (VhostUserProtocolException e)
         {
             Log.ProtocolViolation(_logger, e.Message);
+            BackendMetrics.Fault(_metricsName, e);
         }
         catch (FrontendTooSlowException e)
         {
             Log.FrontendTooSlow(_logger, e.Message);
+            BackendMetrics.Fault(_metricsName, e);
+        }
+        catch (Exception e) when (e is not OperationCanceledException)
+        {
+            BackendMetrics.Fault(_metricsName, e);
+            throw;
         }
         catch (OperationCanceledException) when (cancellationToken.IsCancellationRequested)
         {
@@ -108,6 +123,7 @@ public sealed partial class VhostUserBackendSession : IDisposable
         }
         finally
         {
+            BackendMetrics.SessionEnded(_metricsName);
             StopAllRings();
             ResetDevice();
         }

@@ -1,6 +1,9 @@
+using System.Diagnostics;
 using Akka.Actor;
 using Akka.Event;
 using Vmm.Core.Memory;
+using Vmm.Virtio.Metrics;
+using Vmm.VhostUser.Metrics;
 using Vmm.VhostUser.Protocol;
 
 namespace Vmm.VhostUser.Frontend;
@@ -41,6 +44,10 @@ public sealed partial class VhostUserConnectionActor : ReceiveActor, IWithUnboun
     private GuestMemory? _subscribedMemory;
     private Action<GuestMemoryChange>? _memoryHandler;
     private int _queueGeneration;
+
+    // Metrics: when the socket connected, and whether the device had a connection before this one.
+    private long _connectedAt;
+    private bool _reconnect;
 
     // Whether this connection's back-end already has the inflight region (SET_INFLIGHT_FD).
     private bool _inflightSent;
@@ -167,6 +174,7 @@ public sealed partial class VhostUserConnectionActor : ReceiveActor, IWithUnboun
     private void HandleConnected(Connected message)
     {
         _connection = message.Connection;
+        _connectedAt = Stopwatch.GetTimestamp();
         Become(Negotiating);
         VhostUserFrontendConnection connection = _connection;
 
@@ -189,6 +197,7 @@ public sealed partial class VhostUserConnectionActor : ReceiveActor, IWithUnboun
             throw incompatible;
         }
 
+        _reconnect = _model.Info is not null;
         _model.Connected(message.Info);
         if (_model.Snapshot.IsEmpty)
         {
@@ -229,6 +238,7 @@ public sealed partial class VhostUserConnectionActor : ReceiveActor, IWithUnboun
 
     private void EnterReady()
     {
+        FrontendMetrics.Ready(_options.Name, _connectedAt, _reconnect);
         Timers.StartPeriodicTimer(HangUpTimerKey, CheckHangUp.Instance, _options.HangUpCheckInterval);
         Context.Parent.Tell(new ConnectionReady(_model.Info!));
         BecomeIdle();
@@ -270,7 +280,7 @@ public sealed partial class VhostUserConnectionActor : ReceiveActor, IWithUnboun
             string queueName = $"{_options.Name}/{index}";
             ILoggingAdapter log = _log;
             var router = new VirtqueueCallRouter(
-                index, ring.Queue.Resources.Interrupt, _watch, _options.RequestTimeout, text => log.Warning("{0}: {1}", queueName, text));
+                index, ring.Queue.Resources.Interrupt, _watch, _options.RequestTimeout, text => log.Warning("{0}: {1}", queueName, text), VmmMeters.FrontendQueues.Get(_options.Name, index));
             try
             {
                 // A queue restarted right after a stop may find its old actor still stopping (Stop is

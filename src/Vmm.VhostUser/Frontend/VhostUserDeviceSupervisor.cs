@@ -3,6 +3,7 @@ using Akka.Actor;
 using Akka.Event;
 using Vmm.Core.Events;
 using Vmm.Core.Machine;
+using Vmm.VhostUser.Metrics;
 using Vmm.VhostUser.Protocol;
 
 namespace Vmm.VhostUser.Frontend;
@@ -118,6 +119,7 @@ public sealed class VhostUserDeviceSupervisor : ReceiveActor, IWithTimers, IWith
     private Directive Decide(Exception cause)
     {
         _lastFailure = cause;
+        FrontendMetrics.Fault(_options.Name, cause);
         return Directive.Stop;
     }
 

@@ -1,5 +1,6 @@
 using Vmm.Core.Events;
 using Vmm.Core.Interrupts;
+using Vmm.Virtio.Metrics;
 using Vmm.VhostUser.Protocol;
 
 namespace Vmm.VhostUser.Frontend;
@@ -46,14 +47,17 @@ public sealed class VirtqueueCallRouter : IDisposable
     private long _proxied;
     private long _reroutes;
     private int _disposedFlag;
+    private readonly QueueMetrics? _metrics;
 
     /// <param name="index">The ring.</param>
     /// <param name="line">The queue's interrupt line (it may be masked, or change its eventfd, at any time).</param>
     /// <param name="watch">Watches the proxy eventfd (the VM's notifier loop).</param>
     /// <param name="timeout">Bound on a re-route made on a vCPU's thread.</param>
     /// <param name="warn">Where a failed re-route is reported.</param>
-    public VirtqueueCallRouter(int index, InterruptLine line, WatchCallNotifier watch, TimeSpan timeout, Action<string> warn)
+    /// <param name="metrics">Where each proxied call is counted as an interrupt; null: not counted.</param>
+    public VirtqueueCallRouter(int index, InterruptLine line, WatchCallNotifier watch, TimeSpan timeout, Action<string> warn, QueueMetrics? metrics = null)
     {
+        _metrics = metrics;
         ArgumentNullException.ThrowIfNull(line);
         ArgumentNullException.ThrowIfNull(watch);
         _index = index;
@@ -131,6 +135,7 @@ public sealed class VirtqueueCallRouter : IDisposable
     private void OnProxySignalled(ulong count)
     {
         Interlocked.Increment(ref _proxied);
+        _metrics?.Interrupted();
         _line.Raise();
     }
 

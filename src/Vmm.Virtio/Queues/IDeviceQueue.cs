@@ -22,8 +22,8 @@ public interface IDeviceQueue
     /// <summary>Returns <paramref name="chain"/> to the driver with <paramref name="bytesWritten"/> bytes written. Does not notify.</summary>
     void Complete(DescriptorChain chain, uint bytesWritten);
 
-    /// <summary>Raises the queue's interrupt unless the driver suppressed it (flags or used_event, 2.7.10 / 2.8.10).</summary>
-    void NotifyIfNeeded();
+    /// <summary>Raises the queue's interrupt unless the driver suppressed it (flags or used_event, 2.7.10 / 2.8.10); true when it raised it.</summary>
+    bool NotifyIfNeeded();
 
     /// <summary>
     /// Asks the driver for kicks again (clears NO_NOTIFY, or writes avail_event). Returns true when

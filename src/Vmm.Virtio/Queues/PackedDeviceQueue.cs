@@ -154,11 +154,11 @@ public sealed class PackedDeviceQueue : IDeviceQueue
         _tracker?.OnCompleted(chain.Head);
     }
 
-    public void NotifyIfNeeded()
+    public bool NotifyIfNeeded()
     {
         if (_usedSinceSignal == 0)
         {
-            return;
+            return false;
         }
 
         int count = _usedSinceSignal;
@@ -188,6 +188,8 @@ public sealed class PackedDeviceQueue : IDeviceQueue
         {
             _interrupt.Raise();
         }
+
+        return notify;
     }
 
     public bool EnableNotifications()

@@ -124,11 +124,11 @@ public sealed class SplitDeviceQueue : IDeviceQueue
         _tracker?.OnCompleted(chain.Head);
     }
 
-    public void NotifyIfNeeded()
+    public bool NotifyIfNeeded()
     {
         if (_usedIdx == _signalledUsed)
         {
-            return;
+            return false;
         }
 
         // Full fence: the used idx store above must be globally visible before we read the
@@ -143,6 +143,8 @@ public sealed class SplitDeviceQueue : IDeviceQueue
         {
             _interrupt.Raise();
         }
+
+        return notify;
     }
 
     public bool EnableNotifications()

@@ -1,6 +1,7 @@
 using Vmm.Core.Events;
 using Vmm.Core.Memory;
 using Vmm.Core.Posix;
+using Vmm.Virtio.Metrics;
 
 namespace Vmm.Virtio.Queues;
 
@@ -109,6 +110,13 @@ public sealed class VirtqueueWorker : IDisposable
 
     public IDeviceQueue Queue => _queue;
 
+    /// <summary>
+    /// Where the worker counts kicks, interrupts, faults and requests in flight (and, for a
+    /// <see cref="VirtqueueHandler"/>, each chain as a request); a processor counts its own
+    /// requests. Null: not counted. Set before <see cref="Start"/>.
+    /// </summary>
+    public QueueMetrics? Metrics { get; init; }
+
     /// <summary>The error that stopped the worker, if one did.</summary>
     public Exception? Fault => _fault;
 
@@ -213,6 +221,7 @@ public sealed class VirtqueueWorker : IDisposable
         }
 
         _fault = ex;
+        Metrics?.Faulted();
         try
         {
             _onFault?.Invoke(ex);
@@ -229,6 +238,11 @@ public sealed class VirtqueueWorker : IDisposable
         if (_processor is { WaitsForEvents: true } waiter)
         {
             QueueWake wake = waiter.WaitForWork(_kick, _stop, _kick is null ? _pollIntervalMilliseconds : Timeout.Infinite);
+            if (wake == QueueWake.Kick)
+            {
+                Metrics?.Kicked();
+            }
+
             return wake is QueueWake.Kick or QueueWake.Completions or QueueWake.Timeout;
         }
 
@@ -242,6 +256,11 @@ public sealed class VirtqueueWorker : IDisposable
 
         // 0: kicked; 2: completions; 1: stop requested; -1: the kick fd was closed under us, nothing more will come.
         int which = completions is null ? EventFd.WaitAny(_kick, _stop) : EventFd.WaitAny(_kick, _stop, completions);
+        if (which == 0)
+        {
+            Metrics?.Kicked();
+        }
+
         return which is 0 or 2;
     }
 
@@ -249,6 +268,7 @@ public sealed class VirtqueueWorker : IDisposable
     {
         IDeviceQueue q = _queue;
         IQueueRequestProcessor? p = _processor;
+        QueueMetrics? m = Metrics;
         do
         {
             q.DisableNotifications();
@@ -256,7 +276,13 @@ public sealed class VirtqueueWorker : IDisposable
             {
                 if (p is null)
                 {
-                    q.Complete(chain, _handler!(chain));
+                    long started = m?.StartTimestamp() ?? 0;
+                    uint written = _handler!(chain);
+
+                    // A chain is a request; one the device wrote into brought data to the driver.
+                    // Counted before the driver can see it complete, as the processors do.
+                    m?.Completed(written > 0 ? RequestDirection.Read : RequestDirection.Other, written, started);
+                    q.Complete(chain, written);
                 }
                 else if (p.Start(chain, out uint written))
                 {
@@ -270,9 +296,14 @@ public sealed class VirtqueueWorker : IDisposable
                 // complete during submission) before deciding whether to interrupt.
                 p.Submit();
                 p.Reap(q);
+                m?.SetInFlight(p.InFlight);
             }
 
-            q.NotifyIfNeeded();
+            if (q.NotifyIfNeeded())
+            {
+                m?.Interrupted();
+            }
+
             if (_stopRequested)
             {
                 return;
@@ -291,6 +322,10 @@ public sealed class VirtqueueWorker : IDisposable
             p.Reap(_queue);
         }
 
-        _queue.NotifyIfNeeded();
+        Metrics?.SetInFlight(0);
+        if (_queue.NotifyIfNeeded())
+        {
+            Metrics?.Interrupted();
+        }
     }
 }

@@ -4,6 +4,7 @@ using Vmm.Core.Events;
 using Vmm.Core.Memory;
 using Vmm.Core.Posix;
 using Vmm.Core.Posix.Storage;
+using Vmm.Virtio.Metrics;
 using Vmm.Virtio.Queues;
 using Vmm.Virtio.Spec;
 using static Vmm.Virtio.Spec.VirtioBlkRequestType;
@@ -71,13 +72,23 @@ internal sealed unsafe class BlkQueue : IQueueRequestProcessor
     private readonly Queue<BlkRequest> _ready = new();
     private readonly nuint _addressMask;
     private readonly nuint _lengthMask;
+    private readonly QueueMetrics? _metrics;
     private int _slotsInUse;
     private int _writesInFlight;
     private long _epoch;
     private bool _disposed;
 
-    public BlkQueue(VirtioBlkDevice device, GuestMemory memory, IIoEngine engine, ushort queueSize)
+    // The direction of the request Accept parsed last (its header's type).
+    private RequestDirection _direction;
+
+    /// <param name="device">The device whose queue this is.</param>
+    /// <param name="memory">Guest memory the chains point into.</param>
+    /// <param name="engine">Runs the disk operations; owned and disposed by the queue.</param>
+    /// <param name="queueSize">The ring's size (heads are below it).</param>
+    /// <param name="metrics">Where each request is counted when it completes (by direction, with its data and latency); null: not counted.</param>
+    public BlkQueue(VirtioBlkDevice device, GuestMemory memory, IIoEngine engine, ushort queueSize, QueueMetrics? metrics = null)
     {
+        _metrics = metrics;
         _device = device;
         _memory = memory;
         _engine = engine;
@@ -115,13 +126,18 @@ internal sealed unsafe class BlkQueue : IQueueRequestProcessor
             throw new VirtqueueException($"virtio-blk request head {chain.Head} is still in flight; the driver made it available again.");
         }
 
+        long started = _metrics?.StartTimestamp() ?? 0;
         byte status = Accept(chain, statusAddress, out BlkRequest? request, out uint dataWritten);
         if (request is null)
         {
             // Answered without touching the disk (GET_ID, a rejected request, nothing to move).
             bytesWritten = WriteStatus(chain, statusAddress, status, dataWritten);
+            _metrics?.Completed(_direction, bytesWritten - 1, started);
             return true;
         }
+
+        request.StartedAt = started;
+        request.Direction = _direction;
 
         _inFlight[chain.Head] = request;
         _slotsInUse++;
@@ -265,6 +281,7 @@ internal sealed unsafe class BlkQueue : IQueueRequestProcessor
     {
         request = null;
         dataWritten = 0;
+        _direction = RequestDirection.Other;
         if (chain.ReadableLength < VirtioBlkRequestHeader.Size)
         {
             return VIRTIO_BLK_S_IOERR;
@@ -285,6 +302,12 @@ internal sealed unsafe class BlkQueue : IQueueRequestProcessor
         // The writable stream is the data the device returns followed by the status byte.
         ulong inLength = chain.WritableLength - 1;
         ulong outLength = chain.ReadableLength - VirtioBlkRequestHeader.Size;
+        _direction = header.Type switch
+        {
+            VIRTIO_BLK_T_IN => RequestDirection.Read,
+            VIRTIO_BLK_T_OUT => RequestDirection.Write,
+            _ => RequestDirection.Other,
+        };
         switch (header.Type)
         {
             case VIRTIO_BLK_T_IN:
@@ -769,6 +792,13 @@ internal sealed unsafe class BlkQueue : IQueueRequestProcessor
         _inFlight[chain.Head] = null;
         _slotsInUse--;
         uint written = WriteStatus(chain, r.StatusAddress, r.Status, r.DataWritten);
+        if (_metrics is { } metrics)
+        {
+            // Data moved: what reached the driver (IN), what reached the disk (OUT); none on error.
+            long moved = r.Status != VIRTIO_BLK_S_OK ? 0 : r.Direction == RequestDirection.Write ? (long)r.Total : r.DataWritten;
+            metrics.Completed(r.Direction, moved, r.StartedAt);
+        }
+
         if (r.IsWrite)
         {
             _writesInFlight--;

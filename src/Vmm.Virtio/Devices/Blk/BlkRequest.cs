@@ -1,5 +1,6 @@
 using System.Runtime.InteropServices;
 using Vmm.Core.Posix.Storage;
+using Vmm.Virtio.Metrics;
 using Vmm.Virtio.Queues;
 using Vmm.Virtio.Spec;
 
@@ -48,6 +49,12 @@ internal sealed unsafe class BlkRequest : IDisposable
     public DescriptorChain Chain { get; set; } = null!;
 
     public ulong StatusAddress { get; set; }
+
+    /// <summary>When it was popped, for the latency histogram (0: not timed).</summary>
+    public long StartedAt { get; set; }
+
+    /// <summary>Its direction for the metrics (IN, OUT, anything else).</summary>
+    public RequestDirection Direction { get; set; }
 
     public BlkRequestKind Kind { get; set; }
 

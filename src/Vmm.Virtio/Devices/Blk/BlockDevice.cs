@@ -280,7 +280,7 @@ public sealed class VirtioBlkDevice : VirtioDeviceBase
     protected override void OnReset() => _writeback = 1;
 
     protected override IQueueRequestProcessor CreateRequestProcessor(int queueIndex, GuestMemory memory, ushort queueSize) =>
-        new BlkQueue(this, memory, CreateEngine(queueIndex, queueSize), queueSize);
+        new BlkQueue(this, memory, CreateEngine(queueIndex, queueSize), queueSize, GetQueueMetrics(queueIndex));
 
     protected override void Dispose(bool disposing)
     {

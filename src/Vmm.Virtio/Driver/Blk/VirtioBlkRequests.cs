@@ -1,4 +1,5 @@
 using Vmm.Core.Memory;
+using Vmm.Virtio.Metrics;
 using Vmm.Virtio.Spec;
 
 namespace Vmm.Virtio.Driver.Blk;
@@ -44,6 +45,12 @@ public sealed class VirtioBlkRequest
     internal ulong TableAddress { get; }
 
     internal int TableSize { get; }
+
+    /// <summary>Submit time for the latency histogram (0: not timed).</summary>
+    internal long StartedAt { get; set; }
+
+    /// <summary>Bytes of data buffers the driver gave the device (OUT: what it writes).</summary>
+    internal long DataLength { get; set; }
 }
 
 /// <summary>
@@ -74,6 +81,9 @@ public sealed class VirtioBlkRequests
 
     /// <summary>Requests submitted and not yet taken back with <see cref="TryComplete"/>.</summary>
     public int InFlight { get; private set; }
+
+    /// <summary>Where each request is counted as the driver sees it (by direction, with its data and latency); null: not counted.</summary>
+    public QueueMetrics? Metrics { get; init; }
 
     /// <summary>Reads <paramref name="data"/>.Sum(length) bytes from <paramref name="sector"/> into the (device-writable) buffers.</summary>
     public VirtioBlkRequest? TrySubmitRead(ulong sector, ReadOnlySpan<DriverBuffer> data, object? state = null) =>
@@ -123,6 +133,21 @@ public sealed class VirtioBlkRequests
         request.IsCompleted = true;
         Release(request);
         InFlight--;
+        if (Metrics is { } metrics)
+        {
+            RequestDirection direction = request.Type switch
+            {
+                VirtioBlkRequestType.VIRTIO_BLK_T_IN => RequestDirection.Read,
+                VirtioBlkRequestType.VIRTIO_BLK_T_OUT => RequestDirection.Write,
+                _ => RequestDirection.Other,
+            };
+
+            // Data moved: what the device wrote before its status byte, or what it was given to write.
+            long moved = !request.Succeeded ? 0 : direction == RequestDirection.Write ? request.DataLength : Math.Max(0, (long)bytesWritten - 1);
+            metrics.Completed(direction, moved, request.StartedAt);
+            metrics.SetInFlight(InFlight);
+        }
+
         return true;
     }
 
@@ -176,6 +201,13 @@ public sealed class VirtioBlkRequests
         }
 
         var request = new VirtioBlkRequest(type, sector, header, status, table, tableSize, state);
+        long dataLength = 0;
+        foreach (DriverBuffer buffer in data)
+        {
+            dataLength += buffer.Length;
+        }
+
+        request.DataLength = dataLength;
         try
         {
             Span<byte> headerBytes = stackalloc byte[VirtioBlkRequestHeader.Size];
@@ -208,6 +240,12 @@ public sealed class VirtioBlkRequests
         }
 
         InFlight++;
+        if (Metrics is { } metrics)
+        {
+            request.StartedAt = metrics.StartTimestamp();
+            metrics.SetInFlight(InFlight);
+        }
+
         return request;
     }
 

@@ -55,6 +55,33 @@ public sealed class LatencyHistogram
         return ValueOf(_counts.Length - 1);
     }
 
+    /// <summary>Empties it, for the next window.</summary>
+    public void Clear()
+    {
+        Array.Clear(_counts);
+        Count = 0;
+    }
+
+    /// <summary>
+    /// Moves what <paramref name="concurrent"/> (counts indexed as here, bumped by other threads
+    /// with <see cref="Interlocked"/>) gathered into this histogram, leaving it empty.
+    /// </summary>
+    internal void Drain(long[] concurrent)
+    {
+        for (int i = 0; i < concurrent.Length && i < _counts.Length; i++)
+        {
+            if (Volatile.Read(ref concurrent[i]) != 0)
+            {
+                long n = Interlocked.Exchange(ref concurrent[i], 0);
+                _counts[i] += n;
+                Count += n;
+            }
+        }
+    }
+
+    /// <summary>How many buckets there are (the length of an array <see cref="Drain"/> takes).</summary>
+    internal static int BucketCount => Linear + (MaxShift * SubBuckets);
+
     internal static int Index(ulong value)
     {
         if (value < Linear)
