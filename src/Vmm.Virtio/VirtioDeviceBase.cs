@@ -27,6 +27,7 @@ public abstract class VirtioDeviceBase : IVirtioDevice
     private readonly ushort _maxQueueSize;
     private readonly QueueSlot[] _queues;
     private bool _disposed;
+    private string _metricsName;
 
     protected VirtioDeviceBase(VirtioDeviceId id, ulong deviceFeatures, int queueCount, ushort maxQueueSize)
     {
@@ -38,7 +39,7 @@ public abstract class VirtioDeviceBase : IVirtioDevice
         QueueCount = queueCount;
         _maxQueueSize = maxQueueSize;
         _queues = new QueueSlot[queueCount];
-        MetricsName = ShortName(id);
+        _metricsName = ShortName(id);
         for (int i = 0; i < queueCount; i++)
         {
             _queues[i] = new QueueSlot();
@@ -62,7 +63,15 @@ public abstract class VirtioDeviceBase : IVirtioDevice
     /// the device type's short name unless the host names it (two devices of a type in one
     /// process need two names). Read when a queue starts.
     /// </summary>
-    public string MetricsName { get; set; }
+    public string MetricsName
+    {
+        get => _metricsName;
+        set
+        {
+            ArgumentException.ThrowIfNullOrEmpty(value);
+            _metricsName = value;
+        }
+    }
 
     /// <summary>The features of the most recent <see cref="StartQueue"/> (the driver's accepted set).</summary>
     protected ulong NegotiatedFeatures { get; private set; }

@@ -201,13 +201,6 @@ public sealed class VirtioBlkRequests
         }
 
         var request = new VirtioBlkRequest(type, sector, header, status, table, tableSize, state);
-        long dataLength = 0;
-        foreach (DriverBuffer buffer in data)
-        {
-            dataLength += buffer.Length;
-        }
-
-        request.DataLength = dataLength;
         try
         {
             Span<byte> headerBytes = stackalloc byte[VirtioBlkRequestHeader.Size];
@@ -242,6 +235,13 @@ public sealed class VirtioBlkRequests
         InFlight++;
         if (Metrics is { } metrics)
         {
+            long dataLength = 0;
+            foreach (DriverBuffer buffer in data)
+            {
+                dataLength += buffer.Length;
+            }
+
+            request.DataLength = dataLength;
             request.StartedAt = metrics.StartTimestamp();
             metrics.SetInFlight(InFlight);
         }
