@@ -125,6 +125,11 @@ public static unsafe partial class SigbusGuard
             return $"sigaction(SIGBUS) failed: {Interop.Describe(Interop.LastErrno)}";
         }
 
+        if (previous.Handler == 0 && !TryDefaultAction(ref previous))
+        {
+            return "the process has no SIGBUS handler and libc's abort cannot be found to stand in for the default action";
+        }
+
         if ((previous.Flags & Interop.Libc.SA_SIGINFO) == 0 || previous.Handler == 0 || previous.Handler == Interop.Libc.SIG_IGN)
         {
             // The runtime always installs an SA_SIGINFO handler; anything else cannot be chained to
@@ -188,6 +193,24 @@ public static unsafe partial class SigbusGuard
 
         new Thread(Watch) { IsBackground = true, Name = "sigbus-guard" }.Start();
         return null;
+    }
+
+    /// <summary>
+    /// SIG_DFL (a native-AOT process: its runtime installs no SIGBUS handler) ends the process on
+    /// a SIGBUS. The handler chains to a function, so an unguarded SIGBUS is passed to libc's
+    /// abort(3), which is async-signal-safe (signal-safety(7)) and ends the process as surely,
+    /// with SIGABRT and a core dump instead of SIGBUS.
+    /// </summary>
+    private static bool TryDefaultAction(ref Interop.Libc.SigAction previous)
+    {
+        if (!NativeLibrary.TryLoad("libc.so.6", out nint libc) || !NativeLibrary.TryGetExport(libc, "abort", out nint abort))
+        {
+            return false;
+        }
+
+        previous.Handler = abort;
+        previous.Flags |= Interop.Libc.SA_SIGINFO;
+        return true;
     }
 
     private static int PatchTableAddress(byte[] code, ulong table)

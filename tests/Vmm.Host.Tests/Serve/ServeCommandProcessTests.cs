@@ -1,5 +1,4 @@
 using System.Diagnostics;
-using Mono.Unix.Native;
 using Vmm.Host.Tests.Run;
 using Vmm.TestKit;
 
@@ -11,6 +10,9 @@ namespace Vmm.Host.Tests.Serve;
 public sealed class ServeCommandProcessTests
 {
     private DirectoryInfo _dir = null!;
+
+    [OneTimeSetUp]
+    public void BuildOnce() => ServeProcess.EnsureBuilt();
 
     [SetUp]
     public void SetUp() => _dir = Directory.CreateTempSubdirectory("vmm-serve-");
@@ -184,70 +186,8 @@ public sealed class ServeCommandProcessTests
 
     private static Process StartServer(string socket, string image, params string[] extra) => StartServer(socket, image, null, extra);
 
-    private static Process StartServer(string socket, string image, List<string>? stderr, params string[] extra)
-    {
-        var start = new ProcessStartInfo(Path.Combine(VmmProcess.RepoRoot, "vmm"))
-        {
-            RedirectStandardError = true,
-            RedirectStandardOutput = true,
-            WorkingDirectory = VmmProcess.RepoRoot,
-        };
-        foreach (string a in new[] { "serve", "blk", "--socket", socket, "--disk", image }.Concat(extra))
-        {
-            start.ArgumentList.Add(a);
-        }
+    private static Process StartServer(string socket, string image, List<string>? stderr, params string[] extra) =>
+        ServeProcess.Start(socket, image, stderr, null, extra);
 
-        Process process = Process.Start(start)!;
-        if (stderr is not null)
-        {
-            process.ErrorDataReceived += (_, e) =>
-            {
-                if (e.Data is not null)
-                {
-                    lock (stderr)
-                    {
-                        stderr.Add(e.Data);
-                    }
-                }
-            };
-        }
-
-        process.BeginErrorReadLine();
-        process.BeginOutputReadLine();
-        DateTime deadline = DateTime.UtcNow.AddSeconds(60);
-        while (!Listening(socket))
-        {
-            Assert.That(process.HasExited, Is.False, "the server exited early");
-            Assert.That(DateTime.UtcNow, Is.LessThan(deadline), "the socket did not appear");
-            Thread.Sleep(20);
-        }
-
-        return process;
-    }
-
-    private static bool Listening(string path)
-    {
-        try
-        {
-            using var s = new System.Net.Sockets.Socket(System.Net.Sockets.AddressFamily.Unix, System.Net.Sockets.SocketType.Stream, System.Net.Sockets.ProtocolType.Unspecified);
-            s.Connect(new System.Net.Sockets.UnixDomainSocketEndPoint(path));
-            return true;
-        }
-        catch (System.Net.Sockets.SocketException)
-        {
-            return false;
-        }
-    }
-
-    private static int Stop(Process process)
-    {
-        Syscall.kill(process.Id, Signum.SIGTERM);
-        if (!process.WaitForExit(TimeSpan.FromSeconds(30)))
-        {
-            process.Kill(entireProcessTree: true);
-            Assert.Fail("the server did not stop on SIGTERM");
-        }
-
-        return process.ExitCode;
-    }
+    private static int Stop(Process process) => ServeProcess.Stop(process);
 }
