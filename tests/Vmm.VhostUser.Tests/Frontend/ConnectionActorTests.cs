@@ -36,7 +36,7 @@ public sealed class ConnectionActorTests : AkkaTest
     {
         var backends = new BackendFactory();
         TaskCompletionSource held = backends.HoldNext();
-        Harness h = Start(backends);
+        ConnectionHarness h = Start(backends);
         Assert.That(await PhaseAsync(h.Connection), Is.EqualTo(ConnectionPhase.Connecting));
 
         held.SetResult();
@@ -56,7 +56,7 @@ public sealed class ConnectionActorTests : AkkaTest
     public async Task Connection_must_keep_commands_until_Ready_and_run_them_in_arrival_order()
     {
         var backends = new BackendFactory();
-        Harness h = Start(backends);
+        ConnectionHarness h = Start(backends);
         using ScriptedBackend backend = await backends.NextAsync();
         TestProbe[] askers = [CreateTestProbe(), CreateTestProbe(), CreateTestProbe()];
         for (int i = 0; i < askers.Length; i++)
@@ -85,7 +85,7 @@ public sealed class ConnectionActorTests : AkkaTest
         var backends = new BackendFactory();
         using var rig = new TestRing();
         VhostUserDeviceModel model = ModelWithRunningQueue(backends, rig, usedIndex: 9);
-        Harness h = Start(backends, model);
+        ConnectionHarness h = Start(backends, model);
         using ScriptedBackend backend = await backends.NextAsync();
         await backend.ServeHandshakeAsync(protocolFeatures: Offered, config: s_config);
         await backend.ExpectAndDropAsync(VhostUserRequest.SET_FEATURES);
@@ -113,7 +113,7 @@ public sealed class ConnectionActorTests : AkkaTest
     {
         var backends = new BackendFactory();
         using var rig = new TestRing();
-        (Harness h, ScriptedBackend backend) = await StartWithQueueAsync(backends, rig);
+        (ConnectionHarness h, ScriptedBackend backend) = await StartWithQueueAsync(backends, rig);
         using (backend)
         {
             h.Connection.Tell(new StopQueue(0), TestActor);
@@ -138,7 +138,7 @@ public sealed class ConnectionActorTests : AkkaTest
         var backends = new BackendFactory();
         TaskCompletionSource held = backends.HoldNext();
         using var rig = new TestRing();
-        Harness h = Start(backends, ModelWithRunningQueue(backends, rig, usedIndex: 0));
+        ConnectionHarness h = Start(backends, ModelWithRunningQueue(backends, rig, usedIndex: 0));
         await ExpectUnsupportedAsync(h.Connection, ConnectionPhase.Connecting);
         held.SetResult();
         using ScriptedBackend backend = await backends.NextAsync();
@@ -172,7 +172,7 @@ public sealed class ConnectionActorTests : AkkaTest
     {
         var backends = new BackendFactory();
         using var rig = new TestRing();
-        (Harness h, ScriptedBackend backend) = await StartWithQueueAsync(backends, rig);
+        (ConnectionHarness h, ScriptedBackend backend) = await StartWithQueueAsync(backends, rig);
         TestProbe first = CreateTestProbe();
         TestProbe second = CreateTestProbe();
         TestProbe third = CreateTestProbe();
@@ -202,7 +202,7 @@ public sealed class ConnectionActorTests : AkkaTest
     {
         var backends = new BackendFactory();
         using var rig = new TestRing();
-        (Harness h, ScriptedBackend backend) = await StartWithQueueAsync(backends, rig);
+        (ConnectionHarness h, ScriptedBackend backend) = await StartWithQueueAsync(backends, rig);
         using (backend)
         {
             h.Connection.Tell(new StopQueue(0), TestActor);
@@ -226,7 +226,7 @@ public sealed class ConnectionActorTests : AkkaTest
     public async Task Connection_must_fail_only_the_asker_of_a_refused_request_and_stay_Ready()
     {
         var backends = new BackendFactory();
-        Harness h = Start(backends);
+        ConnectionHarness h = Start(backends);
         using ScriptedBackend backend = await backends.NextAsync();
         await backend.ServeHandshakeAsync(protocolFeatures: Offered, config: s_config);
         await h.Parent.ExpectMsgAsync<ConnectionReady>();
@@ -245,7 +245,7 @@ public sealed class ConnectionActorTests : AkkaTest
         var backends = new BackendFactory();
         using var rig = new TestRing();
         VhostUserDeviceModel model = ModelWithRunningQueue(backends, rig, usedIndex: 0);
-        Harness h = Start(backends, model);
+        ConnectionHarness h = Start(backends, model);
         using ScriptedBackend backend = await backends.NextAsync();
         h.Connection.Tell(new ReadConfig(0, 4), TestActor);
 
@@ -266,7 +266,7 @@ public sealed class ConnectionActorTests : AkkaTest
         using var rig = new TestRing();
         VhostUserDeviceModel model = ModelWithRunningQueue(backends, rig, usedIndex: 0);
         model.RestoreInflight(new RestoreInflight(new byte[4096], 1, 64));
-        Harness h = Start(backends, model);
+        ConnectionHarness h = Start(backends, model);
         using ScriptedBackend backend = await backends.NextAsync();
         await backend.ServeHandshakeAsync(protocolFeatures: Offered, config: s_config);
         Exception failure = await h.Failure.Task.WaitAsync(RemainingOrDefault);
@@ -278,7 +278,7 @@ public sealed class ConnectionActorTests : AkkaTest
     public async Task Connection_must_notice_a_backend_that_hangs_up_while_idle()
     {
         var backends = new BackendFactory();
-        Harness h = Start(backends);
+        ConnectionHarness h = Start(backends);
         ScriptedBackend backend = await backends.NextAsync();
         await backend.ServeHandshakeAsync(protocolFeatures: Offered, config: s_config);
         await h.Parent.ExpectMsgAsync<ConnectionReady>();
@@ -291,7 +291,7 @@ public sealed class ConnectionActorTests : AkkaTest
     {
         var backends = new BackendFactory { Refuse = true };
         TaskCompletionSource held = backends.HoldNext();
-        Harness h = Start(backends);
+        ConnectionHarness h = Start(backends);
         h.Connection.Tell(GetDeviceInfo.Instance, TestActor);
         Assert.That(await PhaseAsync(h.Connection), Is.EqualTo(ConnectionPhase.Connecting));
         held.SetResult();
@@ -302,23 +302,8 @@ public sealed class ConnectionActorTests : AkkaTest
 
     #region Infrastructure
 
-    private sealed record Harness(IActorRef Connection, TestProbe Parent, VhostUserDeviceModel Model, TaskCompletionSource<Exception> Failure);
-
-    /// <summary>A connection under a TestProbe parent whose strategy records the failure and stops it.</summary>
-    private Harness Start(BackendFactory backends, VhostUserDeviceModel? model = null)
-    {
-        VhostUserDeviceOptions options = backends.Options();
-        model ??= new VhostUserDeviceModel(options);
-        TestProbe parent = CreateTestProbe();
-        var failure = new TaskCompletionSource<Exception>(TaskCreationOptions.RunContinuationsAsynchronously);
-        var strategy = new OneForOneStrategy(e =>
-        {
-            failure.TrySetResult(e);
-            return Directive.Stop;
-        });
-        IActorRef connection = parent.ChildActorOf(VhostUserConnectionActor.Props(options, model, _loop.Watch), "connection", strategy);
-        return new Harness(connection, parent, model, failure);
-    }
+    private ConnectionHarness Start(BackendFactory backends, VhostUserDeviceModel? model = null) =>
+        ConnectionHarness.Start(CreateTestProbe(), _loop, backends.Options(), model);
 
     /// <summary>A model as a supervisor holds it after queue 0 was started while disconnected: something to replay.</summary>
     private static VhostUserDeviceModel ModelWithRunningQueue(BackendFactory backends, TestRing rig, ushort usedIndex)
@@ -330,9 +315,9 @@ public sealed class ConnectionActorTests : AkkaTest
         return model;
     }
 
-    private async Task<(Harness, ScriptedBackend)> StartWithQueueAsync(BackendFactory backends, TestRing rig)
+    private async Task<(ConnectionHarness, ScriptedBackend)> StartWithQueueAsync(BackendFactory backends, TestRing rig)
     {
-        Harness h = Start(backends);
+        ConnectionHarness h = Start(backends);
         ScriptedBackend backend = await backends.NextAsync();
         await backend.ServeHandshakeAsync(protocolFeatures: Offered, config: s_config);
         await h.Parent.ExpectMsgAsync<ConnectionReady>();

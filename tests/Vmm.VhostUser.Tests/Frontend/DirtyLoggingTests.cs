@@ -213,7 +213,7 @@ public sealed class DirtyLoggingTests : AkkaTest
     {
         var backends = new BackendFactory();
         using var rig = new TestRing();
-        (Harness h, ScriptedBackend backend) = await StartWithQueueAsync(backends, rig, LoggingFeatures);
+        (ConnectionHarness h, ScriptedBackend backend) = await StartWithQueueAsync(backends, rig, LoggingFeatures);
         using (backend)
         {
             h.Connection.Tell(StartDirtyLogging.Instance, TestActor);
@@ -259,7 +259,7 @@ public sealed class DirtyLoggingTests : AkkaTest
     {
         var backends = new BackendFactory();
         using var rig = new TestRing();
-        (Harness h, ScriptedBackend backend) = await StartWithQueueAsync(backends, rig, LoggingFeatures);
+        (ConnectionHarness h, ScriptedBackend backend) = await StartWithQueueAsync(backends, rig, LoggingFeatures);
         using (backend)
         {
             h.Connection.Tell(StartDirtyLogging.Instance, TestActor);
@@ -304,7 +304,7 @@ public sealed class DirtyLoggingTests : AkkaTest
     {
         var backends = new BackendFactory();
         using var rig = new TestRing();
-        (Harness h, ScriptedBackend backend) = await StartWithQueueAsync(backends, rig, ScriptedBackend.DefaultFeatures);
+        (ConnectionHarness h, ScriptedBackend backend) = await StartWithQueueAsync(backends, rig, ScriptedBackend.DefaultFeatures);
         using (backend)
         {
             h.Connection.Tell(StartDirtyLogging.Instance, TestActor);
@@ -319,7 +319,7 @@ public sealed class DirtyLoggingTests : AkkaTest
     {
         var backends = new BackendFactory();
         using var rig = new TestRing();
-        (Harness first, ScriptedBackend backend) = await StartWithQueueAsync(backends, rig, LoggingFeatures);
+        (ConnectionHarness first, ScriptedBackend backend) = await StartWithQueueAsync(backends, rig, LoggingFeatures);
         DirtyLoggingStarted started;
         using (backend)
         {
@@ -333,7 +333,7 @@ public sealed class DirtyLoggingTests : AkkaTest
 
         // The back-end hung up; the next connection gets the same model, as the supervisor hands it on.
         await first.Failure.Task.WaitAsync(TimeSpan.FromSeconds(10));
-        Harness second = Start(backends, first.Model);
+        ConnectionHarness second = Start(backends, first.Model);
         using ScriptedBackend next = await backends.NextAsync();
         await next.ServeHandshakeAsync(LoggingFeatures, Offered);
         using (VhostUserMessage m = await next.ExpectAsync(VhostUserRequest.SET_FEATURES))
@@ -369,8 +369,6 @@ public sealed class DirtyLoggingTests : AkkaTest
 
     #region Infrastructure
 
-    private sealed record Harness(IActorRef Connection, TestProbe Parent, VhostUserDeviceModel Model, TaskCompletionSource<Exception> Failure);
-
     private static async Task HandshakeAsync(VhostUserFrontendConnection frontend, ScriptedBackend backend, ulong features)
     {
         Task<VhostUserBackendInfo> handshake = frontend.HandshakeAsync();
@@ -378,25 +376,12 @@ public sealed class DirtyLoggingTests : AkkaTest
         await handshake;
     }
 
-    /// <summary>A connection under a TestProbe parent whose strategy records the failure and stops it.</summary>
-    private Harness Start(BackendFactory backends, VhostUserDeviceModel? model = null)
-    {
-        VhostUserDeviceOptions options = backends.Options();
-        model ??= new VhostUserDeviceModel(options);
-        TestProbe parent = CreateTestProbe();
-        var failure = new TaskCompletionSource<Exception>(TaskCreationOptions.RunContinuationsAsynchronously);
-        var strategy = new OneForOneStrategy(e =>
-        {
-            failure.TrySetResult(e);
-            return Directive.Stop;
-        });
-        IActorRef connection = parent.ChildActorOf(VhostUserConnectionActor.Props(options, model, _loop.Watch), "connection", strategy);
-        return new Harness(connection, parent, model, failure);
-    }
+    private ConnectionHarness Start(BackendFactory backends, VhostUserDeviceModel? model = null) =>
+        ConnectionHarness.Start(CreateTestProbe(), _loop, backends.Options(), model);
 
-    private async Task<(Harness, ScriptedBackend)> StartWithQueueAsync(BackendFactory backends, TestRing rig, ulong features)
+    private async Task<(ConnectionHarness, ScriptedBackend)> StartWithQueueAsync(BackendFactory backends, TestRing rig, ulong features)
     {
-        Harness h = Start(backends);
+        ConnectionHarness h = Start(backends);
         ScriptedBackend backend = await backends.NextAsync();
         await backend.ServeHandshakeAsync(features, Offered);
         await h.Parent.ExpectMsgAsync<ConnectionReady>();
