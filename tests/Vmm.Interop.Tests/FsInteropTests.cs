@@ -16,14 +16,15 @@ public sealed class FsInteropTests : InteropTest
         var expected = await SharedTree.Sha256SumAsync(shared);
         var backend = await StartVirtiofsdAsync(kind, shared, PathIn("fs.sock"), tag: "interop");
 
-        var r = await VmmRun.RunAsync("run", "--vhost-user", $"{backend.Socket},type=fs", "--workload", "fs");
+        // tag=local is what the VMM serves while the back-end has no config of its own (the C
+        // virtiofsd); the Rust one, started with --tag, serves its own and is answered from.
+        var r = await VmmRun.RunAsync("run", "--vhost-user", $"{backend.Socket},type=fs,tag=local", "--workload", "fs");
 
         Assert.That(r.ExitCode, Is.Zero, r.Stderr + "\n" + backend.Describe());
         Assert.That(r.Stdout, Is.EqualTo(expected));
         Assert.That(expected.Split('\n', StringSplitOptions.RemoveEmptyEntries), Has.Length.EqualTo(10), "the tree's ten regular files");
-        Assert.That(r.Stderr, Does.Contain("fs: tag ").And.Contain("10 files"));
-        if (kind == VirtiofsdKind.Rust)
-            Assert.That(r.Stderr, Does.Contain("tag 'interop'"), "the tag from the device config");
+        Assert.That(r.Stderr, Does.Contain("10 files"));
+        Assert.That(r.Stderr, Does.Contain(kind == VirtiofsdKind.Rust ? "fs: tag 'interop'" : "fs: tag 'local'"), "the tag in the device config");
     }
 
     [TestCase(VirtiofsdKind.C)]

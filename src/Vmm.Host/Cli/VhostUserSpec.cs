@@ -4,13 +4,20 @@ using Vmm.VhostUser.Frontend;
 namespace Vmm.Host.Cli;
 
 /// <summary>
-/// A vhost-user device: <c>--vhost-user SOCKET,type=NAME|device-id=N[,queues=N][,queue-size=N][,reconnect=on|off][,reconnect-max=N][,reconnect-max-delay=SECONDS]</c>.
+/// A vhost-user device: <c>--vhost-user SOCKET,type=NAME|device-id=N[,queues=N][,queue-size=N][,reconnect=on|off][,reconnect-max=N][,reconnect-max-delay=SECONDS][,tag=NAME]</c>.
 /// Type names are those of <see cref="VhostUserDeviceType"/> (blk, rng, net, fs, console, gpio, vsock, ...).
 /// </summary>
 public sealed record VhostUserSpec(string SocketPath, VirtioDeviceId DeviceId, int? Queues, ushort QueueSize, bool Reconnect, int? ReconnectMax)
 {
     /// <summary>The longest backoff between reconnect attempts; null: the front-end's default (5 s).</summary>
     public TimeSpan? ReconnectMaxDelay { get; init; }
+
+    /// <summary>
+    /// virtio-fs: the tag the VMM puts in the device config while the back-end does not serve a
+    /// config (the CONFIG protocol feature), as QEMU's <c>-device vhost-user-fs-pci,tag=</c>
+    /// does; a back-end that serves one (virtiofsd --tag) is answered from instead.
+    /// </summary>
+    public string? Tag { get; init; }
 
     /// <summary>The name of the device kind (blk, rng, or device-id=N).</summary>
     public string Kind => VhostUserDeviceType.NameOf(DeviceId);
@@ -31,6 +38,7 @@ public sealed record VhostUserSpec(string SocketPath, VirtioDeviceId DeviceId, i
         bool reconnect = true;
         int? reconnectMax = null;
         TimeSpan? reconnectMaxDelay = null;
+        string? tag = null;
         foreach (string part in parts.Skip(1))
         {
             (string key, string? value) = DeviceSpec.SplitOption(part);
@@ -70,6 +78,15 @@ public sealed record VhostUserSpec(string SocketPath, VirtioDeviceId DeviceId, i
                 case "reconnect-max-delay":
                     reconnectMaxDelay = TimeSpan.FromSeconds(DeviceSpec.ParseInt(value, text, key, 1, 3600));
                     break;
+                case "tag" when !string.IsNullOrEmpty(value):
+                    // virtio 1.2, 5.11.4: up to 36 bytes of UTF-8, NUL-padded.
+                    if (System.Text.Encoding.UTF8.GetByteCount(value) > VirtioFsConfig.TagSize || value.Contains('\0', StringComparison.Ordinal))
+                    {
+                        throw new UsageException($"--vhost-user '{text}': tag must be at most {VirtioFsConfig.TagSize} bytes of UTF-8.");
+                    }
+
+                    tag = value;
+                    break;
                 default:
                     throw new UsageException($"--vhost-user '{text}': unknown or incomplete option '{part}'.");
             }
@@ -80,7 +97,12 @@ public sealed record VhostUserSpec(string SocketPath, VirtioDeviceId DeviceId, i
             throw new UsageException($"--vhost-user '{text}': say what the device is with type=NAME (blk, rng, net, ...) or device-id=N.");
         }
 
-        return new VhostUserSpec(socket, id.Value, queues, queueSize, reconnect, reconnectMax) { ReconnectMaxDelay = reconnectMaxDelay };
+        if (tag is not null && id != VirtioDeviceId.FileSystem)
+        {
+            throw new UsageException($"--vhost-user '{text}': tag= is for type=fs only.");
+        }
+
+        return new VhostUserSpec(socket, id.Value, queues, queueSize, reconnect, reconnectMax) { ReconnectMaxDelay = reconnectMaxDelay, Tag = tag };
     }
 
     /// <summary>The front-end's options for this device; <paramref name="name"/> is its supervisor's actor name.</summary>
@@ -93,7 +115,17 @@ public sealed record VhostUserSpec(string SocketPath, VirtioDeviceId DeviceId, i
             QueueSize = QueueSize,
             Reconnect = Reconnect,
             ReconnectMax = ReconnectMax,
+            LocalConfig = Tag is null ? default(ReadOnlyMemory<byte>?) : LocalFsConfig(Tag, Queues),
         };
         return ReconnectMaxDelay is { } delay ? options with { ReconnectMaxBackoff = delay } : options;
+    }
+
+    /// <summary>virtio_fs_config for <paramref name="tag"/>: one request queue per queue after hiprio (at least one).</summary>
+    private static byte[] LocalFsConfig(string tag, int? queues)
+    {
+        var config = new byte[VirtioFsConfig.Size];
+        uint requestQueues = (uint)Math.Max(1, (queues ?? 2) - VirtioFs.FirstRequestQueue);
+        new VirtioFsConfig(tag, requestQueues, TagIsValidUtf8: true).Write(config);
+        return config;
     }
 }

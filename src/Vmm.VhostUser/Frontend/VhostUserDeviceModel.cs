@@ -27,7 +27,7 @@ public sealed partial class VhostUserDeviceModel : IDisposable
     public VhostUserDeviceModel(VhostUserDeviceOptions options)
     {
         _options = options ?? throw new ArgumentNullException(nameof(options));
-        Snapshot = DeviceSnapshot.Empty with { Config = ConfigImage.Empty(options.EffectiveConfigSize) };
+        Snapshot = DeviceSnapshot.Empty with { Config = options.InitialConfig(options.EffectiveConfigSize) };
     }
 
     public VhostUserDeviceOptions Options => _options;
@@ -219,7 +219,7 @@ public sealed partial class VhostUserDeviceModel : IDisposable
 
             // Logging is the host's, not the guest's: a guest's reset does not end a migration.
             DirtyLog = Snapshot.DirtyLog,
-            Config = _backendConfig is not null ? ConfigImage.FromBackend(_backendConfig) : ConfigImage.Empty(Snapshot.Config.Length),
+            Config = _backendConfig is not null ? ConfigImage.FromBackend(_backendConfig) : _options.InitialConfig(Snapshot.Config.Length),
         };
 
         // A reset device starts with a fresh inflight region (QEMU frees it on reset).

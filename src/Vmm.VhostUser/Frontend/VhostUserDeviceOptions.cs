@@ -20,6 +20,13 @@ public sealed record VhostUserDeviceOptions(string SocketPath, VirtioDeviceId De
     /// <summary>Config bytes fetched by GET_CONFIG; null: the size for <see cref="DeviceId"/>.</summary>
     public int? ConfigSize { get; init; }
 
+    /// <summary>
+    /// The device config the VMM itself gives the guest while the back-end does not offer the
+    /// CONFIG protocol feature (as QEMU's vhost-user-fs-pci serves the virtio-fs tag from its own
+    /// <c>tag=</c> option); null: zeros. A back-end with CONFIG answers GET_CONFIG instead.
+    /// </summary>
+    public ReadOnlyMemory<byte>? LocalConfig { get; init; }
+
     /// <summary>Reconnect when the back-end goes away (<c>reconnect=off</c> turns it off).</summary>
     public bool Reconnect { get; init; } = true;
 
@@ -50,7 +57,20 @@ public sealed record VhostUserDeviceOptions(string SocketPath, VirtioDeviceId De
     /// </summary>
     public Func<CancellationToken, Task<VhostUserFrontendConnection>>? Connect { get; init; }
 
-    internal int EffectiveConfigSize => ConfigSize ?? VhostUserDeviceType.DefaultConfigSize(DeviceId);
+    internal int EffectiveConfigSize => ConfigSize ?? LocalConfig?.Length ?? VhostUserDeviceType.DefaultConfigSize(DeviceId);
+
+    /// <summary>The config image before (or without) a back-end's GET_CONFIG: <see cref="LocalConfig"/>, else zeros.</summary>
+    internal ConfigImage InitialConfig(int size)
+    {
+        if (LocalConfig is not { } local)
+        {
+            return ConfigImage.Empty(size);
+        }
+
+        var bytes = new byte[Math.Max(size, 0)];
+        local.Span[..Math.Min(local.Length, bytes.Length)].CopyTo(bytes);
+        return ConfigImage.FromBackend(bytes);
+    }
 
     internal VhostUserFrontendConnectionOptions ConnectionOptions => new()
     {

@@ -29,6 +29,24 @@ public sealed class VhostUserSpecTests
     }
 
     [Test]
+    public void A_fs_tag_becomes_the_config_the_vmm_serves_without_a_backend_config()
+    {
+        VhostUserDeviceOptions options = VhostUserSpec.Parse("/run/fs.sock,type=fs,queues=3,tag=shared").ToOptions("fs0");
+
+        Assert.That(options.LocalConfig, Is.Not.Null);
+        VirtioFsConfig config = VirtioFsConfig.Read(options.LocalConfig!.Value.Span);
+        Assert.That(config.Tag, Is.EqualTo("shared"));
+        Assert.That(config.NumRequestQueues, Is.EqualTo(2), "queues=3 is hiprio and two request queues");
+        Assert.That(VhostUserSpec.Parse("/run/fs.sock,type=fs").ToOptions("fs0").LocalConfig, Is.Null);
+    }
+
+    [TestCase("/run/fs.sock,type=fs,tag=" + "0123456789012345678901234567890123456")]
+    [TestCase("/run/blk.sock,type=blk,tag=x")]
+    [TestCase("/run/fs.sock,type=fs,tag=")]
+    public void A_bad_fs_tag_is_a_usage_error(string spec) =>
+        Assert.That(() => VhostUserSpec.Parse(spec), Throws.TypeOf<UsageException>());
+
+    [Test]
     public void Reconnect_max_delay_caps_the_backoff_in_seconds()
     {
         VhostUserDeviceOptions options = VhostUserSpec.Parse("/run/blk.sock,type=blk,reconnect-max-delay=60").ToOptions("blk0");
