@@ -109,8 +109,14 @@ public static class RunCommand
             };
             options = SaveRestoreSettings.Apply(result, options);
             Validate(options);
+            // stdout carries the workload's results and nothing else: whatever else writes to
+            // Console.Out from here on (Akka's fallback logger, which prints there while the
+            // loggers start or stop) goes to stderr.
+            TextWriter results = Console.Out;
+            Console.SetOut(Console.Error);
+
             // On a pool thread, so that the parser's SIGINT/SIGTERM handling can cancel the token and wait for a clean end.
-            return Task.Run(() => Execute(options, Console.Out, cancellationToken), CancellationToken.None);
+            return Task.Run(() => Execute(options, results, cancellationToken), CancellationToken.None);
         });
         return command;
     }
