@@ -4,13 +4,19 @@ using Vmm.VhostUser.Frontend;
 namespace Vmm.Host.Cli;
 
 /// <summary>
-/// A vhost-user device: <c>--vhost-user SOCKET,type=NAME|device-id=N[,queues=N][,queue-size=N][,reconnect=on|off][,reconnect-max=N][,reconnect-max-delay=SECONDS][,tag=NAME]</c>.
+/// A vhost-user device: <c>--vhost-user SOCKET,type=NAME|device-id=N[,queues=N][,queue-size=N][,reconnect=on|off][,reconnect-max=N][,reconnect-max-delay=SECONDS][,wait=on|off][,tag=NAME]</c>.
 /// Type names are those of <see cref="VhostUserDeviceType"/> (blk, rng, net, fs, console, gpio, vsock, ...).
 /// </summary>
 public sealed record VhostUserSpec(string SocketPath, VirtioDeviceId DeviceId, int? Queues, ushort QueueSize, bool Reconnect, int? ReconnectMax)
 {
     /// <summary>The longest backoff between reconnect attempts; null: the front-end's default (5 s).</summary>
     public TimeSpan? ReconnectMaxDelay { get; init; }
+
+    /// <summary>
+    /// <c>wait=on</c>: at start-up, a back-end that is not listening yet is waited for (its
+    /// socket watched, attempts paced by the reconnect backoff) instead of failing the device.
+    /// </summary>
+    public bool WaitForBackend { get; init; }
 
     /// <summary>
     /// virtio-fs: the tag the VMM puts in the device config while the back-end does not serve a
@@ -39,6 +45,7 @@ public sealed record VhostUserSpec(string SocketPath, VirtioDeviceId DeviceId, i
         int? reconnectMax = null;
         TimeSpan? reconnectMaxDelay = null;
         string? tag = null;
+        bool wait = false;
         foreach (string part in parts.Skip(1))
         {
             (string key, string? value) = DeviceSpec.SplitOption(part);
@@ -78,6 +85,9 @@ public sealed record VhostUserSpec(string SocketPath, VirtioDeviceId DeviceId, i
                 case "reconnect-max-delay":
                     reconnectMaxDelay = TimeSpan.FromSeconds(DeviceSpec.ParseInt(value, text, key, 1, 3600));
                     break;
+                case "wait":
+                    wait = value is null || DeviceSpec.ParseBool(value, text, key);
+                    break;
                 case "tag" when !string.IsNullOrEmpty(value):
                     // virtio 1.2, 5.11.4: up to 36 bytes of UTF-8, NUL-padded.
                     if (System.Text.Encoding.UTF8.GetByteCount(value) > VirtioFsConfig.TagSize || value.Contains('\0', StringComparison.Ordinal))
@@ -102,7 +112,7 @@ public sealed record VhostUserSpec(string SocketPath, VirtioDeviceId DeviceId, i
             throw new UsageException($"--vhost-user '{text}': tag= is for type=fs only.");
         }
 
-        return new VhostUserSpec(socket, id.Value, queues, queueSize, reconnect, reconnectMax) { ReconnectMaxDelay = reconnectMaxDelay, Tag = tag };
+        return new VhostUserSpec(socket, id.Value, queues, queueSize, reconnect, reconnectMax) { ReconnectMaxDelay = reconnectMaxDelay, Tag = tag, WaitForBackend = wait };
     }
 
     /// <summary>The front-end's options for this device; <paramref name="name"/> is its supervisor's actor name.</summary>
@@ -115,6 +125,7 @@ public sealed record VhostUserSpec(string SocketPath, VirtioDeviceId DeviceId, i
             QueueSize = QueueSize,
             Reconnect = Reconnect,
             ReconnectMax = ReconnectMax,
+            WaitForBackend = WaitForBackend,
             LocalConfig = Tag is null ? default(ReadOnlyMemory<byte>?) : LocalFsConfig(Tag, Queues),
         };
         return ReconnectMaxDelay is { } delay ? options with { ReconnectMaxBackoff = delay } : options;

@@ -33,7 +33,7 @@ public static class RunCommand
         };
         var vhostUser = new Option<string[]>("--vhost-user")
         {
-            Description = "A vhost-user device: SOCKET,type=blk|rng|net|fs|console|gpio|vsock|...|device-id=N[,queues=N][,queue-size=N][,reconnect=on|off][,reconnect-max=N][,reconnect-max-delay=SECONDS][,tag=NAME (fs)]. Repeatable.",
+            Description = "A vhost-user device: SOCKET,type=blk|rng|net|fs|console|gpio|vsock|...|device-id=N[,queues=N][,queue-size=N][,reconnect=on|off][,reconnect-max=N][,reconnect-max-delay=SECONDS][,wait=on|off][,tag=NAME (fs)]. Repeatable.",
             Arity = ArgumentArity.OneOrMore,
             AllowMultipleArgumentsPerToken = false,
         };

@@ -40,6 +40,14 @@ public sealed class VhostUserSpecTests
         Assert.That(VhostUserSpec.Parse("/run/fs.sock,type=fs").ToOptions("fs0").LocalConfig, Is.Null);
     }
 
+    [Test]
+    public void Wait_on_waits_for_a_backend_that_is_not_listening_yet()
+    {
+        Assert.That(VhostUserSpec.Parse("/run/blk.sock,type=blk,wait=on").ToOptions("blk0").WaitForBackend, Is.True);
+        Assert.That(VhostUserSpec.Parse("/run/blk.sock,type=blk").ToOptions("blk0").WaitForBackend, Is.False);
+        Assert.That(() => VhostUserSpec.Parse("/run/blk.sock,type=blk,wait=maybe"), Throws.TypeOf<UsageException>());
+    }
+
     [TestCase("/run/fs.sock,type=fs,tag=" + "0123456789012345678901234567890123456")]
     [TestCase("/run/blk.sock,type=blk,tag=x")]
     [TestCase("/run/fs.sock,type=fs,tag=")]

@@ -38,6 +38,23 @@ public sealed class VhostUserRunProcessTests
         });
     }
 
+    [Test]
+    public void Wait_on_starts_before_its_backend_and_serves_once_the_backend_listens()
+    {
+        using var image = new TempImage(1 << 20, seed: 22);
+        string socket = _dir["late.sock"];
+        Task<VmmProcess.Result> run = Task.Run(() => VmmProcess.Run("run", "--vhost-user", $"{socket},type=blk,wait=on", "--workload", "checksum"));
+
+        // The front-end is up and waiting (no socket yet) before the back-end starts.
+        Thread.Sleep(TimeSpan.FromSeconds(2));
+        Assert.That(run.IsCompleted, Is.False, "vmm run did not wait for its back-end: " + (run.IsCompleted ? run.Result.Stderr : string.Empty));
+        using ServeProcess serve = ServeProcess.Blk(image.Path, socket);
+        VmmProcess.Result r = run.GetAwaiter().GetResult();
+
+        Assert.That(r.ExitCode, Is.Zero, r.Stderr + serve.Log);
+        Assert.That(r.Stdout, Is.EqualTo($"sha256 {Convert.ToHexStringLower(SHA256.HashData(image.Read()))}\n"));
+    }
+
     [TestCase]
     [TestCase("--packed")]
     [TestCase("--interrupts", "function")]
