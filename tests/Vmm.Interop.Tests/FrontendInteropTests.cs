@@ -82,7 +82,7 @@ public sealed class FrontendInteropTests : InteropTest
         Assert.That(r.Stdout, Does.Contain("LOG_ALL").And.Contain("PROTOCOL_FEATURES"));
         // Of its 0x8f2b, what both sides implement: MQ, REPLY_ACK, BACKEND_REQ (qsd took our
         // SET_BACKEND_REQ_FD), CONFIG, CONFIGURE_MEM_SLOTS.
-        Assert.That(r.Stdout, Does.Contain("protocol features   0x8229 negotiated (MQ, REPLY_ACK, BACKEND_REQ, CONFIG, CONFIGURE_MEM_SLOTS)"));
+        Assert.That(r.Stdout, Does.Contain("protocol features   0x822b negotiated (MQ, LOG_SHMFD, REPLY_ACK, BACKEND_REQ, CONFIG, CONFIGURE_MEM_SLOTS)"));
         Assert.That(r.Stdout, Does.Contain("capacity            131072 sectors (67108864 bytes)"));
         Assert.That(r.Stdout, Does.Contain("seg_max             126"));
         Assert.That(r.Stdout, Does.Contain("blk_size            512"));
