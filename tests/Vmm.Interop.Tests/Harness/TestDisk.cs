@@ -26,6 +26,15 @@ public static class TestDisk
         return path;
     }
 
+    /// <summary>Writes <paramref name="data"/> at byte <paramref name="offset"/> and flushes it to the disk.</summary>
+    public static void Write(string path, long offset, ReadOnlySpan<byte> data)
+    {
+        using var fs = new FileStream(path, FileMode.Open, FileAccess.Write, FileShare.ReadWrite);
+        fs.Position = offset;
+        fs.Write(data);
+        fs.Flush(flushToDisk: true);
+    }
+
     public static byte[] Read(string path, int offsetMiB, int sizeMiB)
     {
         using var fs = new FileStream(path, FileMode.Open, FileAccess.Read, FileShare.ReadWrite);
