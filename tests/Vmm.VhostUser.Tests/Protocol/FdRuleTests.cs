@@ -1,3 +1,4 @@
+using System.Buffers.Binary;
 using NUnit.Framework;
 using Vmm.VhostUser.Protocol;
 
@@ -95,7 +96,10 @@ public class FdRuleTests
     {
         Assert.Multiple(() =>
         {
-            Assert.That(VhostUserCodec.ExpectedReplyFds(VhostUserRequest.GET_INFLIGHT_FD, new byte[24]), Is.EqualTo(VhostUserFdRange.One));
+            byte[] inflight = new byte[24];
+            BinaryPrimitives.WriteUInt64LittleEndian(inflight, 4096);
+            Assert.That(VhostUserCodec.ExpectedReplyFds(VhostUserRequest.GET_INFLIGHT_FD, inflight), Is.EqualTo(VhostUserFdRange.One));
+            Assert.That(VhostUserCodec.ExpectedReplyFds(VhostUserRequest.GET_INFLIGHT_FD, new byte[24]), Is.EqualTo(VhostUserFdRange.None), "mmap_size 0: a refusal without an fd");
             Assert.That(VhostUserCodec.ExpectedReplyFds(VhostUserRequest.SET_DEVICE_STATE_FD, U64(0)), Is.EqualTo(VhostUserFdRange.One));
             Assert.That(VhostUserCodec.ExpectedReplyFds(VhostUserRequest.SET_DEVICE_STATE_FD, U64(0x100)), Is.EqualTo(VhostUserFdRange.None));
             Assert.That(VhostUserCodec.ExpectedReplyFds(VhostUserRequest.GET_FEATURES, U64(0)), Is.EqualTo(VhostUserFdRange.None));
