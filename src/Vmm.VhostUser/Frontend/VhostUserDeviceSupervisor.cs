@@ -73,7 +73,7 @@ public sealed class VhostUserDeviceSupervisor : ReceiveActor, IWithTimers, IWith
         _events = events;
         _watch = watch;
         _model = new VhostUserDeviceModel(options);
-        Become(Starting);
+        Become(() => Starting());
     }
 
     public ITimerScheduler Timers { get; set; } = null!;
@@ -161,11 +161,20 @@ public sealed class VhostUserDeviceSupervisor : ReceiveActor, IWithTimers, IWith
 
     #region States
 
-    /// <summary>The first connection attempt (or, with <see cref="VhostUserDeviceOptions.WaitForBackend"/>, the wait for a back-end).</summary>
-    private void Starting()
+    /// <summary>
+    /// The first connection attempt (or, with <see cref="VhostUserDeviceOptions.WaitForBackend"/>,
+    /// one attempt of the wait for a back-end; <paramref name="settleLeft"/> as for <see cref="Connecting"/>).
+    /// </summary>
+    private void Starting(int settleLeft = 0)
     {
         Receive<ConnectionReady>(m => HandleConnectionReady(m, recovering: false));
-        Receive<Terminated>(HandleFirstAttemptEnded);
+        Receive<Terminated>(m => HandleFirstAttemptEnded(m, settleLeft));
+        Receive<SocketAppeared>(_ =>
+        {
+            // Only while waiting for a back-end is the socket watched: as in Connecting.
+            AnnounceSocketAppeared();
+            Become(() => Starting(SocketSettleAttempts));
+        });
         Receive<CommandRequeued>(_ => Stash.Stash());
         Receive<IDeviceCommand>(_ => Stash.Stash());
         Receive<ReconnectNow>(_ => Sender.Tell(new ReconnectScheduled(false)));
@@ -184,6 +193,14 @@ public sealed class VhostUserDeviceSupervisor : ReceiveActor, IWithTimers, IWith
         Receive<CommandRequeued>(_ => Stash.Stash());
         Receive<IDeviceCommand>(_ => Stash.Stash());
         Receive<ReconnectNow>(_ => Sender.Tell(new ReconnectScheduled(false)));
+        Receive<SocketAppeared>(_ =>
+        {
+            // The socket came back while this attempt was under way (most likely being refused
+            // by the stale file): should the attempt fail, the next follows at once rather than
+            // at the backoff's next tick, which could be seconds away.
+            AnnounceSocketAppeared();
+            Become(() => Connecting(recovering, SocketSettleAttempts));
+        });
         Common(SupervisorPhase.Connecting);
     }
 
@@ -362,7 +379,7 @@ public sealed class VhostUserDeviceSupervisor : ReceiveActor, IWithTimers, IWith
         }
     }
 
-    private void HandleFirstAttemptEnded(Terminated message)
+    private void HandleFirstAttemptEnded(Terminated message, int settleLeft)
     {
         if (!message.ActorRef.Equals(_connection))
         {
@@ -375,12 +392,18 @@ public sealed class VhostUserDeviceSupervisor : ReceiveActor, IWithTimers, IWith
         {
             // Asked to wait for a back-end that is not up yet: keep trying, commands wait.
             TimeSpan delay = Backoff(_attempt, _options.ReconnectMinBackoff, _options.ReconnectMaxBackoff);
+            int quickLeft = Math.Max(0, settleLeft - 1);
+            if (quickLeft > 0 && delay > SocketSettleDelay)
+            {
+                delay = SocketSettleDelay;
+            }
+
             _attempt++;
             _reason = cause.Message;
             _log.Info("Device {0}: waiting for the back-end ({1}); next attempt in {2} ms", _options.Name, cause.Message.TrimEnd('.'), (int)delay.TotalMilliseconds);
             Timers.StartSingleTimer(ReconnectTimerKey, Reconnect.Instance, delay);
             StartSocketWatch();
-            Become(WaitingForBackend);
+            Become(() => WaitingForBackend(quickLeft));
             return;
         }
 
@@ -389,27 +412,27 @@ public sealed class VhostUserDeviceSupervisor : ReceiveActor, IWithTimers, IWith
         Stop(reason, cause);
     }
 
-    /// <summary>Before the first connection, with WaitForBackend: as Starting, between attempts.</summary>
-    private void WaitingForBackend()
+    /// <summary>Before the first connection, with WaitForBackend: as Starting, between attempts (<paramref name="settleLeft"/>: quick attempts left since the socket appeared).</summary>
+    private void WaitingForBackend(int settleLeft)
     {
         Receive<Reconnect>(_ =>
         {
             StartConnection();
-            Become(Starting);
+            Become(() => Starting(settleLeft));
         });
         Receive<ReconnectNow>(_ =>
         {
             Timers.Cancel(ReconnectTimerKey);
             Sender.Tell(new ReconnectScheduled(true));
             StartConnection();
-            Become(Starting);
+            Become(() => Starting());
         });
         Receive<SocketAppeared>(_ =>
         {
             Timers.Cancel(ReconnectTimerKey);
             AnnounceSocketAppeared();
             StartConnection();
-            Become(Starting);
+            Become(() => Starting(SocketSettleAttempts));
         });
         Receive<IDeviceCommand>(_ => Stash.Stash());
         Receive<CommandRequeued>(_ => Stash.Stash());
@@ -621,7 +644,7 @@ public sealed class VhostUserDeviceSupervisor : ReceiveActor, IWithTimers, IWith
         }
     }
 
-    private sealed class SocketAppeared
+    internal sealed class SocketAppeared
     {
         public static readonly SocketAppeared Instance = new();
 

@@ -133,6 +133,67 @@ public sealed class UnixSocketsTests
     }
 
     [Test]
+    public void Listener_socket_path_must_accept_connections_from_the_moment_it_exists()
+    {
+        // A front-end that watches the path connects the moment the name appears: a socket bound
+        // there but not yet listening would refuse it. A spinning watcher tries each new socket
+        // at once; with a bind at the path itself some of these connects land between bind(2)
+        // and listen(2).
+        string path = Path.Combine(_directory, "s.sock");
+        int refused = 0;
+        for (int round = 0; round < 200; round++)
+        {
+            using var appeared = new ManualResetEventSlim();
+            var watcher = new Thread(() =>
+            {
+                while (Syscall.lstat(path, out _) != 0)
+                {
+                }
+
+                using var client = new Socket(AddressFamily.Unix, SocketType.Stream, ProtocolType.Unspecified);
+                try
+                {
+                    client.Connect(new UnixDomainSocketEndPoint(path));
+                }
+                catch (SocketException e) when (e.SocketErrorCode == SocketError.ConnectionRefused)
+                {
+                    Interlocked.Increment(ref refused);
+                }
+
+                appeared.Set();
+            });
+            watcher.Start();
+            using (UnixListener.Bind(path))
+            {
+                Assert.That(appeared.Wait(Timeout), Is.True, "the watcher never saw the socket");
+            }
+
+            watcher.Join();
+        }
+
+        Assert.That(refused, Is.Zero, "connects refused by a socket that had its name before it listened");
+        Assert.That(Directory.GetFileSystemEntries(_directory), Is.Empty, "a staging name was left behind");
+    }
+
+    [Test]
+    public async Task Listener_must_bind_at_its_path_directly_when_a_staging_name_would_not_fit_in_sun_path()
+    {
+        // 107 bytes in all: the longest path sun_path takes; no longer staging name fits.
+        string prefix = _directory + "/";
+        string path = prefix + new string('s', 107 - Encoding.UTF8.GetByteCount(prefix));
+        using (var listener = UnixListener.Bind(path))
+        {
+            using var client = new Socket(AddressFamily.Unix, SocketType.Stream, ProtocolType.Unspecified);
+            Task<Socket> accept = listener.AcceptAsync().AsTask();
+            await client.ConnectAsync(new UnixDomainSocketEndPoint(path)).WaitAsync(Timeout);
+            using Socket server = await accept.WaitAsync(Timeout);
+            Assert.That(Directory.GetFileSystemEntries(_directory), Is.EqualTo(new[] { path }));
+        }
+
+        Assert.That(Directory.GetFileSystemEntries(_directory), Is.Empty);
+    }
+
+    [Test]
     public void Listener_must_replace_a_stale_socket_file()
     {
         string path = Path.Combine(_directory, "s.sock");

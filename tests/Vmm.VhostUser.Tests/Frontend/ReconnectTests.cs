@@ -138,6 +138,50 @@ public sealed class ReconnectTests : AkkaTest
     }
 
     [Test]
+    public async Task A_socket_that_appears_while_an_attempt_is_under_way_makes_the_next_attempt_quick_not_the_backoffs()
+    {
+        var events = CreateTestProbe();
+        Sys.EventStream.Subscribe(events.Ref, typeof(DeviceConnectionLost));
+        Sys.EventStream.Subscribe(events.Ref, typeof(DeviceSocketAppeared));
+        var backends = new BackendFactory();
+        VhostUserDeviceOptions options = backends.Options() with
+        {
+            ReconnectMinBackoff = TimeSpan.FromSeconds(2),
+            ReconnectMaxBackoff = TimeSpan.FromSeconds(60),
+        };
+        Task<VhostUserDevice> connect = VhostUserDevice.ConnectAsync(Sys, options);
+        ScriptedBackend first = await backends.NextAsync();
+        await first.ServeHandshakeAsync();
+        using VhostUserDevice device = await connect;
+
+        // The back-end dies; the first attempt (after the 2 s backoff) is held in connect and
+        // will be refused, as a connect to a stale socket file is.
+        backends.Refuse = true;
+        TaskCompletionSource held = backends.HoldNext();
+        first.Dispose();
+        DeviceConnectionLost lost = await events.ExpectMsgAsync<DeviceConnectionLost>(TimeSpan.FromSeconds(10));
+        Assert.That(lost.Delay, Is.GreaterThanOrEqualTo(TimeSpan.FromSeconds(2)));
+        await AwaitConditionAsync(async () =>
+            (await device.Supervisor.Ask<SupervisorState>(GetSupervisorState.Instance, RemainingOrDefault)).Phase == SupervisorPhase.Connecting,
+            TimeSpan.FromSeconds(10));
+
+        // The socket appears (what the watch reports) while that attempt is under way.
+        device.Supervisor.Tell(VhostUserDeviceSupervisor.SocketAppeared.Instance);
+        await events.ExpectMsgAsync<DeviceSocketAppeared>(TimeSpan.FromSeconds(10));
+        held.SetResult();
+
+        DeviceConnectionLost refused = await events.ExpectMsgAsync<DeviceConnectionLost>(TimeSpan.FromSeconds(10));
+        Assert.That(refused.Attempt, Is.EqualTo(2));
+        Assert.That(refused.Delay, Is.LessThanOrEqualTo(VhostUserDeviceSupervisor.SocketSettleDelay), "the attempt after the socket appeared waited for the backoff");
+
+        backends.Refuse = false;
+        using ScriptedBackend second = await backends.NextAsync();
+        await second.ServeHandshakeAsync();
+        await AwaitConditionAsync(async () =>
+            (await device.Supervisor.Ask<ConnectionCount>(GetConnectionCount.Instance, RemainingOrDefault)).Ready == 2);
+    }
+
+    [Test]
     public void Backoff_must_stay_within_its_jitter_bounds_for_any_seed()
     {
         TimeSpan min = TimeSpan.FromMilliseconds(100), max = TimeSpan.FromSeconds(5);

@@ -15,6 +15,7 @@ internal static partial class Interop
         internal const int ENOMEM = 12;
         internal const int EACCES = 13;
         internal const int EBUSY = 16;
+        internal const int EEXIST = 17;
         internal const int EINVAL = 22;
         internal const int ENOTTY = 25;
         internal const int EPIPE = 32;

@@ -34,6 +34,14 @@ public sealed class UnixListener : IDisposable
     /// (connect refused) is replaced; a socket some process still accepts on is not touched
     /// (IOException), and neither is a path that is not a socket.
     /// </summary>
+    /// <remarks>
+    /// The socket is bound and listening under a staging name in the same directory before it
+    /// takes <paramref name="path"/> (renameat2 with RENAME_NOREPLACE), so the name appears only
+    /// once connect(2) on it succeeds: a front-end that watches the path to reconnect the moment
+    /// its back-end returns is then never refused by a socket bound but not yet listening. When
+    /// the staging name would not fit in sun_path, or the filesystem cannot rename without
+    /// replacing, the socket is bound at <paramref name="path"/> directly.
+    /// </remarks>
     public static UnixListener Bind(string path, int backlog = 16)
     {
         ArgumentException.ThrowIfNullOrEmpty(path);
@@ -51,13 +59,15 @@ public sealed class UnixListener : IDisposable
         }
 
         var handle = new SafeSocketHandle((IntPtr)fd, ownsHandle: true);
+        string? staging = StagingPath(path);
+        string bound = staging ?? path;
         bool created = false;
         try
         {
-            if (Syscall.bind(fd, new SockaddrUn(path)) != 0)
+            if (Syscall.bind(fd, new SockaddrUn(bound)) != 0)
             {
                 int errno = Marshal.GetLastPInvokeError();
-                throw new IOException($"Cannot bind socket {path}: {PosixErrors.Describe(errno)}");
+                throw new IOException($"Cannot bind socket {bound}: {PosixErrors.Describe(errno)}");
             }
 
             created = true;
@@ -65,12 +75,18 @@ public sealed class UnixListener : IDisposable
             // bind(2) created the file with 0777 & ~umask, and fchmod does not apply to sockets.
             // Narrow it before listen(2): until then every connect(2) is refused (ECONNREFUSED),
             // so nobody else can get in through the wider mode.
-            Stat stat = RestrictToOwner(path);
+            Stat stat = RestrictToOwner(bound);
 
             if (Syscall.listen(fd, backlog) != 0)
             {
                 int errno = Marshal.GetLastPInvokeError();
                 throw new IOException($"listen on socket {path} failed: {PosixErrors.Describe(errno)}");
+            }
+
+            if (staging is not null)
+            {
+                MoveIntoPlace(staging, path);
+                bound = path;
             }
 
             return new UnixListener(path, new Socket(handle), stat.st_dev, stat.st_ino);
@@ -80,11 +96,53 @@ public sealed class UnixListener : IDisposable
             handle.Dispose();
             if (created)
             {
-                Syscall.unlink(path);
+                Syscall.unlink(bound);
             }
 
             throw;
         }
+    }
+
+    /// <summary>sun_path holds 108 bytes with its terminating NUL (unix(7)).</summary>
+    private const int MaxSocketPathBytes = 107;
+
+    /// <summary>A name beside <paramref name="path"/> to bind and listen under, or null when it would not fit in sun_path.</summary>
+    private static string? StagingPath(string path)
+    {
+        string directory = System.IO.Path.GetDirectoryName(path) ?? "/";
+        string name = $".{System.IO.Path.GetFileName(path)}.{Environment.ProcessId}.{Random.Shared.Next():x8}.bind";
+        string staging = System.IO.Path.Combine(directory, name);
+        return System.Text.Encoding.UTF8.GetByteCount(staging) <= MaxSocketPathBytes ? staging : null;
+    }
+
+    /// <summary>
+    /// Gives the listening socket at <paramref name="staging"/> its real name. RENAME_NOREPLACE
+    /// keeps a socket another process bound at <paramref name="path"/> since the stale check
+    /// untouched (as bind(2) there would have failed with EADDRINUSE); a filesystem without it
+    /// gets link(2), which also refuses an existing name, and unlink(2) of the staging name.
+    /// </summary>
+    private static void MoveIntoPlace(string staging, string path)
+    {
+        if (Interop.Libc.RenameAt2(Interop.Libc.AT_FDCWD, staging, Interop.Libc.AT_FDCWD, path, Interop.Libc.RENAME_NOREPLACE) == 0)
+        {
+            return;
+        }
+
+        int errno = Marshal.GetLastPInvokeError();
+        if (errno is Interop.Errno.EINVAL or Interop.Errno.ENOSYS)
+        {
+            if (Syscall.link(staging, path) == 0)
+            {
+                Syscall.unlink(staging);
+                return;
+            }
+
+            errno = Marshal.GetLastPInvokeError();
+        }
+
+        throw errno == Interop.Errno.EEXIST
+            ? new IOException($"socket path {path} was taken by another process while this one was binding it.")
+            : new IOException($"Cannot move socket {staging} to {path}: {PosixErrors.Describe(errno)}");
     }
 
     /// <summary>Waits for the next connection.</summary>
