@@ -10,6 +10,8 @@
 # seen_ms is socket back -> vmm run's "socket is back" line (the watch alone) and latency_ms
 # socket back -> "connection restored" (the watch, the new back-end's first connection, the
 # handshake and the replay of every ring); then the medians per outage.
+# The back-end is the one `./vmm serve` runs: the native vmm-serve binary when it is built
+# (clang installed), else the managed one; SERVE=managed forces the managed back-end.
 # Usage: bench/scripts/reconnect-bench.sh [RUNS] [OUTAGES...]   (default: 5 runs of 1, 4 and 10 s)
 set -euo pipefail
 runs=${1:-5}
@@ -19,6 +21,10 @@ read -r -a outages <<<"${outages[*]}"
 root=$(cd -- "$(dirname -- "$0")/../.." && pwd)
 VMM_BUILD_ONLY=1 "$root/vmm"
 dll="$root/src/Vmm.Host/bin/Release/net10.0/vmm.dll"
+native="$root/src/Vmm.Host.Serve/bin/aot/native/vmm-serve"
+serve=(dotnet "$dll")
+if [[ "${SERVE:-native}" == native && -x "$native" ]]; then serve=("$native"); fi
+echo "# back-end: ${serve[*]}; $(nproc) cpus, load: $(cut -d' ' -f1-3 /proc/loadavg)" >&2
 dir=$(mktemp -d /dev/shm/vmm-reconnect-bench.XXXXXX)
 sock="$dir/blk.sock"
 img="$dir/disk.img"
@@ -34,7 +40,7 @@ trap cleanup EXIT
 head -c 16M /dev/urandom >"$img"
 
 start_serve() {
-  dotnet "$dll" serve blk --socket "$sock" --disk "$img" 2>>"$dir/serve.log" &
+  "${serve[@]}" serve blk --socket "$sock" --disk "$img" 2>>"$dir/serve.log" &
   serve_pid=$!
 }
 
