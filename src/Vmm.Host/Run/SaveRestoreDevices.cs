@@ -88,7 +88,8 @@ internal sealed class RestoredDevice(IVirtioDevice inner, DeviceSnapshotRecord s
 /// <summary>
 /// Places a restored driver's rings where the saved ones were (the guest allocator is
 /// deterministic, so the same allocations land on the same addresses; a mismatch is an error)
-/// and, for split rings, starts the driver's indices where the saved queue stopped.
+/// over the restored ring memory and, for split rings, starts the driver's indices where the
+/// saved queue stopped.
 /// </summary>
 internal sealed class RestoringQueueFactory(GuestMemory memory, GuestMemoryAllocator allocator, DeviceSnapshotRecord saved) : IDriverQueueFactory
 {
@@ -118,11 +119,16 @@ internal sealed class RestoringQueueFactory(GuestMemory memory, GuestMemoryAlloc
             return new PackedDriverQueue(memory, packed, negotiatedFeatures, allocator, record.State);
         }
 
+        // The ring's memory is the restored one too, as after a migration: the used ring holds
+        // avail_event, which the back-end the snapshot was saved against wrote last and the
+        // driver reads to decide whether to kick (virtio 1.2, 2.7.10). Zeroed, it would keep the
+        // driver from kicking until its index wraps past 0, and a back-end that writes it only
+        // when it takes a buffer (libvhost-user, hence qemu-storage-daemon) would never look.
         var p = new VirtqueueParams(
             size,
-            Allocate(SplitDescriptorTableSize(size), SplitDescriptorAlignment),
-            Allocate(SplitAvailRingSize(size), SplitAvailAlignment),
-            Allocate(SplitUsedRingSize(size), SplitUsedAlignment));
+            allocator.Allocate(SplitDescriptorTableSize(size), (ulong)SplitDescriptorAlignment),
+            allocator.Allocate(SplitAvailRingSize(size), (ulong)SplitAvailAlignment),
+            allocator.Allocate(SplitUsedRingSize(size), (ulong)SplitUsedAlignment));
         Check(queueIndex, p, record.Params);
         if (record.State.AvailableIndex != record.State.UsedIndex)
         {
@@ -138,12 +144,5 @@ internal sealed class RestoringQueueFactory(GuestMemory memory, GuestMemoryAlloc
         {
             throw new UsageException($"The restored queue {index} lies at {actual}, not where the snapshot's was ({saved}): the VM is not built the same way.");
         }
-    }
-
-    private ulong Allocate(ulong size, int alignment)
-    {
-        ulong address = allocator.Allocate(size, (ulong)alignment);
-        memory.Clear(address, size);
-        return address;
     }
 }

@@ -3,7 +3,9 @@ using System.Diagnostics;
 using System.Security.Cryptography;
 using NUnit.Framework;
 using Vmm.Host.Cli;
+using Vmm.Core.Memory;
 using Vmm.Host.Run;
+using Vmm.Virtio.Driver;
 using Vmm.Virtio.Queues;
 using Vmm.Virtio.Spec;
 using Vmm.VhostUser.Backend;
@@ -227,6 +229,33 @@ public sealed class SaveRestoreTests
         {
             File.Delete(snapshot);
         }
+    }
+
+    /// <remarks>
+    /// avail_event is the device's word in the used ring (virtio 1.2, 2.7.10): a back-end that
+    /// writes it only when it takes a buffer (libvhost-user, hence qemu-storage-daemon) is never
+    /// kicked if the restore zeroes it, and the restored queue's requests are never completed.
+    /// </remarks>
+    [Test]
+    public void A_restored_split_ring_keeps_the_avail_event_the_backend_wrote_and_the_driver_kicks_for_it()
+    {
+        const ushort Size = 256;
+        const ushort Stopped = 1000;
+        ulong features = VirtioFeatures.VERSION_1 | VirtioFeatures.RING_EVENT_IDX;
+        using GuestMemory memory = GuestMemory.Create(1 << 20);
+        IDriverQueue saved = DriverQueue.Create(memory, new GuestMemoryAllocator(0x1000, (1 << 20) - 0x1000), Size, features);
+        ulong availEvent = saved.Params.DeviceArea + (ulong)VirtqueueLayout.SplitAvailEventOffset(Size);
+        memory.WriteUInt16(availEvent, Stopped); // the saving back-end took entry 999 last and asks for a kick at entry 1000
+        var record = new DeviceSnapshotRecord(
+            "blk", (ushort)VirtioDeviceId.Block, features, [new QueueRecord(saved.Params, new VirtqueueState(Stopped, Stopped))], [], []);
+
+        IDriverQueue restored = new RestoringQueueFactory(memory, new GuestMemoryAllocator(0x1000, (1 << 20) - 0x1000), record)
+            .Create(0, Size, features);
+
+        Assert.That(restored.Params, Is.EqualTo(saved.Params));
+        Assert.That(memory.ReadUInt16(availEvent), Is.EqualTo(Stopped), "the device's avail_event is the restored one");
+        Assert.That(restored.TrySubmit([new DriverBuffer(0x80000, 16, false)], "request"), Is.True);
+        Assert.That(restored.NeedsKick(), Is.True, "the entry at 1000 is the one the back-end asked to be kicked for");
     }
 
     [Test]
