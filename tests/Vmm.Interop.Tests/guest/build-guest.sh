@@ -9,10 +9,11 @@
 # the guest cannot be built.
 #
 # Cache: ${XDG_CACHE_HOME:-$HOME/.cache}/managedvmm/guest/<kernel version>/, rebuilt when
-# this script changes (its sha256 is stored in the `stamp` file). Idempotent and safe to
-# run concurrently (flock).
+# this script or migcheck.c changes (their sha256 is stored in the `stamp` file). Idempotent
+# and safe to run concurrently (flock).
 #
-# Needs: apt-get (download only), dpkg-deb, cpio, gzip, xz (only for .ko.xz modules).
+# Needs: apt-get (download only), dpkg-deb, cpio, gzip, xz (only for .ko.xz modules), gcc
+# with a static libc (libc6-dev) for /bin/migcheck (migcheck.c, scenario blk-migrate).
 #
 # Guest kernel command line (QEMU -append):
 #   vmmtest=SCENARIO   blk-rw | blk-ro | blk-mq | blk-loop | blk-big | blk-migrate | rng
@@ -28,8 +29,8 @@
 #   writing=<n>
 #   blk-big: write.direct=ok|fail  md5.direct=<md5>  md5.buffered=<md5>  write.buffered=ok|fail
 #            pattern.b=<md5>  md5.b=<md5>  scattered=<free pages made single>
-#   blk-migrate: filled=<MiB of 0xFF>  read=<MiB>  reread.sectors=<n>  cached=ok|bad
-#            cached.bad=<MiBs that differ from pattern SEED>
+#   blk-migrate (migcheck.c): filled=<MiB of 0xFF>  read=<MiB>  data=ok|bad
+#            data.bad=<pages that differ from pattern SEED>  data.ff=<pages still all 0xFF>
 #   rng=<hex of 64 bytes>  rng2=<hex>  rng_current=<name>  error=<text>  done
 set -euo pipefail
 
@@ -40,7 +41,8 @@ say() { ((quiet)) || echo "build-guest: $*" >&2; }
 die() { echo "build-guest: $*" >&2; exit 1; }
 
 self=$(readlink -f -- "${BASH_SOURCE[0]}")
-self_sum=$(sha256sum "$self" | cut -d' ' -f1)
+migcheck_src="$(dirname "$self")/migcheck.c"
+self_sum=$(cat "$self" "$migcheck_src" | sha256sum | cut -d' ' -f1)
 cache_root="${XDG_CACHE_HOME:-$HOME/.cache}/managedvmm/guest"
 mkdir -p "$cache_root"
 
@@ -66,7 +68,7 @@ if [[ -f "$dir/stamp" && "$(cat "$dir/stamp")" == "$self_sum" && -f "$dir/vmlinu
   exit 0
 fi
 
-for tool in apt-get dpkg-deb cpio gzip; do
+for tool in apt-get dpkg-deb cpio gzip gcc; do
   command -v "$tool" >/dev/null 2>&1 || die "'$tool' is not installed"
 done
 
@@ -104,6 +106,8 @@ cp "$work/busybox/bin/busybox" "$root/bin/busybox"
 for applet in $("$root/bin/busybox" --list); do
   [[ -e "$root/bin/$applet" ]] || ln -s busybox "$root/bin/$applet"
 done
+gcc -static -O2 -Wall -o "$root/bin/migcheck" "$migcheck_src" 2>"$work/gcc.log" ||
+  { cat "$work/gcc.log" >&2; die "cannot build migcheck (gcc -static needs libc6-dev)"; }
 
 # Copies module $1 (a path under $moddir without the .ko suffix) into /modules as NAME.ko.
 # Returns 1 when the kernel has no such module (built in or absent).
@@ -289,60 +293,16 @@ case "$scenario" in
     ;;
   blk-migrate)
     # Live migration (MigrationInteropTests), in phases the host drives through sector 0 of
-    # the image. The host wrote the data (MIB MiB at OFF, and 4 MiB more) before boot: the
-    # guest's CPU never writes it. Phase A: most free memory is filled with 0xFF bytes through
-    # the CPU and freed again (init_on_alloc=0 keeps the bytes), "filled=" is printed, and the
-    # guest waits for "vmmread" in sector 0 (the host writes it once QEMU copied all of memory
-    # while the guest was idle). Phase B: a buffered read brings the data into the page cache:
-    # the device writes it by DMA into free pages QEMU already copied, and only the back-end's
-    # dirty-page log tells the migration they changed. "read=" is printed; the guest waits for
-    # 60 s (the migration completes meanwhile), then, on the destination, reads the data again
-    # from the page cache (reread.sectors= is what the disk read meanwhile) and compares each
-    # MiB with the pattern's.
+    # the image; /bin/migcheck (migcheck.c) holds the data in a buffer of its own, filled by
+    # the device with O_DIRECT after QEMU sent it, and checks it on the destination. The host
+    # wrote the data (MIB MiB at OFF) before boot: the guest's CPU never writes it.
     blk_common
-    sector0() { dd if=/dev/vda bs=512 count=1 iflag=direct 2>/dev/null | head -c 7; }
-    # The md5 of each MiB of the data, from the pattern (the host wrote pattern SEED there).
-    pattern "$seed" "$mib" >/tmp/p
-    j=0; while [ $j -lt "$mib" ]; do dd if=/tmp/p bs=1M skip=$j count=1 2>/dev/null | md5sum | cut -d' ' -f1 >>/tmp/expected; j=$((j + 1)); done
-    rm -f /tmp/p
-    echo 3 >/proc/sys/vm/drop_caches
-    printf '\377' >/tmp/ff
-    k=0; while [ $k -lt 20 ]; do cat /tmp/ff /tmp/ff >/tmp/ff2; mv /tmp/ff2 /tmp/ff; k=$((k + 1)); done
-    fill=$(($(awk '/^MemFree:/ { print $2 }' /proc/meminfo) * 7 / 10 / 1024))
-    mkdir /fill
-    mount -t tmpfs -o size=$((fill + 1))m tmpfs /fill
-    k=0; while [ $k -lt $fill ]; do cat /tmp/ff; k=$((k + 1)); done >/fill/ff || mark "error=fill"
-    umount /fill
-    rm -f /tmp/ff
     # One process keeps dirtying the same memory, so that QEMU keeps iterating while its
-    # downtime limit is small (the host lifts it after phase B).
+    # downtime limit is small (the host lifts it once the data is read).
     awk 'BEGIN { while (1) for (i = 0; i < 131072; i++) a[i] = i + n++ }' &
     dirtier=$!
-    mark "filled=$fill"
-    while [ "$(sector0)" != vmmread ]; do sleep 0.5; done
-    # Linux drops a block device's page cache when its last opener closes it: /init keeps it
-    # open from here on, and no longer polls sector 0 (busybox dd falls back to the page
-    # cache when O_DIRECT refuses its buffer, which would now be served stale).
-    exec 3</dev/vda
-    echo 3 >/proc/sys/vm/drop_caches
-    # 4 MiB past the data, so that no readahead mark is left inside it for the re-read.
-    dd if=/dev/vda of=/dev/null bs=1M skip=$off count=$((mib + 4)) 2>/dev/null
-    mark "read=$mib"
-    # The host lifts the migration's limits on "read=" and the migration completes during
-    # this pause; the rest runs on the destination (the host requires its lines from there).
-    sleep 60
+    migcheck /dev/vda "$off" "$mib" "$seed"
     kill $dirtier
-    sectors() { awk '{ print $3 }' /sys/block/vda/stat; }
-    s0=$(sectors)
-    j=0
-    while [ $j -lt "$mib" ]; do
-      dd if=/dev/vda bs=1M skip=$((off + j)) count=1 2>/dev/null | md5sum | cut -d' ' -f1 >>/tmp/cached
-      j=$((j + 1))
-    done
-    mark "reread.sectors=$(($(sectors) - s0))"
-    bad=$(cmp /tmp/cached /tmp/expected >/dev/null && echo 0 || diff /tmp/cached /tmp/expected | grep -c '^<')
-    if [ "$bad" -eq 0 ]; then mark "cached=ok"; else mark "cached=bad"; fi
-    mark "cached.bad=$bad"
     ;;
   rng)
     wait_for /dev/hwrng || finish
