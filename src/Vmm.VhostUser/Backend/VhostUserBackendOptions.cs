@@ -62,9 +62,11 @@ public sealed record VhostUserBackendOptions
     public TimeSpan DeviceStateTimeout { get; init; } = TimeSpan.FromSeconds(10);
 
     /// <summary>
-    /// TEST ONLY: offer LOG_ALL and accept the log, but never mark a page in it, so that a live
-    /// migration test can show it detects a back-end that does not log (docs/migration.md).
-    /// Never set in production: a guest migrated this way loses what the device wrote meanwhile.
+    /// TEST ONLY: offer LOG_ALL and accept the log, but never mark the data buffers the device
+    /// writes in it (the rings are still logged, so the guest's driver stays consistent), so that
+    /// a live migration test can show it detects a back-end that does not log its data
+    /// (docs/migration.md). Never set in production: a guest migrated this way loses what the
+    /// device wrote meanwhile.
     /// </summary>
     public bool TestIgnoreDirtyLog { get; init; }
 

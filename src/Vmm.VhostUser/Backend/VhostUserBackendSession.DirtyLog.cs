@@ -18,7 +18,7 @@ public sealed partial class VhostUserBackendSession
     private DirtyPageLog? _dirtyLog;
     private EventFd? _logCall;
 
-    private bool DirtyLogging => (_ackedFeatures & VhostUserVirtioFeatures.LOG_ALL) != 0 && !_options.TestIgnoreDirtyLog;
+    private bool DirtyLogging => (_ackedFeatures & VhostUserVirtioFeatures.LOG_ALL) != 0;
 
     /// <summary>
     /// SET_LOG_BASE with LOG_SHMFD: maps <c>mmap_size</c> bytes at <c>mmap_offset</c> of the fd as
@@ -105,7 +105,7 @@ public sealed partial class VhostUserBackendSession
     }
 
     private void PublishDirtyLog(BackendVring vring) =>
-        vring.DirtyLog.Set(DirtyLogging ? _dirtyLog : null, vring.LogGuestAddress, _logCall);
+        vring.DirtyLog.Set(DirtyLogging ? _dirtyLog : null, vring.LogGuestAddress, _logCall, markBuffers: !_options.TestIgnoreDirtyLog);
 
     /// <summary>Drops the log and its eventfd (the session ends or the device resets); the rings let go of them first.</summary>
     private void DisposeDirtyLog()

@@ -27,15 +27,17 @@ public sealed class VirtqueueDirtyLog
     /// device-written area (split: the used ring; SET_VRING_ADDR's log_guest_addr), or null when
     /// ring writes are not logged. <paramref name="logCall"/> is signalled after a batch that
     /// marked pages (SET_LOG_FD). The caller retires a replaced log only after this returns: a
-    /// mark that finds its log retired looks here again.
+    /// mark that finds its log retired looks here again. <paramref name="markBuffers"/> false
+    /// leaves the data buffers unmarked (the ring areas are still marked): only for a test that
+    /// must show a migration losing the data a back-end did not log, with the rings intact.
     /// </summary>
-    public void Set(DirtyPageLog? log, ulong? ringLogAddress, EventFd? logCall) =>
-        _target = log is null ? null : new Target(log, ringLogAddress, logCall);
+    public void Set(DirtyPageLog? log, ulong? ringLogAddress, EventFd? logCall, bool markBuffers = true) =>
+        _target = log is null ? null : new Target(log, ringLogAddress, logCall, markBuffers);
 
     /// <summary>Marks the device-writable buffers of <paramref name="chain"/>: everything the device may have written into.</summary>
     internal void MarkWritable(DescriptorChain chain)
     {
-        for (Target? t = _target; t is not null; t = _target)
+        for (Target? t = _target; t is { MarkBuffers: true }; t = _target)
         {
             if (MarkWritable(t.Log, chain))
             {
@@ -104,5 +106,5 @@ public sealed class VirtqueueDirtyLog
         return true;
     }
 
-    private sealed record Target(DirtyPageLog Log, ulong? RingLogAddress, EventFd? LogCall);
+    private sealed record Target(DirtyPageLog Log, ulong? RingLogAddress, EventFd? LogCall, bool MarkBuffers);
 }
