@@ -13,7 +13,7 @@ namespace Vmm.Interop.Tests;
 /// pages QEMU already sent, which only the back-end's dirty-page log reports (guest scenario
 /// blk-migrate, guest/migcheck.c). On the destination the guest compares that buffer, without
 /// reading the disk again, with the data the host wrote. With <c>--test-ignore-dirty-log</c>
-/// (the back-end offers LOG_ALL and marks nothing) the same migration must lose that data: the
+/// (the back-end offers LOG_ALL and marks its rings but not the data) the same migration must lose that data: the
 /// destination's buffer still holds 0xFF pages, which shows the check can fail.
 /// </summary>
 public sealed class MigrationInteropTests : InteropTest
