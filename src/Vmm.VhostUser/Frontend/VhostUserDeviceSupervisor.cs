@@ -391,13 +391,8 @@ public sealed class VhostUserDeviceSupervisor : ReceiveActor, IWithTimers, IWith
         if (_options.WaitForBackend && cause is not null && IsTransportLost(cause))
         {
             // Asked to wait for a back-end that is not up yet: keep trying, commands wait.
-            TimeSpan delay = Backoff(_attempt, _options.ReconnectMinBackoff, _options.ReconnectMaxBackoff);
             int quickLeft = Math.Max(0, settleLeft - 1);
-            if (quickLeft > 0 && delay > SocketSettleDelay)
-            {
-                delay = SocketSettleDelay;
-            }
-
+            TimeSpan delay = NextAttemptDelay(quickLeft);
             _attempt++;
             _reason = cause.Message;
             _log.Info("Device {0}: waiting for the back-end ({1}); next attempt in {2} ms", _options.Name, cause.Message.TrimEnd('.'), (int)delay.TotalMilliseconds);
@@ -501,12 +496,7 @@ public sealed class VhostUserDeviceSupervisor : ReceiveActor, IWithTimers, IWith
     /// <param name="settleLeft">Above 0: the socket appeared a moment ago, so the next attempt follows within <see cref="SocketSettleDelay"/>.</param>
     private void ScheduleReconnect(string reason, bool recovering, int settleLeft = 0)
     {
-        TimeSpan delay = Backoff(_attempt, _options.ReconnectMinBackoff, _options.ReconnectMaxBackoff);
-        if (settleLeft > 0 && delay > SocketSettleDelay)
-        {
-            delay = SocketSettleDelay;
-        }
-
+        TimeSpan delay = NextAttemptDelay(settleLeft);
         _attempt++;
         _reason = reason;
         _log.Warning("Device {0}: {1}; reconnecting in {2} ms (attempt {3})", _options.Name, reason.TrimEnd('.'), (int)delay.TotalMilliseconds, _attempt);
@@ -517,6 +507,16 @@ public sealed class VhostUserDeviceSupervisor : ReceiveActor, IWithTimers, IWith
 
         // Whatever waited for the failed attempt is served from the model now.
         Stash.UnstashAll();
+    }
+
+    /// <summary>
+    /// The wait before the next attempt: the backoff's, or at most <see cref="SocketSettleDelay"/>
+    /// while quick attempts are left since the socket appeared (<paramref name="settleLeft"/> above 0).
+    /// </summary>
+    private TimeSpan NextAttemptDelay(int settleLeft)
+    {
+        TimeSpan delay = Backoff(_attempt, _options.ReconnectMinBackoff, _options.ReconnectMaxBackoff);
+        return settleLeft > 0 && delay > SocketSettleDelay ? SocketSettleDelay : delay;
     }
 
     /// <summary>The device needs a reset: DEVICE_NEEDS_RESET for the guest, DeviceFailed for the VM; it stays attached.</summary>
